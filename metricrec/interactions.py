@@ -1,0 +1,358 @@
+"""The one data type of metricrec: a user x item interaction matrix with id maps.
+
+Everything that reads data (files, data sets, DataFrames) produces an :class:`Interactions`;
+everything that splits, samples, trains or evaluates consumes one (or its CSR matrix).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["Features", "Interactions", "DataWarning"]
+
+
+class DataWarning(UserWarning):
+    """Warning about input data that was repaired (duplicates collapsed, rows dropped)."""
+
+
+def _as_id_array(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinite ids")
+        if np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} contains non-integer float ids")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "O":
+        arr = arr.astype(str)
+    return arr
+
+
+@dataclass(frozen=True)
+class Features:
+    """A sparse feature matrix whose rows are users or items.
+
+    Parameters
+    ----------
+    matrix : scipy.sparse.csr_matrix, shape (n_rows, n_features)
+        Feature values (1.0 for multi-hot features such as tags or genres).
+    names : numpy.ndarray of str, shape (n_features,)
+        One name per column, e.g. ``"genre=Comedy"`` or ``"tag=1423"``.
+    """
+
+    matrix: sp.csr_matrix
+    names: np.ndarray
+
+    def __post_init__(self) -> None:
+        m = sp.csr_matrix(self.matrix, dtype=np.float32)
+        m.sum_duplicates()
+        m.sort_indices()
+        names = np.asarray(self.names).astype(str)
+        if names.ndim != 1 or names.shape[0] != m.shape[1]:
+            raise ValueError(
+                f"feature names: expected {m.shape[1]} names (one per column), got {names.shape}"
+            )
+        if m.nnz and not np.all(np.isfinite(m.data)):
+            raise ValueError("feature matrix contains NaN or infinite values")
+        object.__setattr__(self, "matrix", m)
+        object.__setattr__(self, "names", names)
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns."""
+        return int(self.matrix.shape[1])
+
+    def take(self, rows: np.ndarray) -> "Features":
+        """Return the features of the given rows, in that order."""
+        return Features(self.matrix[np.asarray(rows)], self.names)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """User x item interactions with raw-id maps and optional side features.
+
+    Build one with :meth:`from_arrays` (or the readers in :mod:`metricrec.io` and the loaders in
+    :mod:`metricrec.datasets`) rather than calling the constructor directly.
+
+    Parameters
+    ----------
+    matrix : scipy.sparse.csr_matrix, shape (n_users, n_items), float32
+        Canonical CSR (sorted column indices, no duplicates, no explicit zeros). Values are 1.0
+        for binary data, otherwise the interaction weight (e.g. the rating).
+    user_ids, item_ids : numpy.ndarray, shapes (n_users,) and (n_items,)
+        Raw id of each row / column: ``user_ids[u]`` is the raw id of user index ``u``.
+    timestamps : numpy.ndarray of int64 or None, shape (nnz,)
+        Aligned with ``matrix.indices``/``matrix.data``; ``None`` when the source has none.
+    item_features, user_features : Features or None
+        Rows aligned with the items / users of the matrix.
+    meta : mapping
+        Provenance (``source``, ``n_ratings`` before thresholding, ``min_rating``, ...).
+    """
+
+    matrix: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None = None
+    item_features: Features | None = None
+    user_features: Features | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = self.matrix
+        if not sp.isspmatrix_csr(m) and not isinstance(m, sp.csr_array):
+            raise TypeError(f"matrix must be a scipy CSR matrix, got {type(m).__name__}")
+        n_users, n_items = m.shape
+        if len(self.user_ids) != n_users:
+            raise ValueError(f"user_ids has {len(self.user_ids)} entries but the matrix has {n_users} rows")
+        if len(self.item_ids) != n_items:
+            raise ValueError(f"item_ids has {len(self.item_ids)} entries but the matrix has {n_items} columns")
+        if self.timestamps is not None and len(self.timestamps) != m.nnz:
+            raise ValueError(f"timestamps has {len(self.timestamps)} entries but the matrix has {m.nnz} non-zeros")
+        if self.item_features is not None and self.item_features.matrix.shape[0] != n_items:
+            raise ValueError(
+                f"item features have {self.item_features.matrix.shape[0]} rows but there are {n_items} items"
+            )
+        if self.user_features is not None and self.user_features.matrix.shape[0] != n_users:
+            raise ValueError(
+                f"user features have {self.user_features.matrix.shape[0]} rows but there are {n_users} users"
+            )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(
+        cls,
+        users: Sequence | np.ndarray,
+        items: Sequence | np.ndarray,
+        weights: Sequence | np.ndarray | None = None,
+        timestamps: Sequence | np.ndarray | None = None,
+        *,
+        min_weight: float | None = None,
+        binary: bool = True,
+        user_ids: Sequence | np.ndarray | None = None,
+        item_ids: Sequence | np.ndarray | None = None,
+        item_features: Features | None = None,
+        user_features: Features | None = None,
+        source: str = "arrays",
+        meta: Mapping[str, Any] | None = None,
+    ) -> "Interactions":
+        """Build interactions from parallel arrays of raw user ids, raw item ids and weights.
+
+        Parameters
+        ----------
+        users, items : array-like, shape (n,)
+            Raw ids (ints or strings) of each interaction.
+        weights : array-like, shape (n,), optional
+            Rating or weight of each interaction (default 1). Must be finite and >= 0.
+        timestamps : array-like of int, shape (n,), optional
+            Time of each interaction (kept for temporal splits).
+        min_weight : float, optional
+            Keep only interactions whose weight is >= this threshold (e.g. 4 for "rating >= 4").
+            Users and items seen only below the threshold stay in the id maps (with no positives).
+        binary : bool, default True
+            Store 1.0 for every kept interaction instead of its weight.
+        user_ids, item_ids : array-like, optional
+            The id universe (and its order). Default: the sorted unique raw ids seen. An id not in a
+            given universe is an error.
+        source : str
+            Where the data came from; quoted in warnings and errors.
+
+        Duplicated (user, item) pairs collapse to one entry (max weight, latest timestamp) and a
+        :class:`DataWarning` says how many were collapsed.
+        """
+        users = _as_id_array(users, "users")
+        items = _as_id_array(items, "items")
+        n = users.shape[0]
+        if items.shape[0] != n:
+            raise ValueError(f"users has {n} entries but items has {items.shape[0]}")
+        if weights is None:
+            w = np.ones(n, dtype=np.float64)
+        else:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (n,):
+                raise ValueError(f"weights must have shape ({n},), got {w.shape}")
+            bad = ~np.isfinite(w)
+            if bad.any():
+                raise ValueError(f"{source}: {int(bad.sum())} weights are NaN or infinite (first at row {int(np.argmax(bad))})")
+            neg = w < 0
+            if neg.any():
+                raise ValueError(f"{source}: {int(neg.sum())} weights are negative (first at row {int(np.argmax(neg))})")
+        ts = None
+        if timestamps is not None:
+            ts = np.asarray(timestamps)
+            if ts.shape != (n,):
+                raise ValueError(f"timestamps must have shape ({n},), got {ts.shape}")
+            if ts.dtype.kind == "f":
+                if not np.all(np.isfinite(ts)):
+                    raise ValueError(f"{source}: timestamps contain NaN or infinite values")
+            ts = ts.astype(np.int64)
+
+        uid, uidx = _index(users, user_ids, "user", source)
+        iid, iidx = _index(items, item_ids, "item", source)
+
+        info: dict[str, Any] = {"source": source, "n_ratings": int(n)}
+        if min_weight is not None:
+            keep = w >= float(min_weight)
+            info["min_rating"] = float(min_weight)
+            uidx, iidx, w = uidx[keep], iidx[keep], w[keep]
+            if ts is not None:
+                ts = ts[keep]
+
+        matrix, ts, n_dup = _to_csr(uidx, iidx, w, ts, (len(uid), len(iid)))
+        if n_dup:
+            warnings.warn(
+                f"{source}: {n_dup} duplicate (user, item) pairs collapsed into one "
+                "(max weight, latest timestamp)",
+                DataWarning,
+                stacklevel=2,
+            )
+        info["n_duplicates"] = int(n_dup)
+        if binary:
+            matrix.data[:] = 1.0
+        if meta:
+            info.update(meta)
+        return cls(matrix, uid, iid, ts, item_features, user_features, info)
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_users, n_items)."""
+        return tuple(self.matrix.shape)  # type: ignore[return-value]
+
+    @property
+    def n_users(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (user, item) interactions."""
+        return int(self.matrix.nnz)
+
+    @property
+    def density(self) -> float:
+        """nnz / (n_users * n_items)."""
+        cells = self.n_users * self.n_items
+        return self.nnz / cells if cells else 0.0
+
+    def __repr__(self) -> str:
+        feats = []
+        if self.item_features is not None:
+            feats.append(f"item_features={self.item_features.n_features}")
+        if self.user_features is not None:
+            feats.append(f"user_features={self.user_features.n_features}")
+        extra = (", " + ", ".join(feats)) if feats else ""
+        return f"Interactions(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz}{extra})"
+
+    # ------------------------------------------------------------------ id maps
+    def user_index(self, raw_ids: Any) -> np.ndarray:
+        """Map raw user ids to row indices; raises ``KeyError`` naming the unknown ids."""
+        return _lookup(self.user_ids, raw_ids, "user")
+
+    def item_index(self, raw_ids: Any) -> np.ndarray:
+        """Map raw item ids to column indices; raises ``KeyError`` naming the unknown ids."""
+        return _lookup(self.item_ids, raw_ids, "item")
+
+    def mapping(self) -> tuple[dict, dict]:
+        """(raw user id -> index, raw item id -> index) dictionaries, as LightFM's ``Dataset.mapping``."""
+        return (
+            {k: i for i, k in enumerate(self.user_ids.tolist())},
+            {k: i for i, k in enumerate(self.item_ids.tolist())},
+        )
+
+    # ------------------------------------------------------------------ derived views
+    def with_matrix(self, matrix: sp.csr_matrix, timestamps: np.ndarray | None = None, **meta: Any) -> "Interactions":
+        """Same users, items and features with another interaction matrix (e.g. one split part)."""
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        if m.shape != self.shape:
+            raise ValueError(f"matrix shape {m.shape} does not match {self.shape}")
+        info = dict(self.meta)
+        info.update(meta)
+        return replace(self, matrix=m, timestamps=timestamps, meta=info)
+
+    def to_coo_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user index, item index, weight) arrays of all interactions, row-major order."""
+        m = self.matrix
+        rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+        return rows, m.indices.astype(np.int64), m.data.copy()
+
+
+# ---------------------------------------------------------------------- helpers
+def _index(raw: np.ndarray, universe: Any, what: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (id universe, index of each raw id in it)."""
+    if universe is None:
+        ids, inverse = np.unique(raw, return_inverse=True)
+        return ids, inverse.astype(np.int64)
+    ids = _as_id_array(universe, f"{what}_ids")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{what}_ids contains duplicate ids")
+    return ids, _lookup(ids, raw, what, source)
+
+
+def _lookup(universe: np.ndarray, raw_ids: Any, what: str, source: str | None = None) -> np.ndarray:
+    raw = np.asarray(raw_ids)
+    scalar = raw.ndim == 0
+    raw = np.atleast_1d(raw)
+    if universe.dtype.kind in "iu" and raw.dtype.kind in "US":
+        try:
+            raw = raw.astype(np.int64)
+        except ValueError:
+            pass
+    elif universe.dtype.kind in "US" and raw.dtype.kind in "iu":
+        raw = raw.astype(str)
+    order = np.argsort(universe, kind="stable")
+    sorted_u = universe[order]
+    try:
+        pos = np.searchsorted(sorted_u, raw)
+    except TypeError as exc:
+        raise KeyError(f"{what} ids of type {raw.dtype} cannot be compared with ids of type {universe.dtype}") from exc
+    pos = np.clip(pos, 0, max(len(sorted_u) - 1, 0))
+    found = (len(sorted_u) > 0) & (sorted_u[pos] == raw) if len(sorted_u) else np.zeros(raw.shape, bool)
+    if not np.all(found):
+        missing = raw[~found]
+        where = f"{source}: " if source else ""
+        shown = ", ".join(map(str, missing[:5].tolist()))
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise KeyError(f"{where}{len(missing)} unknown {what} id(s): {shown}{more}")
+    out = order[pos].astype(np.int64)
+    return out[0] if scalar else out
+
+
+def _to_csr(
+    rows: np.ndarray, cols: np.ndarray, w: np.ndarray, ts: np.ndarray | None, shape: tuple[int, int]
+) -> tuple[sp.csr_matrix, np.ndarray | None, int]:
+    """Canonical CSR from COO arrays; duplicates collapse to (max weight, latest timestamp)."""
+    key = rows.astype(np.int64) * max(shape[1], 1) + cols
+    # Sort by key, then weight, then timestamp so the last entry of each key run holds the maxima.
+    sort_keys = [w, key] if ts is None else [ts, w, key]
+    order = np.lexsort(sort_keys)
+    key_s = key[order]
+    last = np.ones(len(key_s), dtype=bool)
+    if len(key_s):
+        last[:-1] = key_s[1:] != key_s[:-1]
+    n_dup = int(len(key_s) - last.sum())
+    sel = order[last]
+    ts_out = None
+    if ts is not None:
+        ts_out = ts[sel].copy()
+        if n_dup:
+            # latest timestamp per pair, independent of which row carried the max weight
+            starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
+            ts_out = np.maximum.reduceat(ts[order], starts)
+    r, c = rows[sel], cols[sel]
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=shape[0]), out=indptr[1:])
+    matrix = sp.csr_matrix(
+        (w[sel].astype(np.float32), c.astype(np.int32), indptr.astype(np.int32) if indptr[-1] < 2**31 else indptr),
+        shape=shape,
+    )
+    return matrix, (None if ts_out is None else ts_out.astype(np.int64)), n_dup
