@@ -1,0 +1,164 @@
+"""Negative samplers: draw items a user has not interacted with.
+
+A sampler draws ``U`` candidate negatives per positive pair. To keep the cost of gathering
+candidate vectors low, one draw can be *shared* by a group of consecutive positives (``group_size``
+> 1): every row of the group sees the same ``U`` items, except where an item is a positive of that
+row's user -- such entries are redrawn for that row alone. Either way a sampler never returns a
+positive of the row's user (the guarantee the tests check); ``group_size=1`` gives independent draws
+per positive, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["NegativeDraw", "PositiveSet", "UniformSampler", "PopularitySampler", "make_sampler"]
+
+# Above this many (user, item) cells the membership test uses binary search instead of a bitmap.
+_DENSE_LIMIT = 1 << 27
+
+
+class PositiveSet:
+    """Vectorised membership test "is item k a positive of user u" for a CSR matrix.
+
+    Small problems use a dense boolean bitmap (one byte per cell, O(1) lookups); large ones a
+    sorted array of ``user * n_items + item`` keys searched with ``torch.searchsorted``.
+    """
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        m = sp.csr_matrix(matrix)
+        m.sort_indices()
+        self.n_users, self.n_items = m.shape
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(m.indptr))
+        keys = rows * self.n_items + m.indices.astype(np.int64)
+        if self.n_users * self.n_items <= _DENSE_LIMIT:
+            bitmap = torch.zeros(self.n_users * self.n_items, dtype=torch.bool)
+            bitmap[torch.from_numpy(keys)] = True
+            self._bitmap: torch.Tensor | None = bitmap
+            self._keys: torch.Tensor | None = None
+        else:
+            self._bitmap = None
+            self._keys = torch.from_numpy(np.unique(keys))
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Boolean tensor, same shape as the broadcast of ``users`` and ``items``."""
+        key = users.to(torch.int64) * self.n_items + items.to(torch.int64)
+        if self._bitmap is not None:
+            return self._bitmap[key]
+        keys = self._keys
+        assert keys is not None
+        if keys.numel() == 0:
+            return torch.zeros_like(key, dtype=torch.bool)
+        pos = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
+        return keys[pos] == key
+
+
+@dataclass
+class NegativeDraw:
+    """Negatives for a batch of B positives, in shared-group form.
+
+    Attributes
+    ----------
+    shared : torch.LongTensor, shape (B // G, U)
+        One draw of ``U`` items per group of ``G`` consecutive rows.
+    negatives : torch.LongTensor, shape (B, U)
+        The per-row negatives: ``shared`` repeated per row, with ``fix_*`` applied.
+    fix_rows, fix_cols : torch.LongTensor, shape (F,)
+        Entries (row, column) of ``negatives`` that differ from the shared draw, because the shared
+        item was a positive of that row's user and was redrawn.
+    group_size : int
+    """
+
+    shared: torch.Tensor
+    negatives: torch.Tensor
+    fix_rows: torch.Tensor
+    fix_cols: torch.Tensor
+    group_size: int
+
+
+class _Sampler:
+    """Base: subclasses implement :meth:`_draw` (i.i.d. items from the proposal distribution)."""
+
+    def __init__(self, train: sp.csr_matrix, *, seed: int = 0, max_rounds: int = 100) -> None:
+        self.positives = PositiveSet(train)
+        self.n_items = self.positives.n_items
+        counts = np.diff(sp.csr_matrix(train).indptr)
+        full = np.flatnonzero(counts >= self.n_items)
+        if full.size:
+            raise ValueError(
+                f"users {full[:5].tolist()} interacted with every item: no negative can be sampled for them"
+            )
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.max_rounds = max_rounds
+
+    def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, users: torch.Tensor, n_negatives: int, group_size: int = 1) -> NegativeDraw:
+        """Draw ``n_negatives`` negatives for each row of ``users`` (shape (B,)).
+
+        Rows are grouped in runs of ``group_size`` that share one draw; B need not be a multiple of
+        the group size (the last group is shorter).
+        """
+        if n_negatives < 1:
+            raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        users = users.to(torch.int64)
+        b = users.numel()
+        n_groups = -(-b // group_size)
+        shared = self._draw((n_groups, n_negatives))
+        negatives = shared.repeat_interleave(group_size, dim=0)[:b]
+        bad = self.positives.contains(users[:, None], negatives)
+        fix_rows, fix_cols = bad.nonzero(as_tuple=True)
+        if fix_rows.numel():
+            todo_r, todo_c = fix_rows, fix_cols
+            for _ in range(self.max_rounds):
+                fresh = self._draw((todo_r.numel(),))
+                negatives[todo_r, todo_c] = fresh
+                still = self.positives.contains(users[todo_r], fresh)
+                if not still.any():
+                    break
+                todo_r, todo_c = todo_r[still], todo_c[still]
+            else:
+                raise RuntimeError(
+                    f"could not draw negatives for {todo_r.numel()} entries in {self.max_rounds} rounds "
+                    "(users with almost every item as positive?)"
+                )
+        return NegativeDraw(shared, negatives, fix_rows, fix_cols, group_size)
+
+
+class UniformSampler(_Sampler):
+    """Items drawn uniformly from the catalogue, positives of the row's user redrawn."""
+
+    def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(0, self.n_items, shape, generator=self.generator)
+
+
+class PopularitySampler(_Sampler):
+    """Items drawn with probability proportional to ``(count + 1) ** alpha`` (alpha=0: uniform)."""
+
+    def __init__(self, train: sp.csr_matrix, *, alpha: float = 0.75, seed: int = 0, max_rounds: int = 100) -> None:
+        super().__init__(train, seed=seed, max_rounds=max_rounds)
+        counts = np.bincount(sp.csr_matrix(train).indices, minlength=self.n_items).astype(np.float64)
+        weights = (counts + 1.0) ** float(alpha)
+        cdf = np.cumsum(weights)
+        self._cdf = torch.from_numpy(cdf / cdf[-1])
+        self.alpha = float(alpha)
+
+    def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        u = torch.rand(shape, generator=self.generator, dtype=torch.float64)
+        return torch.searchsorted(self._cdf, u).clamp_(max=self.n_items - 1)
+
+
+def make_sampler(name: str, train: sp.csr_matrix, *, alpha: float = 0.75, seed: int = 0) -> _Sampler:
+    """Sampler by name: ``"uniform"`` or ``"popularity"``."""
+    if name == "uniform":
+        return UniformSampler(train, seed=seed)
+    if name == "popularity":
+        return PopularitySampler(train, alpha=alpha, seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose 'uniform' or 'popularity'")
