@@ -44,6 +44,14 @@ class PositiveSet:
             self._bitmap = None
             self._keys = torch.from_numpy(np.unique(keys))
 
+    def to(self, device: str | torch.device) -> "PositiveSet":
+        """Move the lookup structure to ``device`` (in place); returns self."""
+        if self._bitmap is not None:
+            self._bitmap = self._bitmap.to(device)
+        if self._keys is not None:
+            self._keys = self._keys.to(device)
+        return self
+
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean tensor, same shape as the broadcast of ``users`` and ``items``."""
         key = users.to(torch.int64) * self.n_items + items.to(torch.int64)
@@ -83,8 +91,11 @@ class NegativeDraw:
 class _Sampler:
     """Base: subclasses implement :meth:`_draw` (i.i.d. items from the proposal distribution)."""
 
-    def __init__(self, train: sp.csr_matrix, *, seed: int = 0, max_rounds: int = 100) -> None:
-        self.positives = PositiveSet(train)
+    def __init__(
+        self, train: sp.csr_matrix, *, seed: int = 0, max_rounds: int = 100, device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = torch.device(device)
+        self.positives = PositiveSet(train).to(self.device)
         self.n_items = self.positives.n_items
         counts = np.diff(sp.csr_matrix(train).indptr)
         full = np.flatnonzero(counts >= self.n_items)
@@ -92,7 +103,7 @@ class _Sampler:
             raise ValueError(
                 f"users {full[:5].tolist()} interacted with every item: no negative can be sampled for them"
             )
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.max_rounds = max_rounds
 
     def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:  # pragma: no cover - abstract
@@ -136,29 +147,39 @@ class UniformSampler(_Sampler):
     """Items drawn uniformly from the catalogue, positives of the row's user redrawn."""
 
     def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(0, self.n_items, shape, generator=self.generator)
+        return torch.randint(0, self.n_items, shape, generator=self.generator, device=self.device)
 
 
 class PopularitySampler(_Sampler):
     """Items drawn with probability proportional to ``(count + 1) ** alpha`` (alpha=0: uniform)."""
 
-    def __init__(self, train: sp.csr_matrix, *, alpha: float = 0.75, seed: int = 0, max_rounds: int = 100) -> None:
-        super().__init__(train, seed=seed, max_rounds=max_rounds)
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        *,
+        alpha: float = 0.75,
+        seed: int = 0,
+        max_rounds: int = 100,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(train, seed=seed, max_rounds=max_rounds, device=device)
         counts = np.bincount(sp.csr_matrix(train).indices, minlength=self.n_items).astype(np.float64)
         weights = (counts + 1.0) ** float(alpha)
         cdf = np.cumsum(weights)
-        self._cdf = torch.from_numpy(cdf / cdf[-1])
+        self._cdf = torch.from_numpy(cdf / cdf[-1]).to(self.device)
         self.alpha = float(alpha)
 
     def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
-        u = torch.rand(shape, generator=self.generator, dtype=torch.float64)
+        u = torch.rand(shape, generator=self.generator, dtype=torch.float64, device=self.device)
         return torch.searchsorted(self._cdf, u).clamp_(max=self.n_items - 1)
 
 
-def make_sampler(name: str, train: sp.csr_matrix, *, alpha: float = 0.75, seed: int = 0) -> _Sampler:
-    """Sampler by name: ``"uniform"`` or ``"popularity"``."""
+def make_sampler(
+    name: str, train: sp.csr_matrix, *, alpha: float = 0.75, seed: int = 0, device: str | torch.device = "cpu"
+) -> _Sampler:
+    """Sampler by name: ``"uniform"`` or ``"popularity"``, drawing on ``device``."""
     if name == "uniform":
-        return UniformSampler(train, seed=seed)
+        return UniformSampler(train, seed=seed, device=device)
     if name == "popularity":
-        return PopularitySampler(train, alpha=alpha, seed=seed)
+        return PopularitySampler(train, alpha=alpha, seed=seed, device=device)
     raise ValueError(f"unknown sampler {name!r}; choose 'uniform' or 'popularity'")

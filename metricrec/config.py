@@ -1,0 +1,120 @@
+"""The CML hyperparameters as one frozen dataclass, saved next to the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .losses import COV_FORMULAS
+
+__all__ = ["CMLConfig"]
+
+
+@dataclass(frozen=True)
+class CMLConfig:
+    """Hyperparameters of a CML model and its training.
+
+    Defaults follow the paper (Hsieh et al., WWW 2017) where it is specific -- unit ball, WARP rank
+    weight, U = 10 sampled negatives, AdaGrad, covariance regularisation -- and were tuned on the
+    benchmarks in ``benchmarks/`` where it is not (margin, learning rate, batch size, lambda_c).
+
+    Attributes
+    ----------
+    factors : int
+        Embedding dimension d (default 100).
+    margin : float
+        m in ``[m + d(i,j)^2 - d(i,k)^2]_+``. Squared distances inside the unit ball lie in [0, 4]; margins
+        of 1-2 work best (the authors' own example used 1.9).
+    n_negatives : int
+        U, negatives sampled per positive pair (default 10; 20 is common).
+    use_rank_weight : bool
+        WARP-style ``w_ij = log(floor(J*M/U) + 1)``; False gives the plain triplet loss.
+    cov_weight : float
+        lambda_c of the covariance regulariser (0 disables it).
+    cov_formula : {"paper", "offdiag", "tf_signed"}
+        See :func:`metricrec.losses.covariance_loss`.
+    max_norm : float or None
+        Radius of the ball the vectors are projected into after every update (None: no bound).
+    optimizer : {"adagrad", "adam"}
+    learning_rate : float
+    batch_size : int
+        Positive pairs per step.
+    negative_group : int
+        Consecutive positives sharing one negative draw (1 = independent draws per positive as in
+        the paper; each row still never sees its own positives). Sharing cuts the cost of
+        gathering negative vectors G-fold.
+    sampler : {"uniform", "popularity"}
+    sampler_alpha : float
+        Exponent of the popularity sampler.
+    epochs : int
+        Maximum number of epochs.
+    patience : int
+        Early stopping: epochs without a better valid Recall@50 before stopping (0: never stop early).
+    init_std : float or None
+        Std of the normal initialisation (default ``1 / sqrt(factors)``).
+    seed : int
+    """
+
+    factors: int = 100
+    margin: float = 1.5
+    n_negatives: int = 10
+    use_rank_weight: bool = True
+    cov_weight: float = 1.0
+    cov_formula: str = "paper"
+    max_norm: float | None = 1.0
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.1
+    batch_size: int = 20_000
+    negative_group: int = 16
+    sampler: str = "uniform"
+    sampler_alpha: float = 0.75
+    epochs: int = 100
+    patience: int = 10
+    init_std: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "factors", "n_negatives", "batch_size", "negative_group", "epochs")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        for name in ("margin", "learning_rate"):
+            value = getattr(self, name)
+            if not (value > 0) or value != value:
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not self.cov_weight >= 0:
+            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight}")
+        if self.cov_formula not in COV_FORMULAS:
+            raise ValueError(f"cov_formula must be one of {COV_FORMULAS}, got {self.cov_formula!r}")
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ValueError(f"max_norm must be > 0 or None, got {self.max_norm}")
+        if self.optimizer not in ("adagrad", "adam"):
+            raise ValueError(f"optimizer must be 'adagrad' or 'adam', got {self.optimizer!r}")
+        if self.sampler not in ("uniform", "popularity"):
+            raise ValueError(f"sampler must be 'uniform' or 'popularity', got {self.sampler!r}")
+        if self.init_std is not None and not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CMLConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a foreign or newer file)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown CML config keys: {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "CMLConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(cfg: CMLConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

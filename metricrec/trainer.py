@@ -1,0 +1,217 @@
+"""The CML training loop: epochs of shuffled positive pairs, validation, early stopping.
+
+The trainer owns the optimisation (sampler, kernel, optimisers, the per-epoch table); it never
+parses data and the model never sees the trainer: it receives a CSR train matrix and embedding
+tables and returns the trained tables plus a :class:`History`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from .config import CMLConfig
+from .kernel import GradBuffer, cml_step
+from .metrics import embedding_scorer, evaluate
+from .optim import make_optimizer
+from .sampling import make_sampler
+
+__all__ = ["EpochRecord", "History", "Trainer", "EpochCallback"]
+
+VALID_METRIC = "recall@50"
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did. ``seconds`` is training only; evaluation is ``eval_seconds``."""
+
+    epoch: int
+    loss: float
+    metric_loss: float
+    cov_loss: float
+    seconds: float
+    eval_seconds: float = 0.0
+    valid: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """All epochs of one ``fit`` and the epoch whose weights were kept."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def train_seconds(self) -> float:
+        """Training seconds summed over all epochs run (evaluation excluded)."""
+        return float(sum(e.seconds for e in self.epochs))
+
+    @property
+    def seconds_to_best(self) -> float:
+        """Training seconds up to and including the best epoch."""
+        if self.best_epoch is None:
+            return self.train_seconds
+        return float(sum(e.seconds for e in self.epochs if e.epoch <= self.best_epoch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": [e.to_dict() for e in self.epochs],
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "train_seconds": self.train_seconds,
+            "seconds_to_best": self.seconds_to_best,
+        }
+
+
+#: Called after every epoch with the record and the trainer; return True to stop training.
+EpochCallback = Callable[[EpochRecord, "Trainer"], "bool | None"]
+
+
+class Trainer:
+    """Trains user and item embedding tables on a CSR matrix of positives.
+
+    Parameters
+    ----------
+    config : CMLConfig
+    train : scipy.sparse.csr_matrix, shape (n_users, n_items)
+        Positives (non-zeros); weights are ignored.
+    valid : scipy.sparse.csr_matrix, optional
+        Held-out positives for per-epoch Recall@50/@100 and early stopping (train items are
+        excluded from the ranking).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    progress : bool
+        Show a tqdm bar over epochs.
+    verbose : bool
+        Print the per-epoch table (epoch, loss, valid Recall@50, Recall@100, seconds).
+    callbacks : sequence of callables
+        ``callback(record, trainer)`` after each epoch; returning True stops training.
+    """
+
+    def __init__(
+        self,
+        config: CMLConfig,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        verbose: bool = True,
+        callbacks: Sequence[EpochCallback] = (),
+        stream: Any = None,
+    ) -> None:
+        self.config = config
+        self.train = sp.csr_matrix(train)
+        self.valid = None if valid is None else sp.csr_matrix(valid)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.verbose = verbose
+        self.callbacks = list(callbacks)
+        self.stream = stream if stream is not None else sys.stdout
+        rows = np.repeat(np.arange(self.train.shape[0], dtype=np.int64), np.diff(self.train.indptr))
+        self._users = torch.from_numpy(rows).to(self.device)
+        self._items = torch.from_numpy(self.train.indices.astype(np.int64)).to(self.device)
+        self.history = History()
+
+    # ------------------------------------------------------------------
+    def fit(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> History:
+        """Train ``user_emb`` (n_users, d) and ``item_emb`` (n_items, d) in place; return the history.
+
+        With a valid set and ``patience > 0``, training stops after ``patience`` epochs without a
+        better valid Recall@50 and the best epoch's weights are restored.
+        """
+        cfg = self.config
+        n_pairs = self._users.numel()
+        if n_pairs == 0:
+            raise ValueError("the training matrix has no positive pairs")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = make_sampler(cfg.sampler, self.train, alpha=cfg.sampler_alpha, seed=cfg.seed + 1, device=self.device)
+        opt_u = make_optimizer(cfg.optimizer, user_emb, cfg.learning_rate)
+        opt_i = make_optimizer(cfg.optimizer, item_emb, cfg.learning_rate)
+        grad_u = GradBuffer(*user_emb.shape, dtype=user_emb.dtype, device=self.device)
+        grad_i = GradBuffer(*item_emb.shape, dtype=item_emb.dtype, device=self.device)
+
+        best_score, best_state, waited = -math.inf, None, 0
+        bar = tqdm(range(1, cfg.epochs + 1), desc="CML", unit="epoch", disable=not self.progress,
+                   file=sys.stderr, leave=False, dynamic_ncols=True)
+        self._print_header()
+        for epoch in bar:
+            start = time.perf_counter()
+            metric_total = cov_total = 0.0
+            order = torch.randperm(n_pairs, generator=gen).to(self.device)
+            for lo in range(0, n_pairs, cfg.batch_size):
+                idx = order[lo : lo + cfg.batch_size]
+                users, items = self._users[idx], self._items[idx]
+                draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
+                stats = cml_step(
+                    user_emb, item_emb, users, items, draw, grad_u, grad_i,
+                    margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
+                    cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
+                )
+                opt_u.step(*grad_u.pop(), max_norm=cfg.max_norm)
+                opt_i.step(*grad_i.pop(), max_norm=cfg.max_norm)
+                metric_total += stats.metric_loss
+                cov_total += stats.cov_loss
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            loss = metric_total + cfg.cov_weight * cov_total
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch}: the loss became {loss}; lower the learning rate")
+            record = EpochRecord(epoch, loss, metric_total, cov_total, seconds)
+            if self.valid is not None:
+                t0 = time.perf_counter()
+                record.valid = evaluate(
+                    embedding_scorer(user_emb, item_emb), self.valid, self.train,
+                    ks=(50, 100), metrics=("recall",), device=self.device,
+                )
+                record.eval_seconds = time.perf_counter() - t0
+            self.history.epochs.append(record)
+            self._print_row(record)
+            bar.set_postfix(loss=f"{loss:.4g}", **({"R@50": f"{record.valid[VALID_METRIC]:.4f}"} if record.valid else {}))
+
+            score = record.valid.get(VALID_METRIC, -record.loss) if record.valid else -record.loss
+            if score > best_score:
+                best_score, waited = score, 0
+                self.history.best_epoch = epoch
+                if self.valid is not None and cfg.patience:
+                    best_state = (user_emb.detach().clone(), item_emb.detach().clone())
+            else:
+                waited += 1
+            stop = any(bool(cb(record, self)) for cb in self.callbacks)
+            if self.valid is not None and cfg.patience and waited >= cfg.patience:
+                self.history.stopped_early = True
+                stop = True
+            if stop:
+                break
+        bar.close()
+        if best_state is not None and self.history.best_epoch != self.history.epochs[-1].epoch:
+            user_emb.copy_(best_state[0])
+            item_emb.copy_(best_state[1])
+        if self.valid is None:
+            self.history.best_epoch = self.history.epochs[-1].epoch
+        return self.history
+
+    # ------------------------------------------------------------------ table
+    def _print_header(self) -> None:
+        if self.verbose:
+            tqdm.write(f"{'epoch':>5}  {'loss':>12}  {'R@50':>7}  {'R@100':>7}  {'seconds':>7}", file=self.stream)
+
+    def _print_row(self, r: EpochRecord) -> None:
+        if not self.verbose:
+            return
+        r50 = f"{r.valid['recall@50']:.4f}" if r.valid else "-"
+        r100 = f"{r.valid['recall@100']:.4f}" if r.valid else "-"
+        tqdm.write(f"{r.epoch:>5}  {r.loss:>12.4f}  {r50:>7}  {r100:>7}  {r.seconds:>7.3f}", file=self.stream)
