@@ -1,0 +1,154 @@
+"""Command-line data sources and splits shared by every subcommand.
+
+A data source is one of: a named data set (``--dataset``), a generic interaction file
+(``--interactions``), a predefined split (``--train/--valid/--test``) or built-in synthetic data
+(``--synthetic``). Every command that accepts one uses these helpers, and every run records a
+JSON-able description of what it used (written to ``data.json`` / ``report.json``), so that
+``metricrec evaluate`` and ``metricrec recommend`` can rebuild the same data and split later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any
+
+from ..datasets import DownloadError, available_datasets, load_dataset
+from ..interactions import Interactions
+from ..io import read_interactions
+from ..split import Split, leave_k_out, ratio_split, temporal_split
+from ..split_io import read_split
+from ..synthetic import PRESETS, generate
+
+SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, *, predefined: bool = True, required: bool = False) -> None:
+    """Flags selecting the data source."""
+    g = p.add_argument_group("data source (one of)")
+    g.add_argument("--dataset", choices=available_datasets(), help="a built-in data set")
+    g.add_argument("--data-dir", help="folder holding data set folders (default: $METRICREC_DATA or ~/.cache/metricrec)")
+    g.add_argument("--no-download", action="store_true", help="never download missing data set files")
+    g.add_argument("--interactions", metavar="FILE", help="generic interactions file (.csv, .tsv, .inter, .parquet, or any with --sep)")
+    g.add_argument("--user-col", default="0", help="user id column (index or header name; default 0)")
+    g.add_argument("--item-col", default="1", help="item id column (default 1)")
+    g.add_argument("--rating-col", help="rating column (default: none, every row is a positive)")
+    g.add_argument("--timestamp-col", help="timestamp column (for temporal splits)")
+    g.add_argument("--sep", help="field separator (default from the suffix; '\\t' for tab)")
+    g.add_argument("--min-rating", type=float, help="positives are ratings >= this (MovieLens default 4)")
+    g.add_argument("--synthetic", choices=sorted(PRESETS), help="built-in synthetic data with planted clusters")
+    if predefined:
+        g.add_argument("--train", metavar="CSV", help="predefined split: train pairs (user,item with header)")
+        g.add_argument("--valid", metavar="CSV", help="predefined split: valid pairs")
+        g.add_argument("--test", metavar="CSV", help="predefined split: test pairs")
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("split (ignored with a predefined split)")
+    g.add_argument("--split", choices=SPLIT_METHODS, default="ratio", help="split method (default: the paper's 60/20/20 per user)")
+    g.add_argument("--ratios", default="0.6,0.2,0.2", help="train,valid,test ratios (ratio and temporal splits)")
+    g.add_argument("--leave-k", type=int, default=1, help="items per user held out for test (and valid) with leave-k-out")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    g.add_argument("--drop-small-users", action="store_true", help="drop users with < 5 positives instead of keeping them in train")
+
+
+def _col(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def describe_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The data-source and split flags as a JSON-able dict (to rebuild the same data later)."""
+    keys = ["dataset", "data_dir", "interactions", "user_col", "item_col", "rating_col", "timestamp_col",
+            "sep", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
+            "split_seed", "drop_small_users"]
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def note(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def load_data(args: argparse.Namespace, *, fallback_synthetic: bool = False) -> tuple[Interactions | None, dict[str, Any]]:
+    """Load the data source the flags name. Returns (data or None for a predefined split, description)."""
+    chosen = [n for n in ("dataset", "interactions", "synthetic") if getattr(args, n, None)]
+    if getattr(args, "train", None):
+        chosen.append("train")
+    if len(chosen) > 1:
+        raise ValueError(f"choose one data source, got --{' --'.join(chosen)}")
+    if not chosen:
+        raise ValueError("no data: give --dataset NAME, --interactions FILE, --synthetic PRESET or --train/--valid/--test")
+    if getattr(args, "train", None):
+        if not (args.valid and args.test):
+            raise ValueError("a predefined split needs all three of --train, --valid and --test")
+        return None, {"kind": "predefined", "train": args.train, "valid": args.valid, "test": args.test}
+    if args.synthetic:
+        data = generate(preset=args.synthetic, seed=0)
+        return data, {"kind": "synthetic", "preset": args.synthetic}
+    if args.interactions:
+        sep = args.sep.encode().decode("unicode_escape") if args.sep else None
+        kw: dict[str, Any] = {"user_col": _col(args.user_col), "item_col": _col(args.item_col),
+                              "rating_col": _col(args.rating_col), "timestamp_col": _col(args.timestamp_col),
+                              "min_rating": args.min_rating}
+        if sep:
+            kw["sep"] = sep
+        data = read_interactions(args.interactions, **kw)
+        return data, {"kind": "file", "path": args.interactions, **{k: v for k, v in kw.items() if v is not None}}
+    try:
+        data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, download=not args.no_download)
+    except (DownloadError, FileNotFoundError) as exc:
+        if not fallback_synthetic:
+            raise
+        note(f"DATA: {args.dataset} is not available here:\n  {exc}\n"
+             "DATA: falling back to the built-in synthetic data set (preset 'small'; planted clusters) so the "
+             "run can go on. Point --data-dir at the real files (e.g. ../shared/data) for real numbers.")
+        data = generate(preset="small", seed=0)
+        return data, {"kind": "synthetic", "preset": "small", "fallback_for": args.dataset, "reason": str(exc)}
+    desc = {"kind": "dataset", "name": args.dataset, "data_dir": str(data.meta.get("data_dir", args.data_dir)),
+            "min_rating": data.meta.get("min_rating")}
+    return data, desc
+
+
+def make_split(args: argparse.Namespace, data: Interactions | None) -> Split:
+    """The split the flags ask for (or the predefined one)."""
+    if data is None:
+        return read_split(args.train, args.valid, args.test)
+    ratios = _ratios(args.ratios)
+    if args.split == "ratio":
+        return ratio_split(data, ratios, seed=args.split_seed, drop_small_users=args.drop_small_users)
+    if args.split == "leave-k-out":
+        return leave_k_out(data, args.leave_k, mode="random", seed=args.split_seed)
+    if args.split == "leave-latest":
+        return leave_k_out(data, args.leave_k, mode="latest", seed=args.split_seed)
+    return temporal_split(data, ratios)
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {text!r}") from None
+    if len(parts) != 3:
+        raise ValueError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def rebuild(desc: dict[str, Any]) -> argparse.Namespace:
+    """A namespace of data flags from a saved :func:`describe_args` dict."""
+    ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, interactions=None, user_col="0",
+                            item_col="1", rating_col=None, timestamp_col=None, sep=None, min_rating=None,
+                            synthetic=None, train=None, valid=None, test=None, split="ratio",
+                            ratios="0.6,0.2,0.2", leave_k=1, split_seed=0, drop_small_users=False)
+    for k, v in desc.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def quiet_warnings_to_stderr() -> None:
+    """Show data warnings once, as one plain line each."""
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show  # type: ignore[assignment]

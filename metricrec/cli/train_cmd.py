@@ -1,0 +1,271 @@
+"""`metricrec train`, `metricrec evaluate` and `metricrec recommend`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..cml import CML
+from ..config import CMLConfig
+from ..datasets import item_titles
+from ..metrics import embedding_scorer, evaluate
+from ..serialization import atomic_write_json
+from ..split import Split
+from .sources import add_data_arguments, add_split_arguments, describe_args, load_data, make_split, note, rebuild
+
+TEST_KS = (10, 20, 50, 100)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train CML, print the per-epoch table, save model and report.json")
+    add_data_arguments(train)
+    add_split_arguments(train)
+    _add_config_arguments(train)
+    train.add_argument("--out", help="output folder (default runs/<data>)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-fallback", action="store_true",
+                       help="fail instead of using synthetic data when --dataset files cannot be found or downloaded")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="full-ranking metrics of a trained model on its test (or valid) part")
+    ev.add_argument("--model", required=True, help="a folder written by 'metricrec train'")
+    ev.add_argument("--part", choices=("test", "valid"), default="test")
+    ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+    add_data_arguments(ev)
+    add_split_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    rec = sub.add_parser("recommend", help="top-N items for a user (raw ids in and out)")
+    rec.add_argument("--model", required=True, help="a folder written by 'metricrec train'")
+    rec.add_argument("--user", required=True, help="raw user id")
+    rec.add_argument("-n", "--n", type=int, default=10, help="how many items (default 10)")
+    rec.add_argument("--keep-liked", action="store_true", help="do not filter the user's training items")
+    rec.set_defaults(func=cmd_recommend)
+
+
+# ---------------------------------------------------------------------- hyperparameter flags
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CML hyperparameters (defaults: CMLConfig)")
+    for f in dataclasses.fields(CMLConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "use_rank_weight":
+            g.add_argument("--no-rank-weight", dest="use_rank_weight", action="store_false", default=None,
+                           help="plain triplet loss instead of the WARP-style rank weight")
+            continue
+        if f.name in ("max_norm", "init_std"):
+            g.add_argument(flag, dest=f.name, type=_float_or_none, default=None, metavar="X|none",
+                           help=f"default {f.default}")
+            continue
+        kind = type(f.default) if f.default is not None else float
+        g.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+
+
+def _float_or_none(text: str) -> float | str:
+    return "none" if text.lower() == "none" else float(text)
+
+
+def config_from_args(args: argparse.Namespace) -> CMLConfig:
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(CMLConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        changes[f.name] = None if value == "none" else value
+    return CMLConfig().replace(**changes)
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # validate flags before loading anything
+    data, desc = load_data(args, fallback_synthetic=bool(args.dataset) and not args.no_fallback)
+    split = make_split(args, data)
+    name = desc.get("name") or desc.get("preset") or Path(desc.get("path", desc.get("train", "run"))).stem
+    out = Path(args.out or Path("runs") / str(name))
+    sizes = split.sizes()
+    note(f"DATA: {_source_line(desc)} | {split.train.n_users:,} users x {split.train.n_items:,} items | "
+         f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
+    if sizes["train"] == 0:
+        raise ValueError("the training part is empty: nothing to train on")
+    model = CML(config, device=args.device, num_threads=args.threads, show_progress=not args.no_progress)
+    t0 = time.perf_counter()
+    model.fit(split.train, split.valid if sizes["valid"] else None)
+    wall = time.perf_counter() - t0
+    test, eval_s = _score(model, split, "test")
+    model.save(out / "model", weights_format=args.weights_format)
+    data_doc = {"source": desc, "args": describe_args(args), "split": _jsonable(split.meta), "sizes": sizes}
+    atomic_write_json(out / "data.json", data_doc)
+    hist = model.history
+    report = {
+        "metricrec_version": __version__,
+        "config": config.to_dict(),
+        "data": data_doc,
+        "epochs": [
+            {"epoch": e.epoch, "loss": e.loss, "metric_loss": e.metric_loss, "cov_loss": e.cov_loss,
+             "seconds": e.seconds, "eval_seconds": e.eval_seconds, "valid": e.valid}
+            for e in hist.epochs
+        ],
+        "best_epoch": hist.best_epoch,
+        "stopped_early": hist.stopped_early,
+        "train_seconds": hist.train_seconds,
+        "seconds_to_best": hist.seconds_to_best,
+        "median_epoch_seconds": float(np.median([e.seconds for e in hist.epochs])),
+        "wall_seconds": wall,
+        "test": test,
+        "test_eval_seconds": eval_s,
+        "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "peak_rss_mb": _peak_rss_mb()},
+    }
+    atomic_write_json(out / "report.json", report)
+    print(f"best epoch {hist.best_epoch} of {len(hist.epochs)}; training {hist.train_seconds:.2f} s "
+          f"(median {report['median_epoch_seconds']:.3f} s/epoch)")
+    _print_metrics(test, "test")
+    print(f"saved model -> {out / 'model'}; report -> {out / 'report.json'}")
+    return 0
+
+
+def _score(model: CML, split: Split, part: str) -> tuple[dict[str, float], float]:
+    target = getattr(split, part).matrix
+    exclude = split.train.matrix if part == "valid" else (split.train.matrix + split.valid.matrix).tocsr()
+    t0 = time.perf_counter()
+    scorer = embedding_scorer(torch.from_numpy(model.user_embeddings), torch.from_numpy(model.item_embeddings))
+    metrics = evaluate(scorer, target, exclude, ks=TEST_KS)
+    return metrics, time.perf_counter() - t0
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    names = ["recall", "precision", "ndcg", "hitrate", "map"]
+    print(f"{title} ({int(metrics.get('n_users', 0)):,} users)  " + "  ".join(f"@{k:<6}" for k in TEST_KS))
+    for n in names:
+        if f"{n}@{TEST_KS[0]}" in metrics:
+            print(f"  {n:<10}" + "".join(f"  {metrics[f'{n}@{k}']:.4f}" for k in TEST_KS))
+    extra = [f"{k} {metrics[k]:.4f}" for k in ("mrr", "auc") if k in metrics]
+    if extra:
+        print("  " + "   ".join(extra))
+
+
+def _source_line(desc: dict[str, Any]) -> str:
+    kind = desc["kind"]
+    if kind == "dataset":
+        rating = f", rating >= {desc['min_rating']:g}" if desc.get("min_rating") is not None else ""
+        return f"{desc['name']} from {desc['data_dir']}{rating}"
+    if kind == "synthetic":
+        extra = f" -- FALLBACK: {desc['fallback_for']} was not available" if "fallback_for" in desc else ""
+        return f"built-in synthetic data (preset {desc['preset']}){extra}"
+    if kind == "file":
+        return f"file {desc['path']}"
+    return f"predefined split {desc['train']} | {desc['valid']} | {desc['test']}"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 100 else f"<array of {obj.size}>"
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+# ---------------------------------------------------------------------- evaluate / recommend
+def _load_run(model_dir: str) -> tuple[CML, dict[str, Any]]:
+    run = Path(model_dir)
+    model_path = run / "model" if (run / "model").exists() else run
+    model = CML.load(model_path)
+    data_json = run / "data.json"
+    doc = json.loads(data_json.read_text()) if data_json.is_file() else {}
+    return model, doc
+
+
+def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: CML) -> Split:
+    has_flags = any(getattr(args, k, None) for k in ("dataset", "interactions", "synthetic", "train"))
+    if has_flags:
+        data_args = args
+    elif doc.get("args"):
+        data_args = rebuild(doc["args"])
+        if doc.get("source", {}).get("kind") == "synthetic":  # a fallback run: rebuild what it really used
+            data_args.dataset, data_args.synthetic = None, doc["source"]["preset"]
+    else:
+        raise ValueError(f"{args.model}: no data.json next to the model; give the data flags (e.g. --dataset)")
+    data, _ = load_data(data_args)
+    split = make_split(data_args, data)
+    if split.train.shape != (model.user_embeddings.shape[0], model.item_embeddings.shape[0]):
+        raise ValueError(f"the data has shape {split.train.shape} but the model was trained on "
+                         f"{model.user_embeddings.shape[0]} users x {model.item_embeddings.shape[0]} items")
+    return split
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, doc = _load_run(args.model)
+    split = _data_for_run(args, doc, model)
+    metrics, seconds = _score(model, split, args.part)
+    _print_metrics(metrics, args.part)
+    print(f"evaluated in {seconds:.3f} s")
+    if args.json:
+        atomic_write_json(args.json, metrics)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    model, doc = _load_run(args.model)
+    if model.user_ids is None:
+        raise ValueError(f"{args.model}: the model has no raw id maps")
+    uid = _match_id(model.user_ids, args.user)
+    if uid is None:
+        raise KeyError(f"unknown user id {args.user!r} (the model knows {len(model.user_ids):,} users)")
+    if args.n <= 0:
+        raise ValueError(f"-n must be a positive integer, got {args.n}")
+    liked = None
+    if not args.keep_liked:
+        split = _data_for_run(argparse.Namespace(model=args.model), doc, model)
+        liked = split.train.matrix[uid]
+    ids, scores = model.recommend(uid, liked, N=args.n, filter_already_liked_items=liked is not None)
+    titles: dict = {}
+    src = doc.get("source", {})
+    if src.get("kind") == "dataset" and src.get("name", "").startswith("ml-"):
+        try:
+            titles = item_titles(src["name"], src.get("data_dir"))
+        except (OSError, ValueError) as exc:
+            note(f"(titles unavailable: {exc})")
+    print(f"top {args.n} for user {args.user}:")
+    for rank, (i, s) in enumerate(zip(ids, scores), 1):
+        if i < 0:
+            break
+        raw = model.item_ids[i] if model.item_ids is not None else i
+        title = titles.get(raw.item() if hasattr(raw, "item") else raw, "")
+        print(f"{rank:>3}. {raw!s:<10} {s:8.4f}  {title}")
+    return 0
+
+
+def _match_id(ids: np.ndarray, text: str) -> int | None:
+    if ids.dtype.kind in "iu":
+        try:
+            value = int(text)
+        except ValueError:
+            return None
+        hits = np.flatnonzero(ids == value)
+    else:
+        hits = np.flatnonzero(ids == text)
+    return int(hits[0]) if hits.size else None
