@@ -46,8 +46,8 @@ class GradBuffer:
     def pop(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(touched row indices, their summed gradients), and reset the buffer."""
         rows = self.touched.nonzero().squeeze(1)
-        grads = self.grad[rows]
-        self.grad[rows] = 0.0
+        grads = self.grad.index_select(0, rows)
+        self.grad.index_fill_(0, rows, 0.0)
         self.touched[rows] = False
         return rows, grads
 
@@ -134,8 +134,9 @@ def cml_step(
     n_groups, n_neg = shared.shape
     d = user_emb.shape[1]
 
-    u = user_emb[users]
-    p = item_emb[positives]
+    # index_select, not advanced indexing: several times faster for row gathers on CPU
+    u = user_emb.index_select(0, users)
+    p = item_emb.index_select(0, positives)
     if item_sq_norms is None:
         item_sq_norms = (item_emb * item_emb).sum(1)
     d_pos = ((u - p) ** 2).sum(1)
@@ -143,13 +144,14 @@ def cml_step(
     # u.v_k for every row and every shared negative of its group: (n_groups, G, d) x (n_groups, d, U)
     pad = n_groups * g - b
     u_groups = torch.nn.functional.pad(u, (0, 0, 0, pad)) if pad else u
-    neg_vecs = item_emb[shared]
+    neg_vecs = item_emb.index_select(0, shared.reshape(-1)).view(n_groups, n_neg, d)
     dots = torch.bmm(u_groups.view(n_groups, g, d), neg_vecs.transpose(1, 2)).reshape(n_groups * g, n_neg)[:b]
     negatives = draw.negatives
-    dist = (u * u).sum(1, keepdim=True) + item_sq_norms[negatives] - 2.0 * dots
+    dist = torch.take(item_sq_norms, negatives).add_((u * u).sum(1, keepdim=True)).sub_(dots, alpha=2.0)
     if draw.fix_rows.numel():
         fr, fc = draw.fix_rows, draw.fix_cols
-        dist[fr, fc] = ((u[fr] - item_emb[negatives[fr, fc]]) ** 2).sum(1)
+        diff = u.index_select(0, fr) - item_emb.index_select(0, negatives[fr, fc])
+        dist[fr, fc] = (diff * diff).sum(1)
 
     violation = margin + d_pos[:, None] - dist
     closest_col = dist.argmin(1)
@@ -162,20 +164,21 @@ def cml_step(
     metric_value = float((weight * hinge).sum())
 
     closest = negatives.gather(1, closest_col[:, None]).squeeze(1)
-    ua, pa = u[active], p[active]
-    na = item_emb[closest[active]]
-    w2 = (2.0 * weight[active])[:, None]
+    ua, pa = u.index_select(0, active), p.index_select(0, active)
+    a_pos, a_neg = positives.index_select(0, active), closest.index_select(0, active)
+    na = item_emb.index_select(0, a_neg)
+    w2 = (2.0 * weight.index_select(0, active))[:, None]
     g_pos = (pa - ua).mul_(w2)
     g_neg = (ua - na).mul_(w2)
-    item_grad.add(positives[active], g_pos)
-    item_grad.add(closest[active], g_neg)
-    user_grad.add(users[active], g_pos.add_(g_neg).neg_())  # dL/du = 2w(n - p) = -(g_pos + g_neg)
+    item_grad.add(a_pos, g_pos)
+    item_grad.add(a_neg, g_neg)
+    user_grad.add(users.index_select(0, active), g_pos.add_(g_neg).neg_())  # dL/du = 2w(n - p) = -(g_pos + g_neg)
 
     cov_value = 0.0
     if cov_weight:
         uu = _distinct(users, user_emb.shape[0])
         ii = _distinct(torch.cat([positives, closest]), n_items)
-        x = torch.cat([user_emb[uu], item_emb[ii]])
+        x = torch.cat([user_emb.index_select(0, uu), item_emb.index_select(0, ii)])
         cov_value, gx = covariance_gradient(x, cov_formula)
         gx.mul_(cov_weight)
         user_grad.add(uu, gx[: uu.numel()])

@@ -8,7 +8,12 @@ then project them back into the norm ball.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kernel import GradBuffer
 
 __all__ = ["RowAdagrad", "RowAdam", "make_optimizer", "clip_rows"]
 
@@ -43,10 +48,33 @@ class RowAdagrad:
         if rows.numel() == 0:
             return
         idx, g = rows, grads
-        acc = self.acc[idx].addcmul_(g, g)
-        self.acc[idx] = acc
-        new = self.weight[idx].addcdiv_(g, (acc + self.eps).sqrt_(), value=-self.lr)
-        self.weight[idx] = clip_rows(new, max_norm)
+        acc = self.acc.index_select(0, idx).addcmul_(g, g)
+        self.acc.index_copy_(0, idx, acc)
+        new = self.weight.index_select(0, idx).addcdiv_(g, (acc + self.eps).sqrt_(), value=-self.lr)
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+
+    def step_buffer(self, buffer: "GradBuffer", max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+        """Apply and reset a :class:`~metricrec.kernel.GradBuffer`.
+
+        When more than ``dense_fraction`` of the rows were touched, the update runs over the whole
+        table in place (no gathers or scatters). That is exactly the sparse update: an untouched
+        row has a zero gradient, so its accumulator and value do not change, and it is already
+        inside the ball.
+        """
+        n_touched = int(buffer.touched.sum())
+        if n_touched == 0:
+            return
+        if n_touched < dense_fraction * buffer.touched.numel():
+            self.step(*buffer.pop(), max_norm=max_norm)
+            return
+        g = buffer.grad
+        self.acc.addcmul_(g, g)
+        self.weight.addcdiv_(g, (self.acc + self.eps).sqrt_(), value=-self.lr)
+        if max_norm is not None:
+            rows = buffer.touched.nonzero().squeeze(1)
+            self.weight.index_copy_(0, rows, clip_rows(self.weight.index_select(0, rows), max_norm))
+        g.zero_()
+        buffer.touched.zero_()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"acc": self.acc}
@@ -71,15 +99,19 @@ class RowAdam:
             return
         self.t += 1
         idx, g = rows, grads
-        m = self.m[idx].mul_(self.b1).add_(g, alpha=1 - self.b1)
-        v = self.v[idx].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        self.m[idx] = m
-        self.v[idx] = v
+        m = self.m.index_select(0, idx).mul_(self.b1).add_(g, alpha=1 - self.b1)
+        v = self.v.index_select(0, idx).mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        self.m.index_copy_(0, idx, m)
+        self.v.index_copy_(0, idx, v)
         c1 = 1 - self.b1**self.t
         c2 = 1 - self.b2**self.t
         denom = (v / c2).sqrt_().add_(self.eps)
-        new = self.weight[idx].addcdiv_(m, denom, value=-self.lr / c1)
-        self.weight[idx] = clip_rows(new, max_norm)
+        new = self.weight.index_select(0, idx).addcdiv_(m, denom, value=-self.lr / c1)
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+
+    def step_buffer(self, buffer: "GradBuffer", max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+        """Apply and reset a GradBuffer (always row-sparse: lazy Adam must not decay untouched rows)."""
+        self.step(*buffer.pop(), max_norm=max_norm)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"m": self.m, "v": self.v}

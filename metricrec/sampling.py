@@ -56,7 +56,7 @@ class PositiveSet:
         """Boolean tensor, same shape as the broadcast of ``users`` and ``items``."""
         key = users.to(torch.int64) * self.n_items + items.to(torch.int64)
         if self._bitmap is not None:
-            return self._bitmap[key]
+            return torch.take(self._bitmap, key)
         keys = self._keys
         assert keys is not None
         if keys.numel() == 0:

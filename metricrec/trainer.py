@@ -98,6 +98,11 @@ class Trainer:
         Print the per-epoch table (epoch, loss, valid Recall@50, Recall@100, seconds).
     callbacks : sequence of callables
         ``callback(record, trainer)`` after each epoch; returning True stops training.
+
+    Attributes
+    ----------
+    user_emb, item_emb : torch.Tensor or None
+        The tables being trained (set by :meth:`fit`), for callbacks to read; do not modify them.
     """
 
     def __init__(
@@ -124,15 +129,18 @@ class Trainer:
         self._users = torch.from_numpy(rows).to(self.device)
         self._items = torch.from_numpy(self.train.indices.astype(np.int64)).to(self.device)
         self.history = History()
+        self.user_emb: torch.Tensor | None = None
+        self.item_emb: torch.Tensor | None = None
 
     # ------------------------------------------------------------------
     def fit(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> History:
         """Train ``user_emb`` (n_users, d) and ``item_emb`` (n_items, d) in place; return the history.
 
-        With a valid set and ``patience > 0``, training stops after ``patience`` epochs without a
-        better valid Recall@50 and the best epoch's weights are restored.
+        With a valid set, the best epoch's (valid Recall@50) weights are restored at the end, and
+        with ``patience > 0`` training stops after ``patience`` epochs without a better one.
         """
         cfg = self.config
+        self.user_emb, self.item_emb = user_emb, item_emb
         n_pairs = self._users.numel()
         if n_pairs == 0:
             raise ValueError("the training matrix has no positive pairs")
@@ -160,8 +168,8 @@ class Trainer:
                     margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
                     cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
                 )
-                opt_u.step(*grad_u.pop(), max_norm=cfg.max_norm)
-                opt_i.step(*grad_i.pop(), max_norm=cfg.max_norm)
+                opt_u.step_buffer(grad_u, max_norm=cfg.max_norm)
+                opt_i.step_buffer(grad_i, max_norm=cfg.max_norm)
                 metric_total += stats.metric_loss
                 cov_total += stats.cov_loss
             if self.device.type == "cuda":
@@ -186,7 +194,7 @@ class Trainer:
             if score > best_score:
                 best_score, waited = score, 0
                 self.history.best_epoch = epoch
-                if self.valid is not None and cfg.patience:
+                if self.valid is not None:
                     best_state = (user_emb.detach().clone(), item_emb.detach().clone())
             else:
                 waited += 1

@@ -55,3 +55,23 @@ def test_bad_optimizer_arguments():
         make_optimizer("sgdx", torch.zeros(2, 2), 0.1)
     with pytest.raises(ValueError, match="learning rate"):
         RowAdagrad(torch.zeros(2, 2), 0.0)
+
+
+def test_dense_buffer_path_equals_sparse_path():
+    from metricrec.kernel import GradBuffer
+
+    torch.manual_seed(1)
+    w0 = torch.randn(10, 4) * 0.3
+    a, b = w0.clone(), w0.clone()
+    opt_a, opt_b = RowAdagrad(a, 0.5), RowAdagrad(b, 0.5)
+    buf_a, buf_b = GradBuffer(10, 4), GradBuffer(10, 4)
+    for rows in (torch.tensor([0, 3, 3, 7]), torch.tensor([1, 2, 4, 5, 6, 8, 9, 0])):
+        g = torch.randn(rows.numel(), 4) * 3
+        buf_a.add(rows, g)
+        buf_b.add(rows, g)
+        opt_a.step_buffer(buf_a, max_norm=1.0, dense_fraction=0.0)  # always the dense path
+        opt_b.step_buffer(buf_b, max_norm=1.0, dense_fraction=2.0)  # always the sparse path
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(opt_a.acc, opt_b.acc, atol=1e-5)
+        assert not buf_a.touched.any() and float(buf_a.grad.abs().sum()) == 0.0
+    assert a.norm(dim=1).max() <= 1.0 + 1e-6
