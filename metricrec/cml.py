@@ -103,8 +103,6 @@ class CML:
             ``callback(record, trainer)`` after each epoch; return True to stop.
         """
         train = self._as_matrix(user_items, "user_items")
-        if isinstance(user_items, Interactions):
-            self.user_ids, self.item_ids = user_items.user_ids, user_items.item_ids
         if train.nnz == 0:
             raise ValueError("user_items has no positive interactions: nothing to train on")
         valid_m = None
@@ -112,6 +110,8 @@ class CML:
             valid_m = self._as_matrix(valid, "valid")
             if valid_m.shape != train.shape:
                 raise ValueError(f"valid has shape {valid_m.shape} but user_items has shape {train.shape}")
+            if valid_m.nnz == 0:
+                raise ValueError("valid has no positive interactions: nothing to validate on")
             overlap = train.multiply(valid_m).nnz
             if overlap:
                 raise ValueError(f"valid shares {overlap} (user, item) pairs with user_items; splits must be disjoint")
@@ -138,6 +138,11 @@ class CML:
         finally:
             torch.set_num_threads(old_threads)
         self._user, self._item = user, item
+        # ids of the data these vectors belong to (None for a plain matrix, never stale ones)
+        if isinstance(user_items, Interactions):
+            self.user_ids, self.item_ids = user_items.user_ids, user_items.item_ids
+        else:
+            self.user_ids = self.item_ids = None
         return self
 
     @staticmethod
@@ -148,7 +153,7 @@ class CML:
             m = data
         else:
             raise TypeError(f"{name} must be a scipy sparse matrix or an Interactions, got {type(data).__name__}")
-        m = sp.csr_matrix(m, dtype=np.float64)
+        m = sp.csr_matrix(m, dtype=np.float64, copy=True)  # the clean-up below works in place
         if m.nnz and not np.all(np.isfinite(m.data)):
             raise ValueError(f"{name} contains NaN or infinite values")
         if m.nnz and (m.data < 0).any():
@@ -196,7 +201,7 @@ class CML:
             items and, with ``recalculate_user``, to fold the users in. Required unless
             ``filter_already_liked_items=False``.
         N : int
-            Number of items to return (at most the number of candidates).
+            Number of items to return (may exceed the number of candidates: see the padding below).
         filter_items : array of int, optional
             Item indices never to return.
         recalculate_user : bool
@@ -217,6 +222,8 @@ class CML:
         uids = np.atleast_1d(np.asarray(userid))
         if uids.dtype.kind not in "iu":
             raise TypeError(f"userid must be integer user indices, got dtype {uids.dtype}")
+        if uids.ndim != 1:
+            raise ValueError(f"userid must be a scalar or a 1-D array, got shape {uids.shape}")
         n_users, n_items = user.shape[0], item.shape[0]
         if not recalculate_user:
             bad = uids[(uids < 0) | (uids >= n_users)]
@@ -270,6 +277,8 @@ class CML:
         q = np.atleast_1d(np.asarray(qid))
         if q.dtype.kind not in "iu":
             raise TypeError(f"{what}id must be integer indices, got dtype {q.dtype}")
+        if q.ndim != 1:
+            raise ValueError(f"{what}id must be a scalar or a 1-D array, got shape {q.shape}")
         bad = q[(q < 0) | (q >= table.shape[0])]
         if bad.size:
             raise IndexError(f"unknown {what} index {bad[0]} (the model has {table.shape[0]} {what}s)")
@@ -289,7 +298,8 @@ class CML:
             mask[:, torch.from_numpy(_check_ids(filter_ids, n_cols, "filter_items"))] = False
         if liked is not None and liked.nnz:
             r = np.repeat(np.arange(n_rows), np.diff(liked.indptr))
-            mask[torch.from_numpy(r), torch.from_numpy(liked.indices.astype(np.int64))] = False
+            keep = liked.data != 0  # stored zeros are not interactions (as in fit)
+            mask[torch.from_numpy(r[keep]), torch.from_numpy(liked.indices[keep].astype(np.int64))] = False
         return mask.to(self.device)
 
     # ------------------------------------------------------------------ fold-in
@@ -382,6 +392,8 @@ class CML:
         model.user_ids = _ids_from_json(meta.get("user_ids"), n_users, "user_ids", path)
         model.item_ids = _ids_from_json(meta.get("item_ids"), n_items, "item_ids", path)
         hist = meta.get("history") or {}
+        if not isinstance(hist, dict):
+            raise ModelFormatError(f"{path}: invalid history (a {type(hist).__name__}, expected an object)")
         model.history = History(best_epoch=hist.get("best_epoch"), stopped_early=bool(hist.get("stopped_early", False)))
         return model
 
@@ -410,16 +422,32 @@ def _check_ids(ids: Any, n: int, name: str) -> np.ndarray:
 
 
 def _top_n(q: torch.Tensor, cand: torch.Tensor, n: int, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n candidates by negative Euclidean distance, masked entries excluded."""
+    """Top-n candidates by negative Euclidean distance, masked entries excluded.
+
+    Always ``n`` columns: missing candidates are padded with id -1 and score -inf.
+    """
     sq = (q * q).sum(1, keepdim=True) + (cand * cand).sum(1)[None, :] - 2.0 * q @ cand.T
     score = -sq.clamp_min_(0.0).sqrt_()
     score = score.masked_fill(~mask, float("-inf"))
     k = min(int(n), cand.shape[0])
     vals, idx = torch.topk(score, k, dim=1)
-    ids = idx.cpu().numpy().astype(np.int64)
-    vals = vals.cpu().numpy().astype(np.float32)
-    ids[~np.isfinite(vals)] = -1
-    return ids, vals
+    # The GEMM form above loses ~1e-3 absolute precision for near points (a query is not at
+    # distance 0 from itself); recompute the returned scores directly and re-sort them.
+    # (chunks of rows bound the (rows, k, d) difference tensor; + 0.0 turns -0.0 into 0.0)
+    exact = torch.empty_like(vals)
+    step = max(1, (1 << 24) // max(1, k * q.shape[1]))
+    for lo in range(0, q.shape[0], step):
+        diff = q[lo : lo + step, None, :] - cand[idx[lo : lo + step]]
+        exact[lo : lo + step] = diff.pow_(2).sum(2).sqrt_().neg_().add_(0.0)
+    vals = torch.where(torch.isfinite(vals), exact, vals)
+    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
+    idx = idx.gather(1, order)
+    ids = np.full((q.shape[0], int(n)), -1, dtype=np.int64)
+    out = np.full((q.shape[0], int(n)), -np.inf, dtype=np.float32)
+    ids[:, :k] = idx.cpu().numpy()
+    out[:, :k] = vals.cpu().numpy()
+    ids[~np.isfinite(out)] = -1
+    return ids, out
 
 
 def _ids_to_json(ids: np.ndarray | None) -> dict[str, Any] | None:

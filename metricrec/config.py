@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -76,24 +77,30 @@ class CMLConfig:
 
     def __post_init__(self) -> None:
         _positive_int(self, "factors", "n_negatives", "batch_size", "negative_group", "epochs")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        for name in ("patience", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.use_rank_weight, bool):
+            raise ValueError(f"use_rank_weight must be True or False, got {self.use_rank_weight!r}")
         for name in ("margin", "learning_rate"):
             value = getattr(self, name)
-            if not (value > 0) or value != value:
-                raise ValueError(f"{name} must be a positive number, got {value}")
-        if not self.cov_weight >= 0:
-            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight}")
+            if not _finite(value) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not _finite(self.cov_weight) or not self.cov_weight >= 0:
+            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
+        if not _finite(self.sampler_alpha):
+            raise ValueError(f"sampler_alpha must be a finite number, got {self.sampler_alpha!r}")
         if self.cov_formula not in COV_FORMULAS:
             raise ValueError(f"cov_formula must be one of {COV_FORMULAS}, got {self.cov_formula!r}")
-        if self.max_norm is not None and not self.max_norm > 0:
-            raise ValueError(f"max_norm must be > 0 or None, got {self.max_norm}")
+        if self.max_norm is not None and (not _finite(self.max_norm) or not self.max_norm > 0):
+            raise ValueError(f"max_norm must be > 0 or None, got {self.max_norm!r}")
         if self.optimizer not in ("adagrad", "adam"):
             raise ValueError(f"optimizer must be 'adagrad' or 'adam', got {self.optimizer!r}")
         if self.sampler not in ("uniform", "popularity"):
             raise ValueError(f"sampler must be 'uniform' or 'popularity', got {self.sampler!r}")
-        if self.init_std is not None and not self.init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.init_std is not None and (not _finite(self.init_std) or not self.init_std > 0):
+            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -103,7 +110,7 @@ class CMLConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "CMLConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error (a foreign or newer file)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(map(str, set(data) - names))
         if unknown:
             raise ValueError(f"unknown CML config keys: {', '.join(unknown)}")
         return cls(**dict(data))
@@ -111,6 +118,11 @@ class CMLConfig:
     def replace(self, **changes: Any) -> "CMLConfig":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a bool or a string), neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(cfg: CMLConfig, *names: str) -> None:

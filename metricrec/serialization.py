@@ -116,9 +116,10 @@ def load_model_files(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
         _check_doc(doc, cfg_path)
-        weights = path / str(doc.get("weights", "weights.npz"))
-        if weights.name not in ("weights.npz", "weights.safetensors"):
-            raise ModelFormatError(f"{cfg_path}: unexpected weights file name {weights.name!r}")
+        name = doc.get("weights", "weights.npz")
+        if name not in ("weights.npz", "weights.safetensors"):  # exact names: no path outside DIR
+            raise ModelFormatError(f"{cfg_path}: unexpected weights file name {name!r}")
+        weights = path / name
         if not weights.is_file():
             raise ModelFormatError(f"{path}: weights file {weights.name} is missing")
         arrays = _read_safetensors(weights) if weights.suffix == ".safetensors" else _read_npz(weights)
@@ -145,9 +146,14 @@ def _check_doc(doc: Any, where: Path) -> None:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array, whatever the file name
+            raise ModelFormatError(f"{path}: not an .npz archive (a single .npy array)")
+        with z:
             return {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        if isinstance(exc, ModelFormatError):
+            raise
         raise ModelFormatError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
 
 
