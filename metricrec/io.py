@@ -223,32 +223,25 @@ def read_delimited_columns(
         if len(empty):
             raise ValueError(f"{path}, line {int(line_no[empty[0]])}: empty {name} id")
 
-    ratings = None
-    if cols["rating_col"] is not None:
-        raw = column(cols["rating_col"])
-        ratings = _parse_float(raw)
-        if ratings is None:
+    def numbers(idx: int, what: str) -> np.ndarray:
+        """A column as finite floats; the first bad field is reported with its line."""
+        raw = column(idx)
+        values = _parse_float(raw)
+        if values is None:
             k = _first_bad(raw, float)
-            raise ValueError(f"{path}, line {int(line_no[k])}: rating {raw[k]!r} is not a number")
-        nonfinite = np.flatnonzero(~np.isfinite(ratings))
+            raise ValueError(f"{path}, line {int(line_no[k])}: {what} {raw[k]!r} is not a number")
+        nonfinite = np.flatnonzero(~np.isfinite(values))
         if nonfinite.size:
             k = int(nonfinite[0])
-            raise ValueError(f"{path}, line {int(line_no[k])}: rating {raw[k]!r} is NaN or infinite")
+            raise ValueError(f"{path}, line {int(line_no[k])}: {what} {raw[k]!r} is NaN or infinite")
+        return values
 
+    ratings = numbers(cols["rating_col"], "rating") if cols["rating_col"] is not None else None
     timestamps = None
     if cols["timestamp_col"] is not None:
-        raw = column(cols["timestamp_col"])
-        timestamps = _parse_int(raw)
+        timestamps = _parse_int(column(cols["timestamp_col"]))
         if timestamps is None:
-            ts = _parse_float(raw)
-            if ts is None:
-                k = _first_bad(raw, float)
-                raise ValueError(f"{path}, line {int(line_no[k])}: timestamp {raw[k]!r} is not a number")
-            nonfinite = np.flatnonzero(~np.isfinite(ts))
-            if nonfinite.size:
-                k = int(nonfinite[0])
-                raise ValueError(f"{path}, line {int(line_no[k])}: timestamp {raw[k]!r} is NaN or infinite")
-            timestamps = np.floor(ts).astype(np.int64)
+            timestamps = np.floor(numbers(cols["timestamp_col"], "timestamp")).astype(np.int64)
     return DelimitedColumns(users, items, ratings, timestamps, line_no)
 
 
