@@ -51,7 +51,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "lightfm-warp": {"learning_rate": [0.02, 0.05, 0.1], "item_alpha": [0.0, 1e-6]},
     "lightfm-bpr": {"learning_rate": [0.02, 0.05, 0.1]},
     "implicit-bpr": {"learning_rate": [0.01, 0.05, 0.1], "regularization": [0.01, 0.1]},
-    "implicit-als": {"regularization": [1.0, 10.0, 50.0], "alpha": [1.0, 5.0, 20.0]},
+    "implicit-als": {"regularization": [0.1, 1.0, 10.0], "alpha": [5.0, 20.0, 50.0, 100.0]},
 }
 
 MAX_EPOCHS = {"ml-100k": 150, "citeulike-a": 150, "synthetic-ml-1m": 40}
@@ -149,9 +149,9 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def grid(method: str, dataset: str) -> list[dict[str, Any]]:
+def grid(method: str, dataset: str, override: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
     base = settings_for(method, dataset)
-    axes = GRIDS.get(method, {})
+    axes = override if override is not None else GRIDS.get(method, {})
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] or [{}]
     return [{**base, **c} for c in combos]
 
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--max-epochs", type=int, help="override the per-data-set epoch cap")
     p.add_argument("--tune", action="store_true", help="run each method's grid and report the best setting on valid")
+    p.add_argument("--grid", help='with --tune: a JSON grid replacing the built-in one, e.g. \'{"margin": [1.0, 2.0]}\'')
     p.add_argument("--name", default="compare", help="results file stem (default compare)")
     args = p.parse_args(argv)
     if args.worker:
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADER]
     for dataset in args.datasets:
         for method in args.methods:
-            settings = grid(method, dataset) if args.tune else [settings_for(method, dataset)]
+            override = json.loads(args.grid) if args.grid else None
+            settings = grid(method, dataset, override) if args.tune else [settings_for(method, dataset)]
             results = []
             for params in settings:
                 spec = {"dataset": dataset, "method": method, "params": params, "threads": args.threads,

@@ -30,15 +30,6 @@ def _popularity_scorer(train: sp.csr_matrix):
 
 
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread is fastest, and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def clustered():
     """400 users x 200 items in 8 planted clusters (90% of draws in-cluster, mild popularity skew).

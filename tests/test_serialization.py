@@ -1,6 +1,5 @@
 """Model files: exact round trips in every layout, and every kind of bad file refused without pickle."""
 
-import io
 import json
 import os
 import zipfile
@@ -8,7 +7,6 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 import metricrec.serialization as ser
 from metricrec import CML, CMLConfig, Interactions
@@ -28,14 +26,6 @@ def _canary_hit():
 class _Canary:
     def __reduce__(self):
         return (_canary_hit, ())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

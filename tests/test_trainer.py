@@ -15,15 +15,6 @@ from metricrec.synthetic import generate
 from metricrec.trainer import EpochRecord, History, Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread is fastest, and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def split():
     return ratio_split(generate(preset="small", seed=0), seed=0)
