@@ -29,7 +29,7 @@ import torch
 
 from metricrec.metrics import Scorer, embedding_scorer, evaluate
 
-__all__ = ["PopularityPeer", "LightFMPeer", "ImplicitBPRPeer", "ImplicitALSPeer", "run_peer", "PEERS"]
+__all__ = ["PopularityPeer", "LightFMPeer", "lightfm_item_features", "ImplicitBPRPeer", "ImplicitALSPeer", "run_peer", "PEERS"]
 
 # Implicit's own threads do the work; nested BLAS threads only oversubscribe the cores.
 _BLAS_THREADS = 1
@@ -76,7 +76,8 @@ class PopularityPeer:
 
 
 class LightFMPeer:
-    """LightFM (pure collaborative filtering, no side features), one ``fit_partial`` epoch per step.
+    """LightFM, one ``fit_partial`` epoch per step; pure collaborative filtering unless
+    ``item_features`` are given.
 
     Parameters
     ----------
@@ -88,6 +89,10 @@ class LightFMPeer:
     num_threads : int, default 2
     seed : int
         ``random_state`` of the model (initialisation and sampling).
+    item_features : scipy sparse matrix, shape (n_items, n_columns), optional
+        LightFM's item feature matrix, passed to every ``fit_partial`` and to the item
+        representations (an item is the sum of its columns' embeddings). LightFM users usually give
+        identity + features: see :func:`lightfm_item_features`.
     """
 
     def __init__(
@@ -100,10 +105,12 @@ class LightFMPeer:
         max_sampled: int = 10,
         num_threads: int = 2,
         seed: int = 0,
+        item_features: sp.spmatrix | None = None,
     ) -> None:
         from lightfm import LightFM  # benchmark-only dependency (rectools-lightfm)
 
-        self.name = f"lightfm-{loss}"
+        self.name = f"lightfm-{loss}" + ("+features" if item_features is not None else "")
+        self.item_features = None if item_features is None else sp.csr_matrix(item_features, dtype=np.float32)
         self._params = dict(
             loss=loss, no_components=no_components, learning_rate=learning_rate, item_alpha=item_alpha,
             user_alpha=user_alpha, max_sampled=max_sampled, num_threads=num_threads, seed=seed,
@@ -122,17 +129,28 @@ class LightFMPeer:
             self._coo = _binary_csr(train).tocoo()
             self._key = key
         t = time.perf_counter()
-        self.model.fit_partial(self._coo, epochs=1, num_threads=self.num_threads)
+        self.model.fit_partial(self._coo, item_features=self.item_features, epochs=1, num_threads=self.num_threads)
         return time.perf_counter() - t
 
     def scorer(self) -> Scorer:
         # score = u . v + b_item (+ b_user, constant per user so irrelevant to ranking)
         _, u = self.model.get_user_representations()
-        b, v = self.model.get_item_representations()
+        b, v = self.model.get_item_representations(self.item_features)
         return _dot_scorer(np.hstack([u, np.ones((len(u), 1), u.dtype)]), np.hstack([v, b[:, None]]))
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)
+
+
+def lightfm_item_features(features: sp.spmatrix, identity: bool = True) -> sp.csr_matrix:
+    """LightFM's usual item feature matrix: ``[I | features]`` (or features alone), each row scaled
+    to absolute sum 1 (what ``lightfm.data.Dataset`` builds by default). Items without features keep their
+    identity column (or an empty row without one)."""
+    f = sp.csr_matrix(features, dtype=np.float32)
+    m = sp.hstack([sp.identity(f.shape[0], dtype=np.float32, format="csr"), f]).tocsr() if identity else f
+    sums = np.asarray(abs(m).sum(1)).ravel()
+    scale = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+    return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ m)
 
 
 class _ImplicitPeer:

@@ -12,9 +12,11 @@ import torch
 
 from . import __version__
 from .config import CMLConfig
-from .interactions import Interactions
+from .feature_reg import FeatureRegularizer, make_item_regularizer
+from .features import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_to_arrays
+from .interactions import Features, Interactions
 from .kernel import GradBuffer, cml_step
-from .optim import RowAdagrad
+from .optim import RowAdagrad, clip_rows
 from .sampling import UniformSampler
 from .serialization import ModelFormatError, load_model_files, save_model_files
 from .trainer import EpochCallback, History, Trainer
@@ -51,6 +53,11 @@ class CML:
         Per-epoch loss, valid metrics and seconds of the last ``fit``.
     user_ids, item_ids : numpy.ndarray or None
         Raw ids when fitted on an :class:`Interactions` (saved with the model).
+    item_feature_names : numpy.ndarray of str or None
+        Feature columns of a model trained with item features (CML+F); its feature network f is
+        saved with it and drives :meth:`recalculate_item`.
+    feature_info : dict or None
+        What the feature term used (weight, MLP shape, rows with features, cold items).
     """
 
     def __init__(
@@ -80,6 +87,10 @@ class CML:
         self.item_ids: np.ndarray | None = None
         self._user: torch.Tensor | None = None
         self._item: torch.Tensor | None = None
+        self._item_mlp: FeatureMLP | None = None
+        self._item_placement: tuple[torch.Tensor, float] | None = None  # (centre c, scale s) for f's items
+        self.item_feature_names: np.ndarray | None = None
+        self.feature_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -87,6 +98,7 @@ class CML:
         user_items: sp.spmatrix | Interactions,
         valid: sp.spmatrix | Interactions | None = None,
         *,
+        item_features: Features | sp.spmatrix | np.ndarray | None = None,
         callbacks: Sequence[EpochCallback] = (),
         show_progress: bool | None = None,
     ) -> "CML":
@@ -99,6 +111,11 @@ class CML:
         valid : same type, optional
             Held-out positives: per-epoch Recall@50/@100 in the table, early stopping on Recall@50
             with the best epoch's weights restored.
+        item_features : Features, scipy sparse matrix or 2-D array, shape (n_items, n_features), optional
+            Item features for CML+F (needs ``feature_weight > 0``). When omitted and
+            ``feature_weight > 0``, the ``item_features`` of an :class:`Interactions` ``user_items``
+            are used. Items with features but no training interaction are placed by f alone
+            (``v_j = c + s (f(x_j) - c)``, see :meth:`item_vectors_from_features`).
         callbacks : sequence of callables
             ``callback(record, trainer)`` after each epoch; return True to stop.
         """
@@ -121,10 +138,11 @@ class CML:
         n_users, n_items = train.shape
         user = (torch.randn(n_users, cfg.factors, generator=gen) * std).to(self.device)
         item = (torch.randn(n_items, cfg.factors, generator=gen) * std).to(self.device)
-        from .optim import clip_rows
-
         clip_rows(user, cfg.max_norm)
         clip_rows(item, cfg.max_norm)
+        reg = make_item_regularizer(cfg, train, user_items, item_features, self.device)
+        if reg is not None and cfg.init_from_features:
+            reg.initial_vectors(item)
         old_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -132,18 +150,27 @@ class CML:
             trainer = Trainer(
                 cfg, train, valid_m, device=self.device,
                 progress=self.show_progress if show_progress is None else show_progress,
-                verbose=self.verbose, callbacks=callbacks,
+                verbose=self.verbose, callbacks=callbacks, hooks=[] if reg is None else [reg],
             )
-            self.history = trainer.fit(user, item)
+            with torch.random.fork_rng(devices=[]):  # f's dropout: seeded, the caller's RNG untouched
+                torch.manual_seed(cfg.seed)
+                self.history = trainer.fit(user, item)
         finally:
             torch.set_num_threads(old_threads)
         self._user, self._item = user, item
+        self._set_feature_model(reg)
         # ids of the data these vectors belong to (None for a plain matrix, never stale ones)
         if isinstance(user_items, Interactions):
             self.user_ids, self.item_ids = user_items.user_ids, user_items.item_ids
         else:
             self.user_ids = self.item_ids = None
         return self
+
+    def _set_feature_model(self, reg: FeatureRegularizer | None) -> None:
+        self._item_mlp = None if reg is None else reg.mlp.eval()
+        self._item_placement = None if reg is None else (reg.center.clone(), float(reg.scale))
+        self.item_feature_names = None if reg is None else reg.features.names
+        self.feature_info = None if reg is None else reg.describe()
 
     @staticmethod
     def _as_matrix(data: sp.spmatrix | Interactions, name: str) -> sp.csr_matrix:
@@ -348,6 +375,57 @@ class CML:
             gi.pop()
         return user[0].detach().cpu().numpy()
 
+    def recalculate_item(self, features: Any) -> np.ndarray:
+        """Vector of a brand-new item from its features alone, placed as the cold items of ``fit``.
+
+        Parameters
+        ----------
+        features : 1 x n_features sparse row, array of shape (n_features,), or dict name -> value
+            The item's feature vector in the model's columns (:attr:`item_feature_names`); a dict
+            names features (unknown names are a ``KeyError``).
+
+        Returns
+        -------
+        numpy.ndarray, shape (d,)
+        """
+        x = feature_row_tensor(features, self._feature_names()).numpy()
+        return self.item_vectors_from_features(x)[0]
+
+    def item_vectors_from_features(self, features: Any, *, calibrated: bool = True) -> np.ndarray:
+        """Vectors of items from their features: ``c + s (f(x) - c)`` in the ball (how ``fit`` places
+        items with features and no training interaction; see :mod:`metricrec.feature_reg`), or the
+        raw ``f(x)`` in the ball with ``calibrated=False``.
+
+        Parameters
+        ----------
+        features : Features, scipy sparse matrix or 2-D array, shape (n, n_features)
+            Rows in the model's feature columns.
+
+        Returns
+        -------
+        numpy.ndarray, shape (n, d)
+        """
+        names = self._feature_names()
+        if isinstance(features, Features) and not np.array_equal(features.names, names):
+            raise ValueError("features: the columns differ from the model's item_feature_names")
+        m = features.matrix if isinstance(features, Features) else sp.csr_matrix(features, dtype=np.float32)
+        if m.shape[1] != len(names):
+            raise ValueError(f"features must have {len(names)} columns (the model's features), got {m.shape[1]}")
+        if m.nnz and not np.all(np.isfinite(m.data)):
+            raise ValueError("features contain NaN or infinite values")
+        mlp, (center, scale) = self._item_mlp, self._item_placement  # set: _feature_names checked
+        with torch.no_grad():
+            pred = mlp.eval()(SparseRows(m, self.device).gather(None))
+            if calibrated:
+                pred = center + scale * (pred - center)
+        return clip_rows(pred, self.config.max_norm).cpu().numpy()
+
+    def _feature_names(self) -> np.ndarray:
+        self._fitted()
+        if self._item_mlp is None or self.item_feature_names is None or self._item_placement is None:
+            raise RuntimeError("this model was trained without item features: no feature network to place an item")
+        return self.item_feature_names
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, weights_format: str = "npz") -> Path:
         """Save to a directory (``weights.npz`` or ``weights.safetensors`` + ``config.json``) or a
@@ -364,6 +442,11 @@ class CML:
             "item_ids": _ids_to_json(self.item_ids),
             "history": self.history.to_dict(),
         }
+        if self._item_mlp is not None and self.item_feature_names is not None and self._item_placement is not None:
+            arrays.update(mlp_to_arrays(self._item_mlp, "item_mlp."))
+            arrays["item_placement.center"] = self._item_placement[0].detach().cpu().numpy().astype(np.float32)
+            meta["item_features"] = {"names": self.item_feature_names.tolist(), "mlp": self._item_mlp.shape_doc(),
+                                     "placement_scale": self._item_placement[1], "info": self.feature_info}
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
     @classmethod
@@ -395,6 +478,17 @@ class CML:
         if not isinstance(hist, dict):
             raise ModelFormatError(f"{path}: invalid history (a {type(hist).__name__}, expected an object)")
         model.history = History(best_epoch=hist.get("best_epoch"), stopped_early=bool(hist.get("stopped_early", False)))
+        if meta.get("item_features") is not None:
+            doc = meta["item_features"]
+            model._item_mlp, model.item_feature_names, model.feature_info = mlp_from_arrays(
+                arrays, doc, "item_mlp.", config.factors, path)
+            model._item_mlp.to(model.device)
+            center = arrays.get("item_placement.center")
+            scale = doc.get("placement_scale") if isinstance(doc, dict) else None
+            if center is None or center.shape != (config.factors,) or not np.all(np.isfinite(center)) \
+                    or not isinstance(scale, (int, float)) or not np.isfinite(scale):
+                raise ModelFormatError(f"{path}: the item feature placement (centre, scale) is missing or invalid")
+            model._item_placement = (torch.from_numpy(np.array(center, dtype=np.float32)).to(model.device), float(scale))
         return model
 
     def __repr__(self) -> str:

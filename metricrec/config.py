@@ -55,6 +55,18 @@ class CMLConfig:
     init_std : float or None
         Std of the normal initialisation (default ``1 / sqrt(factors)``).
     seed : int
+    feature_weight : float
+        lambda_f of the transformation regulariser ``lambda_f * sum_j ||f(x_j) - v_j||^2`` (CML+F,
+        :mod:`metricrec.feature_reg`). 0 (the default) turns features off; give item features to
+        ``CML.fit`` and a positive weight to turn them on (FEATURE_DEFAULTS_NOTE).
+    feature_hidden : tuple of int
+        Hidden widths of the feature MLP f (``()``: a linear map).
+    feature_dropout : float in [0, 1)
+        Dropout after every hidden ReLU of f.
+    feature_lr : float
+        Adam learning rate of f.
+    init_from_features : bool
+        Start item vectors (that have features) at f(x) of the untrained f instead of at random.
     """
 
     factors: int = 100
@@ -74,6 +86,11 @@ class CMLConfig:
     patience: int = 10
     init_std: float | None = None
     seed: int = 0
+    feature_weight: float = 0.0
+    feature_hidden: tuple[int, ...] = (256,)
+    feature_dropout: float = 0.1
+    feature_lr: float = 1e-3
+    init_from_features: bool = False
 
     def __post_init__(self) -> None:
         _positive_int(self, "factors", "n_negatives", "batch_size", "negative_group", "epochs")
@@ -101,6 +118,22 @@ class CMLConfig:
             raise ValueError(f"sampler must be 'uniform' or 'popularity', got {self.sampler!r}")
         if self.init_std is not None and (not _finite(self.init_std) or not self.init_std > 0):
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
+        self._check_features()
+
+    def _check_features(self) -> None:
+        if not _finite(self.feature_weight) or not self.feature_weight >= 0:
+            raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight!r}")
+        hidden = self.feature_hidden
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list)) or any(
+                isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"feature_hidden must be a sequence of positive integers, got {hidden!r}")
+        object.__setattr__(self, "feature_hidden", tuple(hidden))  # a JSON list comes back as a tuple
+        if not _finite(self.feature_dropout) or not 0 <= self.feature_dropout < 1:
+            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
+        if not _finite(self.feature_lr) or not self.feature_lr > 0:
+            raise ValueError(f"feature_lr must be a positive number, got {self.feature_lr!r}")
+        if not isinstance(self.init_from_features, bool):
+            raise ValueError(f"init_from_features must be True or False, got {self.init_from_features!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""

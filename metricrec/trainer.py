@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,7 +24,7 @@ from .metrics import embedding_scorer, evaluate
 from .optim import make_optimizer
 from .sampling import make_sampler
 
-__all__ = ["EpochRecord", "History", "Trainer", "EpochCallback"]
+__all__ = ["EpochRecord", "History", "Trainer", "EpochCallback", "TrainingHook"]
 
 VALID_METRIC = "recall@50"
 
@@ -40,9 +40,13 @@ class EpochRecord:
     seconds: float
     eval_seconds: float = 0.0
     valid: dict[str, float] = field(default_factory=dict)
+    feature_loss: float = 0.0  # the CML+F term (metricrec.feature_reg); 0 without features
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.feature_loss:  # runs without features keep their old record layout
+            del d["feature_loss"]
+        return d
 
 
 @dataclass
@@ -79,6 +83,24 @@ class History:
 EpochCallback = Callable[[EpochRecord, "Trainer"], "bool | None"]
 
 
+class TrainingHook(Protocol):
+    """An extra loss term trained with the embeddings (e.g. :class:`~metricrec.feature_reg.FeatureRegularizer`).
+
+    ``on_batch`` adds its gradients into the GradBuffers before the optimiser step and returns its
+    loss value; ``on_epoch_end`` may adjust the tables; ``state``/``restore`` snapshot whatever it
+    trains itself, so the best epoch is restored together with the embeddings.
+    """
+
+    def on_batch(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+                 draw: Any, user_grad: GradBuffer, item_grad: GradBuffer) -> float: ...
+
+    def on_epoch_end(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None: ...
+
+    def state(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
+
+
 class Trainer:
     """Trains user and item embedding tables on a CSR matrix of positives.
 
@@ -98,6 +120,8 @@ class Trainer:
         Print the per-epoch table (epoch, loss, valid Recall@50, Recall@100, seconds).
     callbacks : sequence of callables
         ``callback(record, trainer)`` after each epoch; returning True stops training.
+    hooks : sequence of TrainingHook
+        Extra loss terms trained jointly (none: the plain CML step, no extra work).
 
     Attributes
     ----------
@@ -116,6 +140,7 @@ class Trainer:
         verbose: bool = True,
         callbacks: Sequence[EpochCallback] = (),
         stream: Any = None,
+        hooks: Sequence[TrainingHook] = (),
     ) -> None:
         self.config = config
         self.train = sp.csr_matrix(train)
@@ -124,6 +149,7 @@ class Trainer:
         self.progress = progress
         self.verbose = verbose
         self.callbacks = list(callbacks)
+        self.hooks = list(hooks)
         self.stream = stream if stream is not None else sys.stdout
         rows = np.repeat(np.arange(self.train.shape[0], dtype=np.int64), np.diff(self.train.indptr))
         self._users = torch.from_numpy(rows).to(self.device)
@@ -157,7 +183,7 @@ class Trainer:
         self._print_header()
         for epoch in bar:
             start = time.perf_counter()
-            metric_total = cov_total = 0.0
+            metric_total = cov_total = feature_total = 0.0
             order = torch.randperm(n_pairs, generator=gen).to(self.device)
             for lo in range(0, n_pairs, cfg.batch_size):
                 idx = order[lo : lo + cfg.batch_size]
@@ -168,17 +194,21 @@ class Trainer:
                     margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
                     cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
                 )
+                for hook in self.hooks:
+                    feature_total += hook.on_batch(user_emb, item_emb, users, items, draw, grad_u, grad_i)
                 opt_u.step_buffer(grad_u, max_norm=cfg.max_norm)
                 opt_i.step_buffer(grad_i, max_norm=cfg.max_norm)
                 metric_total += stats.metric_loss
                 cov_total += stats.cov_loss
+            for hook in self.hooks:
+                hook.on_epoch_end(user_emb, item_emb)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-            loss = metric_total + cfg.cov_weight * cov_total
+            loss = metric_total + cfg.cov_weight * cov_total + feature_total
             if not math.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: the loss became {loss}; lower the learning rate")
-            record = EpochRecord(epoch, loss, metric_total, cov_total, seconds)
+            record = EpochRecord(epoch, loss, metric_total, cov_total, seconds, feature_loss=feature_total)
             if self.valid is not None:
                 t0 = time.perf_counter()
                 record.valid = evaluate(
@@ -195,7 +225,7 @@ class Trainer:
                 best_score, waited = score, 0
                 self.history.best_epoch = epoch
                 if self.valid is not None:
-                    best_state = (user_emb.detach().clone(), item_emb.detach().clone())
+                    best_state = (user_emb.detach().clone(), item_emb.detach().clone(), [h.state() for h in self.hooks])
             else:
                 waited += 1
             stop = any(bool(cb(record, self)) for cb in self.callbacks)
@@ -208,6 +238,8 @@ class Trainer:
         if best_state is not None and self.history.best_epoch != self.history.epochs[-1].epoch:
             user_emb.copy_(best_state[0])
             item_emb.copy_(best_state[1])
+            for hook, state in zip(self.hooks, best_state[2]):
+                hook.restore(state)
         if self.valid is None:
             self.history.best_epoch = self.history.epochs[-1].epoch
         return self.history

@@ -15,7 +15,8 @@ import warnings
 from typing import Any
 
 from ..datasets import DownloadError, available_datasets, load_dataset
-from ..interactions import Interactions
+from ..features import describe_features, filter_min_count, read_item_features
+from ..interactions import Features, Interactions
 from ..io import read_interactions
 from ..split import Split, leave_k_out, ratio_split, temporal_split
 from ..split_io import read_split
@@ -51,6 +52,43 @@ def add_split_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--leave-k", type=int, default=1, help="items per user held out for test (and valid) with leave-k-out")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
     g.add_argument("--drop-small-users", action="store_true", help="drop users with < 5 positives instead of keeping them in train")
+
+
+def add_feature_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags selecting item features (CML+F)."""
+    g = p.add_argument_group("item features (CML+F)")
+    g.add_argument("--item-features", metavar="tags|genres|FILE",
+                   help="'tags' or 'genres': the data set's own item features (citeulike-a tags, MovieLens genres "
+                        "and release decades); FILE: CSV rows item,feature[,value] with raw item ids")
+    g.add_argument("--tag-min-count", type=int, metavar="N",
+                   help="keep only features used by >= N items (default 5 for 'tags', as the CML paper, else 1)")
+
+
+def load_item_features(args: argparse.Namespace, data: Interactions) -> tuple[Features | None, dict[str, Any]]:
+    """The item features ``--item-features`` names, aligned with ``data``'s items, and a JSON-able
+    description (source, min_count, counts). (None, {}) without the flag."""
+    choice = getattr(args, "item_features", None)
+    if not choice:
+        return None, {}
+    builtin = choice in ("tags", "genres")
+    min_count = args.tag_min_count if args.tag_min_count is not None else (5 if choice == "tags" else 1)
+    if builtin:
+        if data.item_features is None or data.item_features.n_features == 0:
+            raise ValueError(f"--item-features {choice}: this data has no built-in item features "
+                             "(citeulike-a has tags, MovieLens genres); give a feature FILE instead")
+        feats = data.item_features
+        if min_count > 1:
+            feats = filter_min_count(feats, min_count)
+        desc: dict[str, Any] = {"source": choice}
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            feats = read_item_features(choice, data.item_ids, min_count=min_count)
+        for w in caught:  # shown now and kept in the report: never silent
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        desc = {"source": "file", "path": str(choice), "warnings": [str(w.message) for w in caught]}
+    desc.update(min_count=min_count, **describe_features(feats))
+    return feats, desc
 
 
 def _col(value: str | None) -> int | str | None:

@@ -23,7 +23,9 @@ from ..datasets import item_titles
 from ..metrics import embedding_scorer, evaluate
 from ..serialization import atomic_write_json
 from ..split import Split
-from .sources import add_data_arguments, add_split_arguments, describe_args, load_data, make_split, note, rebuild
+from ..feature_reg import DEFAULT_FEATURE_WEIGHT
+from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
+                      load_item_features, make_split, note, rebuild)
 
 TEST_KS = (10, 20, 50, 100)
 
@@ -32,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train CML, print the per-epoch table, save model and report.json")
     add_data_arguments(train)
     add_split_arguments(train)
+    add_feature_arguments(train)
     _add_config_arguments(train)
     train.add_argument("--out", help="output folder (default runs/<data>)")
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -67,12 +70,29 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument("--no-rank-weight", dest="use_rank_weight", action="store_false", default=None,
                            help="plain triplet loss instead of the WARP-style rank weight")
             continue
+        if f.name == "init_from_features":
+            g.add_argument("--init-from-features", dest=f.name, action="store_true", default=None,
+                           help="start item vectors at f(x) of the untrained feature network")
+            continue
+        if f.name == "feature_hidden":
+            g.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="W[,W...]|0",
+                           help=f"hidden widths of the feature MLP (0: linear); default {','.join(map(str, f.default))}")
+            continue
         if f.name in ("max_norm", "init_std"):
             g.add_argument(flag, dest=f.name, type=_float_or_none, default=None, metavar="X|none",
                            help=f"default {f.default}")
             continue
         kind = type(f.default) if f.default is not None else float
         g.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("0", "none", ""):
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 256 or 256,128 (0 for none), got {text!r}") from None
 
 
 def _float_or_none(text: str) -> float | str:
@@ -101,9 +121,21 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
     if sizes["train"] == 0:
         raise ValueError("the training part is empty: nothing to train on")
+    features, feature_doc = load_item_features(args, split.train)
+    if features is not None and config.feature_weight == 0:
+        config = config.replace(feature_weight=DEFAULT_FEATURE_WEIGHT)
+    if features is None and config.feature_weight > 0:
+        raise ValueError("--feature-weight needs item features: add --item-features tags|genres|FILE")
+    if features is not None:
+        note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
+             f"{feature_doc['n_rows_with_features']:,} of {feature_doc['n_rows']:,} items | "
+             f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
     model = CML(config, device=args.device, num_threads=args.threads, show_progress=not args.no_progress)
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid if sizes["valid"] else None)
+    model.fit(split.train, split.valid if sizes["valid"] else None, item_features=features)
+    if model.feature_info is not None:
+        feature_doc.update(weight=config.feature_weight, hidden=list(config.feature_hidden),
+                           dropout=config.feature_dropout, n_cold_items=model.feature_info["n_cold"])
     wall = time.perf_counter() - t0
     test, eval_s = _score(model, split, "test")
     model.save(out / "model", weights_format=args.weights_format)
@@ -116,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": data_doc,
         "epochs": [
             {"epoch": e.epoch, "loss": e.loss, "metric_loss": e.metric_loss, "cov_loss": e.cov_loss,
-             "seconds": e.seconds, "eval_seconds": e.eval_seconds, "valid": e.valid}
+             "feature_loss": e.feature_loss, "seconds": e.seconds, "eval_seconds": e.eval_seconds, "valid": e.valid}
             for e in hist.epochs
         ],
         "best_epoch": hist.best_epoch,
@@ -127,6 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "wall_seconds": wall,
         "test": test,
         "test_eval_seconds": eval_s,
+        "features": feature_doc or None,
         "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "peak_rss_mb": _peak_rss_mb()},
     }
