@@ -43,6 +43,9 @@ class CML:
         tqdm bar over epochs.
     verbose : bool
         Print the per-epoch table.
+    kernel : {"auto", "torch", "numba"}
+        Backend of the training step: the compiled CPU kernel (numba, ``metricrec[fast]``) or
+        torch ops (any device). ``"auto"`` picks numba on CPU when installed. Same maths.
     **params
         Any :class:`CMLConfig` field.
 
@@ -68,6 +71,7 @@ class CML:
         num_threads: int | None = None,
         show_progress: bool = True,
         verbose: bool = True,
+        kernel: str = "auto",
         **params: Any,
     ) -> None:
         base = config if config is not None else CMLConfig()
@@ -81,6 +85,9 @@ class CML:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         self.num_threads = num_threads
         self.show_progress = show_progress
+        if kernel not in ("auto", "torch", "numba"):
+            raise ValueError(f"kernel must be 'auto', 'torch' or 'numba', got {kernel!r}")
+        self.kernel = kernel
         self.verbose = verbose
         self.history = History()
         self.user_ids: np.ndarray | None = None
@@ -151,6 +158,7 @@ class CML:
                 cfg, train, valid_m, device=self.device,
                 progress=self.show_progress if show_progress is None else show_progress,
                 verbose=self.verbose, callbacks=callbacks, hooks=[] if reg is None else [reg],
+                kernel=self.kernel,
             )
             with torch.random.fork_rng(devices=[]):  # f's dropout: seeded, the caller's RNG untouched
                 torch.manual_seed(cfg.seed)

@@ -24,7 +24,7 @@ import torch
 from .losses import COV_FORMULAS, rank_weight
 from .sampling import NegativeDraw
 
-__all__ = ["GradBuffer", "StepStats", "cml_step", "covariance_gradient"]
+__all__ = ["GradBuffer", "StepStats", "cml_step", "covariance_gradient", "add_covariance_term"]
 
 
 class GradBuffer:
@@ -61,16 +61,19 @@ class StepStats:
     n_active: int
 
 
-def covariance_gradient(x: torch.Tensor, formula: str, eps: float = 1e-12) -> tuple[float, torch.Tensor]:
+def covariance_gradient(
+    x: torch.Tensor, formula: str, eps: float = 1e-12, *, center_inplace: bool = False
+) -> tuple[float, torch.Tensor]:
     """Value and gradient (w.r.t. ``x``) of :func:`metricrec.losses.covariance_loss`.
 
     With ``C = Xc^T Xc / N`` and ``S = dL/dC`` (symmetric), ``dL/dX = (2/N) Xc S``: the centring
-    term vanishes because the columns of ``Xc`` sum to zero.
+    term vanishes because the columns of ``Xc`` sum to zero. ``center_inplace`` centres ``x``
+    itself (for a scratch copy), saving one allocation.
     """
     if formula not in COV_FORMULAS:
         raise ValueError(f"unknown covariance formula {formula!r}; choose one of {COV_FORMULAS}")
     n = x.shape[0]
-    xc = x - x.mean(0, keepdim=True)
+    xc = x.sub_(x.mean(0, keepdim=True)) if center_inplace else x - x.mean(0, keepdim=True)
     c = (xc.T @ xc) / n
     diag = torch.diagonal(c)
     if formula == "paper":
@@ -139,7 +142,8 @@ def cml_step(
     p = item_emb.index_select(0, positives)
     if item_sq_norms is None:
         item_sq_norms = (item_emb * item_emb).sum(1)
-    d_pos = ((u - p) ** 2).sum(1)
+    diff_up = u - p
+    d_pos = (diff_up * diff_up).sum(1)
 
     # u.v_k for every row and every shared negative of its group: (n_groups, G, d) x (n_groups, d, U)
     pad = n_groups * g - b
@@ -156,35 +160,63 @@ def cml_step(
     violation = margin + d_pos[:, None] - dist
     closest_col = dist.argmin(1)
     hinge = violation.gather(1, closest_col[:, None]).squeeze(1).clamp_(min=0.0)
-    active = (hinge > 0).nonzero().squeeze(1)
+    is_active = hinge > 0
+    n_active = int(is_active.sum())
     if use_rank_weight:
         weight = rank_weight((violation > 0).sum(1), n_items, n_neg)
     else:
         weight = torch.ones_like(hinge)
     metric_value = float((weight * hinge).sum())
 
+    # Gradients of w * hinge: dL/dp = 2w(p - u), dL/dn = 2w(u - n), dL/du = -(dL/dp + dL/dn).
     closest = negatives.gather(1, closest_col[:, None]).squeeze(1)
-    ua, pa = u.index_select(0, active), p.index_select(0, active)
-    a_pos, a_neg = positives.index_select(0, active), closest.index_select(0, active)
-    na = item_emb.index_select(0, a_neg)
-    w2 = (2.0 * weight.index_select(0, active))[:, None]
-    g_pos = (pa - ua).mul_(w2)
-    g_neg = (ua - na).mul_(w2)
-    item_grad.add(a_pos, g_pos)
-    item_grad.add(a_neg, g_neg)
-    user_grad.add(users.index_select(0, active), g_pos.add_(g_neg).neg_())  # dL/du = 2w(n - p) = -(g_pos + g_neg)
+    if n_active > b // 2:
+        # most rows active: compute every row with weight 0 on the inactive ones (no row selection)
+        w2 = weight.mul_(is_active).mul_(2.0)[:, None]
+        na = item_emb.index_select(0, closest)
+        g_pos = diff_up.neg_().mul_(w2)
+        g_neg = u.sub(na).mul_(w2)
+        rows_u, rows_p, rows_n = users, positives, closest
+    else:
+        active = is_active.nonzero().squeeze(1)
+        w2 = (2.0 * weight.index_select(0, active))[:, None]
+        na = item_emb.index_select(0, closest.index_select(0, active))
+        ua = u.index_select(0, active)
+        g_pos = diff_up.index_select(0, active).neg_().mul_(w2)
+        g_neg = ua.sub_(na).mul_(w2)
+        rows_u, rows_p, rows_n = (t.index_select(0, active) for t in (users, positives, closest))
+    item_grad.add(rows_p, g_pos)
+    item_grad.add(rows_n, g_neg)
+    user_grad.add(rows_u, g_pos.add_(g_neg).neg_())
 
     cov_value = 0.0
     if cov_weight:
-        uu = _distinct(users, user_emb.shape[0])
-        ii = _distinct(torch.cat([positives, closest]), n_items)
-        x = torch.cat([user_emb.index_select(0, uu), item_emb.index_select(0, ii)])
-        cov_value, gx = covariance_gradient(x, cov_formula)
-        gx.mul_(cov_weight)
-        user_grad.add(uu, gx[: uu.numel()])
-        item_grad.add(ii, gx[uu.numel():])
+        cov_value = add_covariance_term(user_emb, item_emb, users, positives, closest, user_grad, item_grad,
+                                        cov_weight, cov_formula)
+    return StepStats(metric_loss=metric_value, cov_loss=cov_value, n_active=n_active)
 
-    return StepStats(metric_loss=metric_value, cov_loss=cov_value, n_active=int(active.numel()))
+
+def add_covariance_term(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    closest: torch.Tensor,
+    user_grad: GradBuffer,
+    item_grad: GradBuffer,
+    cov_weight: float,
+    cov_formula: str,
+) -> float:
+    """Covariance regulariser over the batch's distinct users and items (positives and closest
+    negatives), each object counted once; adds ``cov_weight`` times its gradient, returns its value."""
+    uu = _distinct(users, user_emb.shape[0])
+    ii = _distinct(torch.cat([positives, closest]), item_emb.shape[0])
+    x = torch.cat([user_emb.index_select(0, uu), item_emb.index_select(0, ii)])
+    value, gx = covariance_gradient(x, cov_formula, center_inplace=True)
+    gx.mul_(cov_weight)
+    user_grad.add(uu, gx[: uu.numel()])
+    item_grad.add(ii, gx[uu.numel():])
+    return value
 
 
 def _distinct(rows: torch.Tensor, n: int) -> torch.Tensor:

@@ -122,6 +122,11 @@ class Trainer:
         ``callback(record, trainer)`` after each epoch; returning True stops training.
     hooks : sequence of TrainingHook
         Extra loss terms trained jointly (none: the plain CML step, no extra work).
+    kernel : {"auto", "torch", "numba"}
+        Backend of the CML step. ``"numba"``: the compiled CPU kernel of
+        :mod:`metricrec.kernel_numba` (needs numba: ``pip install metricrec[fast]``); ``"torch"``:
+        :func:`metricrec.kernel.cml_step`, on any device; ``"auto"``: numba on CPU when it is
+        installed, torch otherwise. Same maths, same negatives.
 
     Attributes
     ----------
@@ -141,6 +146,7 @@ class Trainer:
         callbacks: Sequence[EpochCallback] = (),
         stream: Any = None,
         hooks: Sequence[TrainingHook] = (),
+        kernel: str = "auto",
     ) -> None:
         self.config = config
         self.train = sp.csr_matrix(train)
@@ -157,6 +163,13 @@ class Trainer:
         self.history = History()
         self.user_emb: torch.Tensor | None = None
         self.item_emb: torch.Tensor | None = None
+        self.kernel = _choose_kernel(kernel, self.device)
+        self._step = cml_step
+        if self.kernel == "numba":
+            from . import kernel_numba
+
+            kernel_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
+            self._step = kernel_numba.cml_step_numba
 
     # ------------------------------------------------------------------
     def fit(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> History:
@@ -189,7 +202,7 @@ class Trainer:
                 idx = order[lo : lo + cfg.batch_size]
                 users, items = self._users[idx], self._items[idx]
                 draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
-                stats = cml_step(
+                stats = self._step(
                     user_emb, item_emb, users, items, draw, grad_u, grad_i,
                     margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
                     cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
@@ -255,3 +268,20 @@ class Trainer:
         r50 = f"{r.valid['recall@50']:.4f}" if r.valid else "-"
         r100 = f"{r.valid['recall@100']:.4f}" if r.valid else "-"
         tqdm.write(f"{r.epoch:>5}  {r.loss:>12.4f}  {r50:>7}  {r100:>7}  {r.seconds:>7.3f}", file=self.stream)
+
+
+def _choose_kernel(kernel: str, device: torch.device) -> str:
+    """Resolve ``"auto"`` and check that the requested backend can run here."""
+    if kernel not in ("auto", "torch", "numba"):
+        raise ValueError(f"kernel must be 'auto', 'torch' or 'numba', got {kernel!r}")
+    if kernel == "torch":
+        return "torch"
+    from . import kernel_numba
+
+    if kernel == "numba":
+        if device.type != "cpu":
+            raise ValueError(f"the numba kernel runs on the CPU only (device is {device})")
+        if not kernel_numba.available():
+            raise ImportError("kernel='numba' needs numba: pip install metricrec[fast]")
+        return "numba"
+    return "numba" if device.type == "cpu" and kernel_numba.available() else "torch"

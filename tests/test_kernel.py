@@ -75,17 +75,18 @@ def _problem(seed=0, n_users=30, n_items=50, d=6, density=0.2):
 @pytest.mark.parametrize("group_size", [1, 4, 7])
 @pytest.mark.parametrize("rank_w", [True, False])
 @pytest.mark.parametrize("cov_weight", [0.0, 3.0])
-def test_kernel_matches_reference_autograd(group_size, rank_w, cov_weight):
+@pytest.mark.parametrize("margin", [0.8, -1.5])  # most rows active (dense path) / few (row selection; any margin value is valid maths)
+def test_kernel_matches_reference_autograd(group_size, rank_w, cov_weight, margin):
     train, ue, ie, users, pos = _problem()
     sampler = UniformSampler(train, seed=1)
     draw = sampler.sample(users, 5, group_size)
     ug, ig = GradBuffer(*ue.shape, dtype=ue.dtype), GradBuffer(*ie.shape, dtype=ie.dtype)
-    stats = cml_step(ue, ie, users, pos, draw, ug, ig, margin=0.8, use_rank_weight=rank_w,
+    stats = cml_step(ue, ie, users, pos, draw, ug, ig, margin=margin, use_rank_weight=rank_w,
                      cov_weight=cov_weight, cov_formula="paper")
 
     # reference: gather the (B, U, d) negatives and let autograd differentiate the plain formulas
     uer, ier = ue.clone().requires_grad_(True), ie.clone().requires_grad_(True)
-    lm = metric_loss(uer[users], ier[pos], ier[draw.negatives], margin=0.8, n_items=ie.shape[0],
+    lm = metric_loss(uer[users], ier[pos], ier[draw.negatives], margin=margin, n_items=ie.shape[0],
                      use_rank_weight=rank_w)
     total = lm
     if cov_weight:
@@ -98,7 +99,8 @@ def test_kernel_matches_reference_autograd(group_size, rank_w, cov_weight):
         total = lm + cov_weight * lc
     total.backward()
     assert stats.metric_loss == pytest.approx(lm.item(), rel=1e-9)
-    assert stats.n_active > 0
+    assert 0 < stats.n_active
+    assert (stats.n_active > users.numel() // 2) == (margin > 0)  # both code paths are exercised
     assert torch.allclose(ug.grad, uer.grad, atol=1e-9)
     assert torch.allclose(ig.grad, ier.grad, atol=1e-9)
     rows, grads = ug.pop()

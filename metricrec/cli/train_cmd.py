@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", help="output folder (default runs/<data>)")
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--kernel", choices=("auto", "torch", "numba"), default="auto",
+                       help="training step backend (auto: the compiled numba kernel on CPU when installed)")
     train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-fallback", action="store_true",
@@ -130,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
              f"{feature_doc['n_rows_with_features']:,} of {feature_doc['n_rows']:,} items | "
              f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
-    model = CML(config, device=args.device, num_threads=args.threads, show_progress=not args.no_progress)
+    model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel, show_progress=not args.no_progress)
     t0 = time.perf_counter()
     model.fit(split.train, split.valid if sizes["valid"] else None, item_features=features)
     if model.feature_info is not None:
