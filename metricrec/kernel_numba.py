@@ -105,11 +105,11 @@ def _compile():
     return _kernels
 
 
-def _match_threads() -> None:
-    """Use as many numba threads as torch (``CML(num_threads=...)`` / ``torch.set_num_threads``)."""
+def set_threads(n: int) -> None:
+    """Threads of the compiled kernel (at most numba's pool size)."""
     import numba
 
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    want = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
 
@@ -141,7 +141,6 @@ def cml_step_numba(
 ) -> StepStats:
     """Drop-in replacement of :func:`metricrec.kernel.cml_step` for contiguous float32 CPU tensors."""
     pair_pass, scatter_pass = _compile()
-    _match_threads()
     U = user_emb.detach().numpy()
     V = item_emb.detach().numpy()
     u_np = users.numpy()

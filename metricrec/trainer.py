@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import CMLConfig
+from . import kernel_numba
 from .kernel import GradBuffer, cml_step
 from .metrics import embedding_scorer, evaluate
 from .optim import make_optimizer
@@ -166,8 +167,6 @@ class Trainer:
         self.kernel = _choose_kernel(kernel, self.device)
         self._step = cml_step
         if self.kernel == "numba":
-            from . import kernel_numba
-
             kernel_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
             self._step = kernel_numba.cml_step_numba
 
@@ -194,27 +193,37 @@ class Trainer:
         bar = tqdm(range(1, cfg.epochs + 1), desc="CML", unit="epoch", disable=not self.progress,
                    file=sys.stderr, leave=False, dynamic_ncols=True)
         self._print_header()
+        threads = torch.get_num_threads()
         for epoch in bar:
             start = time.perf_counter()
             metric_total = cov_total = feature_total = 0.0
-            order = torch.randperm(n_pairs, generator=gen).to(self.device)
-            for lo in range(0, n_pairs, cfg.batch_size):
-                idx = order[lo : lo + cfg.batch_size]
-                users, items = self._users[idx], self._items[idx]
-                draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
-                stats = self._step(
-                    user_emb, item_emb, users, items, draw, grad_u, grad_i,
-                    margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
-                    cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
-                )
+            if self.kernel == "numba":
+                # The compiled kernel is the parallel part; torch's remaining ops run on one thread.
+                # Two thread pools that both spin-wait for their workers fight over the cores, and
+                # on a machine with any other load that turns a 0.4 s epoch into tens of seconds.
+                kernel_numba.set_threads(threads)
+                torch.set_num_threads(1)
+            try:
+                order = torch.randperm(n_pairs, generator=gen).to(self.device)
+                for lo in range(0, n_pairs, cfg.batch_size):
+                    idx = order[lo : lo + cfg.batch_size]
+                    users, items = self._users[idx], self._items[idx]
+                    draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
+                    stats = self._step(
+                        user_emb, item_emb, users, items, draw, grad_u, grad_i,
+                        margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
+                        cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
+                    )
+                    for hook in self.hooks:
+                        feature_total += hook.on_batch(user_emb, item_emb, users, items, draw, grad_u, grad_i)
+                    opt_u.step_buffer(grad_u, max_norm=cfg.max_norm)
+                    opt_i.step_buffer(grad_i, max_norm=cfg.max_norm)
+                    metric_total += stats.metric_loss
+                    cov_total += stats.cov_loss
                 for hook in self.hooks:
-                    feature_total += hook.on_batch(user_emb, item_emb, users, items, draw, grad_u, grad_i)
-                opt_u.step_buffer(grad_u, max_norm=cfg.max_norm)
-                opt_i.step_buffer(grad_i, max_norm=cfg.max_norm)
-                metric_total += stats.metric_loss
-                cov_total += stats.cov_loss
-            for hook in self.hooks:
-                hook.on_epoch_end(user_emb, item_emb)
+                    hook.on_epoch_end(user_emb, item_emb)
+            finally:
+                torch.set_num_threads(threads)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
@@ -276,8 +285,6 @@ def _choose_kernel(kernel: str, device: torch.device) -> str:
         raise ValueError(f"kernel must be 'auto', 'torch' or 'numba', got {kernel!r}")
     if kernel == "torch":
         return "torch"
-    from . import kernel_numba
-
     if kernel == "numba":
         if device.type != "cpu":
             raise ValueError(f"the numba kernel runs on the CPU only (device is {device})")
