@@ -56,8 +56,9 @@ def cml_epoch_breakdown(cfg: CMLConfig, train, user: torch.Tensor, item: torch.T
     a = time.perf_counter()
     order = torch.randperm(len(rows))
     t["shuffle"] = time.perf_counter() - a
-    for lo in range(0, len(rows), cfg.batch_size):
-        idx = order[lo:lo + cfg.batch_size]
+    batch_size = cfg.resolved_batch_size(len(rows))
+    for lo in range(0, len(rows), batch_size):
+        idx = order[lo:lo + batch_size]
         u, i = users_all[idx], items_all[idx]
         a = time.perf_counter()
         draw = sampler.sample(u, cfg.n_negatives, cfg.negative_group)
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negatives", type=int, default=10)
     p.add_argument("--no-lightfm", action="store_true")
     p.add_argument("--kernel", choices=("auto", "torch", "numba"), default="auto")
+    p.add_argument("--batch-size", type=int, help="CML batch size (default: the library default rule)")
     p.add_argument("--name", default="speed")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     data = generate(preset="ml-1m", seed=0)
     split = ratio_split(data, seed=0)
     train = split.train.matrix
-    cfg = CMLConfig(factors=args.factors, n_negatives=args.negatives, epochs=1, patience=0)
+    cfg = CMLConfig(factors=args.factors, n_negatives=args.negatives, epochs=1, patience=0, batch_size=args.batch_size)
     gen = torch.Generator().manual_seed(0)
     user = torch.randn(train.shape[0], args.factors, generator=gen) / args.factors**0.5
     item = torch.randn(train.shape[1], args.factors, generator=gen) / args.factors**0.5
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": "synthetic ml-1m preset, ratio_split seed 0",
         "train_pairs": int(train.nnz), "n_users": int(train.shape[0]), "n_items": int(train.shape[1]),
         "threads": args.threads, "factors": args.factors, "n_negatives": args.negatives,
-        "cml_config": cfg.to_dict(), "cml_kernel": trainer.kernel,
+        "cml_config": cfg.to_dict(), "cml_kernel": trainer.kernel, "cml_batch_size": trainer.batch_size,
         "cml_epoch_seconds": cml_s, "cml_median": statistics.median(cml_s),
         "lightfm_warp_epoch_seconds": lfm_s, "lightfm_warp_median": statistics.median(lfm_s) if lfm_s else None,
         "ratio_lightfm_over_cml": (statistics.median(lfm_s) / statistics.median(cml_s)) if lfm_s else None,
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out / f"{args.name}.json")
     md = [
-        f"# Training speed ({result['when']}, {args.threads} threads, d={args.factors}, U={args.negatives}, CML kernel {trainer.kernel})",
+        f"# Training speed ({result['when']}, {args.threads} threads, d={args.factors}, U={args.negatives}, CML kernel {trainer.kernel}, batch {trainer.batch_size})",
         "",
         "| method | median s/epoch | epochs (s) |",
         "|---|---|---|",

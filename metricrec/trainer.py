@@ -164,6 +164,7 @@ class Trainer:
         self.history = History()
         self.user_emb: torch.Tensor | None = None
         self.item_emb: torch.Tensor | None = None
+        self.batch_size: int | None = None  # resolved by fit (config.batch_size or the default rule)
         self.kernel = _choose_kernel(kernel, self.device)
         self._step = cml_step
         if self.kernel == "numba":
@@ -194,6 +195,7 @@ class Trainer:
                    file=sys.stderr, leave=False, dynamic_ncols=True)
         self._print_header()
         threads = torch.get_num_threads()
+        batch_size = self.batch_size = cfg.resolved_batch_size(n_pairs)
         for epoch in bar:
             start = time.perf_counter()
             metric_total = cov_total = feature_total = 0.0
@@ -205,8 +207,8 @@ class Trainer:
                 torch.set_num_threads(1)
             try:
                 order = torch.randperm(n_pairs, generator=gen).to(self.device)
-                for lo in range(0, n_pairs, cfg.batch_size):
-                    idx = order[lo : lo + cfg.batch_size]
+                for lo in range(0, n_pairs, batch_size):
+                    idx = order[lo : lo + batch_size]
                     users, items = self._users[idx], self._items[idx]
                     draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
                     stats = self._step(

@@ -153,3 +153,14 @@ def test_history_to_dict():
     assert d["train_seconds"] == 0.75 and d["seconds_to_best"] == 0.5
     assert d["epochs"][1] == {"epoch": 2, "loss": 2.0, "metric_loss": 1.5, "cov_loss": 0.5, "seconds": 0.25,
                               "eval_seconds": 0.1, "valid": {"recall@50": 0.3}}
+
+
+def test_default_batch_size_rule():
+    cfg = CMLConfig()
+    assert cfg.batch_size is None
+    assert cfg.resolved_batch_size(32_858) == 4_107  # ml-100k train: an eighth of the pairs
+    assert cfg.resolved_batch_size(597_881) == 50_000  # capped
+    assert cfg.resolved_batch_size(2_000) == 1_000  # floor
+    assert CMLConfig(batch_size=300).resolved_batch_size(10**6) == 300
+    with pytest.raises(ValueError, match="batch_size"):
+        CMLConfig(batch_size=0)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +78,9 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="W[,W...]|0",
                            help=f"hidden widths of the feature MLP (0: linear); default {','.join(map(str, f.default))}")
             continue
+        if f.name == "batch_size":
+            g.add_argument(flag, dest=f.name, type=int, default=None, help="default: n_pairs / 8 within [1000, 50000]")
+            continue
         if f.name in ("max_norm", "init_std"):
             g.add_argument(flag, dest=f.name, type=_float_or_none, default=None, metavar="X|none",
                            help=f"default {f.default}")
@@ -147,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = {
         "metricrec_version": __version__,
         "config": config.to_dict(),
+        "batch_size_used": config.resolved_batch_size(sizes["train"]),
         "data": data_doc,
         "epochs": [
             {"epoch": e.epoch, "loss": e.loss, "metric_loss": e.metric_loss, "cov_loss": e.cov_loss,
