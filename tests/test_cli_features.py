@@ -4,20 +4,10 @@ import json
 import re
 
 import numpy as np
-import pytest
-import torch
 
 from metricrec import CML
 from metricrec.cli.main import main
 from metricrec.synthetic import generate
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 FAST = ["--epochs", "3", "--batch-size", "500", "--factors", "8", "--no-progress", "--threads", "1"]

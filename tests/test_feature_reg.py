@@ -19,14 +19,6 @@ from metricrec.synthetic import generate
 FAST = dict(factors=16, batch_size=256, num_threads=1, show_progress=False, verbose=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _features(n_rows=10, n_cols=6, seed=0, empty=(4,)):
     rng = np.random.default_rng(seed)
     dense = (rng.random((n_rows, n_cols)) < 0.4) * rng.uniform(0.5, 2.0, (n_rows, n_cols))

@@ -15,14 +15,6 @@ from metricrec.interactions import DataWarning, Features
 from metricrec.serialization import ModelFormatError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _random_csr(n_rows=7, n_cols=5, density=0.4, seed=0):
     m = sp.random(n_rows, n_cols, density=density, format="csr", random_state=seed, dtype=np.float32)
     m.data[:] = np.random.default_rng(seed).uniform(0.5, 2.0, m.nnz)
