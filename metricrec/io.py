@@ -104,15 +104,21 @@ def _first_bad(values: list[str], convert: Any) -> int:
     return -1
 
 
+def _fast_parse(raw: list[str], dtype: type) -> np.ndarray | None:
+    """numpy's C parser over the joined fields; None when a field holding spaces, nothing or a
+    non-number changes the count (the callers then fall back to a checked conversion)."""
+    try:
+        out = np.fromstring(" ".join(raw), dtype=dtype, sep=" ")
+    except ValueError:
+        return None
+    return out if out.shape[0] == len(raw) else None
+
+
 def _parse_int(raw: list[str]) -> np.ndarray | None:
     """int64 array of the strings, or None when one is not an integer."""
-    try:
-        # fast C parser; a field holding spaces or nothing changes the count, caught below
-        out = np.fromstring(" ".join(raw), dtype=np.int64, sep=" ")
-        if out.shape[0] == len(raw):
-            return out
-    except ValueError:
-        pass
+    out = _fast_parse(raw, np.int64)
+    if out is not None:
+        return out
     try:
         return np.fromiter(map(int, raw), dtype=np.int64, count=len(raw))
     except (ValueError, OverflowError):
@@ -121,12 +127,9 @@ def _parse_int(raw: list[str]) -> np.ndarray | None:
 
 def _parse_float(raw: list[str]) -> np.ndarray | None:
     """float64 array of the strings (NaN kept), or None when one is not a number."""
-    try:
-        out = np.fromstring(" ".join(raw), dtype=np.float64, sep=" ")
-        if out.shape[0] == len(raw):
-            return out
-    except ValueError:
-        pass
+    out = _fast_parse(raw, np.float64)
+    if out is not None:
+        return out
     try:
         return np.array(raw, dtype=str).astype(np.float64)
     except ValueError:
