@@ -76,9 +76,9 @@ def settings_for(method: str, dataset: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- worker (one run per process)
 def load_split(dataset: str, data_dir: str | None):
-    from metricrec.datasets import load_dataset
-    from metricrec.split import ratio_split
-    from metricrec.synthetic import generate
+    from metricrec.data.datasets import load_dataset
+    from metricrec.data.splits import ratio_split
+    from metricrec.data.synthetic import generate
 
     data = generate(preset="ml-1m", seed=0) if dataset == "synthetic-ml-1m" else load_dataset(dataset, data_dir, download=False)
     return ratio_split(data, (0.6, 0.2, 0.2), seed=0)

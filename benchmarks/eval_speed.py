@@ -1,6 +1,6 @@
 """Time full-ranking evaluation (all metrics, K in {10, 20, 50, 100}) on an ML-1M-sized problem.
 
-6,040 users x 3,706 items from ``metricrec.synthetic.generate(preset="ml-1m", seed=0)`` split by the
+6,040 users x 3,706 items from ``metricrec.data.synthetic.generate(preset="ml-1m", seed=0)`` split by the
 protocol's ``ratio_split`` (seed 0), random d=100 embeddings scored by negative squared distance,
 test part ranked with train + valid excluded. torch threads = 2; median of 5 runs after a warm-up.
 Writes ``benchmarks/results/eval_speed.json`` (atomically) and prints a markdown table.
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from metricrec.metrics import embedding_scorer, evaluate_split
-from metricrec.split import ratio_split
-from metricrec.synthetic import generate
+from metricrec.data.splits import ratio_split
+from metricrec.data.synthetic import generate
 
 KS = (10, 20, 50, 100)
 METRICS = ("recall", "precision", "ndcg", "hitrate", "map", "mrr", "auc")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     med = statistics.median(times)
     result = {
         "benchmark": "evaluate (full ranking, all metrics, K=10/20/50/100, test part)",
-        "data": "metricrec.synthetic.generate(preset='ml-1m', seed=0) + ratio_split(seed=0)",
+        "data": "metricrec.data.synthetic.generate(preset='ml-1m', seed=0) + ratio_split(seed=0)",
         "n_users": int(res["n_users"]),
         "n_items": int(data.n_items),
         "train_pairs": split.train.nnz,

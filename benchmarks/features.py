@@ -43,11 +43,11 @@ from compare import settings_for  # noqa: E402
 from peers import LightFMPeer, lightfm_item_features, run_peer  # noqa: E402
 
 from metricrec import CML  # noqa: E402
-from metricrec.datasets import load_dataset  # noqa: E402
-from metricrec.features import describe_features, filter_min_count  # noqa: E402
-from metricrec.interactions import Features, Interactions  # noqa: E402
+from metricrec.data.datasets import load_dataset  # noqa: E402
+from metricrec.data.features import describe_features, filter_min_count  # noqa: E402
+from metricrec.data.interactions import Features, Interactions  # noqa: E402
 from metricrec.metrics import embedding_scorer, evaluate  # noqa: E402
-from metricrec.split import ratio_split  # noqa: E402
+from metricrec.data.splits import ratio_split  # noqa: E402
 
 DATASETS = ("citeulike-a", "ml-100k")
 TAG_MIN_COUNT = 5

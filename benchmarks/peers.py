@@ -292,8 +292,8 @@ def run_peer(
     Parameters
     ----------
     peer : object with ``partial_fit_epoch(train_csr) -> seconds`` and ``scorer()``
-    split : metricrec.split.Split or any object with ``train``, ``valid``, ``test`` attributes
-        that are :class:`~metricrec.interactions.Interactions` or CSR matrices (n_users x n_items).
+    split : metricrec.data.splits.Split or any object with ``train``, ``valid``, ``test`` attributes
+        that are :class:`~metricrec.data.interactions.Interactions` or CSR matrices (n_users x n_items).
     max_epochs : int
         Upper bound on epochs (1 is enough for :class:`PopularityPeer`).
     patience : int

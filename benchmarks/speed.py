@@ -29,14 +29,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from metricrec.config import CMLConfig  # noqa: E402
+from metricrec.models.cml.config import CMLConfig  # noqa: E402
 from metricrec import kernel_numba  # noqa: E402
-from metricrec.kernel import GradBuffer, cml_step  # noqa: E402
-from metricrec.optim import make_optimizer  # noqa: E402
-from metricrec.sampling import make_sampler  # noqa: E402
-from metricrec.split import ratio_split  # noqa: E402
-from metricrec.synthetic import generate  # noqa: E402
-from metricrec.trainer import Trainer  # noqa: E402
+from metricrec.training.optim import GradBuffer
+from metricrec.models.cml.step_torch import cml_step  # noqa: E402
+from metricrec.training.optim import make_optimizer  # noqa: E402
+from metricrec.training.sampling import make_sampler  # noqa: E402
+from metricrec.data.splits import ratio_split  # noqa: E402
+from metricrec.data.synthetic import generate  # noqa: E402
+from metricrec.training.trainer import Trainer  # noqa: E402
 
 
 def cml_epoch_breakdown(cfg: CMLConfig, train, user: torch.Tensor, item: torch.Tensor, kernel: str) -> dict[str, float]:

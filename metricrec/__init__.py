@@ -2,9 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .interactions import DataWarning, Features, Interactions  # noqa: E402
-from .split import Split  # noqa: E402
-from .config import CMLConfig  # noqa: E402
-from .cml import CML  # noqa: E402
+from .data.interactions import DataWarning, Features, Interactions  # noqa: E402
+from .data.splits import Split  # noqa: E402
+from .models.cml import CML, CMLConfig  # noqa: E402
 
 __all__ = ["CML", "CMLConfig", "DataWarning", "Features", "Interactions", "Split", "__version__"]

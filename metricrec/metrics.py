@@ -33,7 +33,7 @@ import scipy.sparse as sp
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .split import Split
+    from .data.splits import Split
 
 __all__ = ["evaluate", "evaluate_split", "embedding_scorer", "Scorer", "TOPK_METRICS", "GLOBAL_METRICS"]
 

@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from metricrec.interactions import Interactions
+from metricrec.data.interactions import Interactions
 from metricrec.metrics import embedding_scorer, evaluate, evaluate_split
-from metricrec.split import ratio_split
+from metricrec.data.splits import ratio_split
 
 ALL = ("recall", "precision", "ndcg", "hitrate", "map", "mrr", "auc")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..split_io import write_split
+from ..data.split_files import write_split
 from .sources import add_data_arguments, add_split_arguments, load_data, make_split
 
 

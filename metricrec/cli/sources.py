@@ -14,13 +14,13 @@ import sys
 import warnings
 from typing import Any
 
-from ..datasets import DownloadError, available_datasets, load_dataset
-from ..features import describe_features, filter_min_count, read_item_features
-from ..interactions import Features, Interactions
-from ..io import read_interactions
-from ..split import Split, leave_k_out, ratio_split, temporal_split
-from ..split_io import read_split
-from ..synthetic import PRESETS, generate
+from ..data.datasets import DownloadError, available_datasets, load_dataset
+from ..data.features import describe_features, filter_min_count, read_item_features
+from ..data.interactions import Features, Interactions
+from ..data.readers import read_interactions
+from ..data.splits import Split, leave_k_out, ratio_split, temporal_split
+from ..data.split_files import read_split
+from ..data.synthetic import PRESETS, generate
 
 SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal")
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..cml import CML
-from ..config import CMLConfig
-from ..datasets import item_titles
+from ..models.cml.model import CML
+from ..models.cml.config import CMLConfig
+from ..data.datasets import item_titles
 from ..metrics import embedding_scorer, evaluate
 from ..serialization import atomic_write_json
-from ..split import Split
-from ..feature_reg import DEFAULT_FEATURE_WEIGHT
+from ..data.splits import Split
+from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
                       load_item_features, make_split, note, rebuild)
 

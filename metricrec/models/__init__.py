@@ -1,0 +1,1 @@
+"""Models: embedding recommenders (the shared base) and the models built on it."""

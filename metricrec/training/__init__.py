@@ -1,0 +1,1 @@
+"""Model-agnostic training: the loop, samplers, row-sparse optimisers and backends."""

@@ -1,0 +1,146 @@
+"""Row-sparse optimisers for embedding tables.
+
+A CML batch touches a subset of the user and item rows. These optimisers take the gradients of the
+touched rows as (distinct row indices, summed row gradients) -- what
+:meth:`GradBuffer.pop` returns -- update only those rows and their optimiser state,
+then project them back into the norm ball.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows"]
+
+
+class GradBuffer:
+    """Dense gradient accumulator for one embedding table, with the set of touched rows.
+
+    Gradients of repeated rows add up in place (``index_add_``) in a buffer that is reused across
+    batches, which avoids concatenating and sorting per-batch gradient lists.
+    """
+
+    def __init__(self, n_rows: int, dim: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        self.grad = torch.zeros(n_rows, dim, dtype=dtype, device=device)
+        self.touched = torch.zeros(n_rows, dtype=torch.bool, device=device)
+
+    def add(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        """Add ``grads`` (shape (R, d)) to ``rows`` (shape (R,)); repeated rows sum."""
+        self.grad.index_add_(0, rows, grads)
+        self.touched[rows] = True
+
+    def pop(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(touched row indices, their summed gradients), and reset the buffer."""
+        rows = self.touched.nonzero().squeeze(1)
+        grads = self.grad.index_select(0, rows)
+        self.grad.index_fill_(0, rows, 0.0)
+        self.touched[rows] = False
+        return rows, grads
+
+
+def clip_rows(rows: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Scale rows whose L2 norm exceeds ``max_norm`` back to norm ``max_norm`` (in place)."""
+    if max_norm is None:
+        return rows
+    norms = rows.norm(dim=1, keepdim=True)
+    scale = torch.clamp(max_norm / norms.clamp_min(1e-12), max=1.0)
+    return rows.mul_(scale)
+
+
+class RowAdagrad:
+    """Adagrad (element-wise accumulators) applied to touched rows only.
+
+    ``acc += g^2; w -= lr * g / sqrt(acc + eps)`` with accumulators starting at
+    ``initial_accumulator`` (0.1, TensorFlow's default, which the paper's code used).
+    Untouched rows see no update, exactly as dense Adagrad with a zero gradient would leave them.
+    """
+
+    def __init__(self, weight: torch.Tensor, lr: float, *, initial_accumulator: float = 0.1, eps: float = 1e-10):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.weight = weight
+        self.lr = float(lr)
+        self.eps = float(eps)
+        self.acc = torch.full_like(weight, float(initial_accumulator))
+
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None) -> None:
+        """Apply ``grads`` (shape (R, d)) to the distinct ``rows`` (shape (R,)), then clip them."""
+        if rows.numel() == 0:
+            return
+        idx, g = rows, grads
+        acc = self.acc.index_select(0, idx).addcmul_(g, g)
+        self.acc.index_copy_(0, idx, acc)
+        new = self.weight.index_select(0, idx).addcdiv_(g, (acc + self.eps).sqrt_(), value=-self.lr)
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+
+    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+        """Apply and reset a :class:`~metricrec.kernel.GradBuffer`.
+
+        When more than ``dense_fraction`` of the rows were touched, the update runs over the whole
+        table in place (no gathers or scatters). That is exactly the sparse update: an untouched
+        row has a zero gradient, so its accumulator and value do not change, and it is already
+        inside the ball.
+        """
+        n_touched = int(buffer.touched.sum())
+        if n_touched == 0:
+            return
+        if n_touched < dense_fraction * buffer.touched.numel():
+            self.step(*buffer.pop(), max_norm=max_norm)
+            return
+        g = buffer.grad
+        self.acc.addcmul_(g, g)
+        self.weight.addcdiv_(g, (self.acc + self.eps).sqrt_(), value=-self.lr)
+        if max_norm is not None:
+            rows = buffer.touched.nonzero().squeeze(1)
+            self.weight.index_copy_(0, rows, clip_rows(self.weight.index_select(0, rows), max_norm))
+        g.zero_()
+        buffer.touched.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"acc": self.acc}
+
+
+class RowAdam:
+    """Lazy Adam: moments of touched rows only, bias correction by the global step count."""
+
+    def __init__(self, weight: torch.Tensor, lr: float, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.weight = weight
+        self.lr = float(lr)
+        self.b1, self.b2 = betas
+        self.eps = float(eps)
+        self.m = torch.zeros_like(weight)
+        self.v = torch.zeros_like(weight)
+        self.t = 0
+
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None) -> None:
+        if rows.numel() == 0:
+            return
+        self.t += 1
+        idx, g = rows, grads
+        m = self.m.index_select(0, idx).mul_(self.b1).add_(g, alpha=1 - self.b1)
+        v = self.v.index_select(0, idx).mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        self.m.index_copy_(0, idx, m)
+        self.v.index_copy_(0, idx, v)
+        c1 = 1 - self.b1**self.t
+        c2 = 1 - self.b2**self.t
+        denom = (v / c2).sqrt_().add_(self.eps)
+        new = self.weight.index_select(0, idx).addcdiv_(m, denom, value=-self.lr / c1)
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+
+    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+        """Apply and reset a GradBuffer (always row-sparse: lazy Adam must not decay untouched rows)."""
+        self.step(*buffer.pop(), max_norm=max_norm)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m, "v": self.v}
+
+
+def make_optimizer(name: str, weight: torch.Tensor, lr: float) -> RowAdagrad | RowAdam:
+    """``"adagrad"`` (the paper's) or ``"adam"``."""
+    if name == "adagrad":
+        return RowAdagrad(weight, lr)
+    if name == "adam":
+        return RowAdam(weight, lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adagrad' or 'adam'")

@@ -1,0 +1,94 @@
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from metricrec.data.interactions import DataWarning, Features, Interactions
+from metricrec.data.splits import Split
+from metricrec.data.split_files import read_split, write_split
+
+
+def make_split(user_ids, item_ids, seed=0, with_features=False):
+    """Random 3-way disjoint split of a random matrix over the given ids."""
+    rng = np.random.default_rng(seed)
+    n_u, n_i = len(user_ids), len(item_ids)
+    dense = rng.random((n_u, n_i)) < 0.4
+    part = rng.integers(0, 3, size=(n_u, n_i))
+    feats = Features(sp.identity(n_i, format="csr"), [f"f{k}" for k in range(n_i)]) if with_features else None
+    full = Interactions(sp.csr_matrix(dense.astype(np.float32)), np.asarray(user_ids), np.asarray(item_ids),
+                        item_features=feats)
+    parts = [full.with_matrix(sp.csr_matrix((dense & (part == k)).astype(np.float32))) for k in range(3)]
+    return full, Split(*parts, meta={"method": "test"})
+
+
+def read(paths, **kw):
+    return read_split(paths["train"], paths["valid"], paths["test"], **kw)
+
+
+@pytest.mark.parametrize("ids", [([3, 1, 7, 20], [5, 6, 100, 2, 9]), (["u1", "u2", "x"], ["a", "b", "c", "d"])])
+def test_round_trip_identical_matrices(tmp_path, ids):
+    full, split = make_split(*ids, with_features=True)
+    paths = write_split(split, tmp_path / "out")
+    assert sorted(p.name for p in paths.values()) == ["test.csv", "train.csv", "valid.csv"]
+    assert paths["train"].read_text().splitlines()[0] == "user,item"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        back = read(paths, universe=full)
+    for name in ("train", "valid", "test"):
+        a, b = getattr(split, name), getattr(back, name)
+        assert (a.matrix != b.matrix).nnz == 0
+        assert a.user_ids.tolist() == b.user_ids.tolist() and a.item_ids.tolist() == b.item_ids.tolist()
+    assert back.train.item_features is full.item_features
+    assert back.meta["n_unknown"]["test"]["pairs"] == 0
+    assert back.meta["n_overlap"] == {"train&valid": 0, "train&test": 0, "valid&test": 0}
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+
+
+def test_raw_ids_are_written(tmp_path):
+    full, split = make_split([10, 20], [7, 8], seed=3)
+    paths = write_split(split, tmp_path)
+    lines = set(paths["train"].read_text().splitlines()[1:])
+    rows, cols, _ = split.train.to_coo_arrays()
+    assert lines == {f"{[10, 20][r]},{[7, 8][c]}" for r, c in zip(rows, cols)}
+
+
+def test_universe_from_train_file_drops_and_counts_unknown(tmp_path):
+    (tmp_path / "tr.csv").write_text("user,item\n1,10\n1,11\n2,10\n")
+    (tmp_path / "va.csv").write_text("user,item\n2,11\n3,10\n1,99\n3,99\n")
+    (tmp_path / "te.csv").write_text("user,item\n1,10\n")
+    with pytest.warns(DataWarning) as rec:
+        s = read_split(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv")
+    msgs = [str(w.message) for w in rec]
+    assert any("va.csv" in m and "dropped 3 of 4" in m and "1 unknown users, 1 unknown items" in m for m in msgs)
+    assert any("1 (user, item) pairs are in both" in m and "tr.csv" in m and "te.csv" in m for m in msgs)
+    assert s.train.user_ids.tolist() == [1, 2] and s.train.item_ids.tolist() == [10, 11]
+    assert s.valid.matrix.toarray().tolist() == [[0, 0], [0, 1]]
+    assert s.meta["n_unknown"]["valid"] == {"pairs": 3, "users": 1, "items": 1}
+    assert s.meta["n_unknown"]["test"]["pairs"] == 0
+    assert s.meta["n_overlap"]["train&test"] == 1
+
+
+def test_string_ids_against_int_universe(tmp_path):
+    full, split = make_split([1, 2, 3], [4, 5, 6], seed=1)
+    paths = write_split(split, tmp_path)
+    with open(paths["test"], "a") as fh:
+        fh.write("abc,4\n")
+    with pytest.warns(DataWarning, match=r"test\.csv: dropped 1 .*1 unknown users, 0 unknown items"):
+        back = read(paths, universe=full)
+    assert (back.test.matrix != split.test.matrix).nnz == 0
+
+
+def test_empty_parts_round_trip(tmp_path):
+    full, split = make_split([1, 2], [3, 4], seed=2)
+    empty = full.with_matrix(sp.csr_matrix(full.shape, dtype=np.float32))
+    split = Split(split.train, empty, empty)
+    paths = write_split(split, tmp_path)
+    back = read(paths, universe=full)
+    assert back.valid.nnz == 0 and back.test.nnz == 0 and back.train.nnz == split.train.nnz
+
+
+def test_unwritable_ids(tmp_path):
+    _, split = make_split(["a,b", "c"], ["x"], seed=0)
+    with pytest.raises(ValueError, match="contains ','"):
+        write_split(split, tmp_path)

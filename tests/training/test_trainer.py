@@ -1,0 +1,166 @@
+"""The training loop: early stopping and best-weights restore, callbacks, timing, the table."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import metricrec.training.trainer as trainer_mod
+from metricrec import CML, CMLConfig
+from metricrec.data.splits import ratio_split
+from metricrec.data.synthetic import generate
+from metricrec.training.trainer import EpochRecord, History, Trainer
+
+
+@pytest.fixture(scope="module")
+def split():
+    return ratio_split(generate(preset="small", seed=0), seed=0)
+
+
+def _cml(**kw):
+    return CML(**{"factors": 8, "batch_size": 256, "show_progress": False, "verbose": False, **kw})
+
+
+class Snapshots:
+    """Callback keeping a copy of both tables after every epoch."""
+
+    def __init__(self, stop_at=None):
+        self.user, self.item, self.epochs, self.trainers = {}, {}, [], []
+        self.stop_at = stop_at
+
+    def __call__(self, record, trainer):
+        assert isinstance(record, EpochRecord)
+        self.epochs.append(record.epoch)
+        self.trainers.append(trainer)
+        self.user[record.epoch] = trainer.user_emb.detach().cpu().numpy().copy()
+        self.item[record.epoch] = trainer.item_emb.detach().cpu().numpy().copy()
+        return self.stop_at is not None and record.epoch >= self.stop_at
+
+
+def test_early_stopping_restores_the_best_epochs_weights(split):
+    snap = Snapshots()
+    # a high learning rate makes valid recall peak early and wander, so patience has to act
+    m = _cml(epochs=60, patience=3, learning_rate=0.5, seed=0).fit(split.train, split.valid, callbacks=[snap])
+    h = m.history
+    r50 = [e.valid["recall@50"] for e in h.epochs]
+    assert h.stopped_early
+    assert len(h.epochs) < 60
+    assert h.best_epoch == int(np.argmax(r50)) + 1  # first of equal maxima
+    assert len(h.epochs) == h.best_epoch + 3  # exactly `patience` epochs without improvement
+    assert all(r < r50[h.best_epoch - 1] for r in r50[h.best_epoch:])
+    assert snap.epochs == list(range(1, len(h.epochs) + 1))
+    assert np.array_equal(m.user_embeddings, snap.user[h.best_epoch])
+    assert np.array_equal(m.item_embeddings, snap.item[h.best_epoch])
+    assert not np.array_equal(m.user_embeddings, snap.user[len(h.epochs)])
+
+
+def test_patience_zero_runs_every_epoch_and_still_keeps_the_best(split):
+    # regression: without patience the last epoch's weights were kept while best_epoch named another
+    snap = Snapshots()
+    m = _cml(epochs=12, patience=0, learning_rate=0.5, seed=0).fit(split.train, split.valid, callbacks=[snap])
+    h = m.history
+    r50 = [e.valid["recall@50"] for e in h.epochs]
+    assert len(h.epochs) == 12 and not h.stopped_early
+    assert h.best_epoch == int(np.argmax(r50)) + 1
+    assert np.array_equal(m.user_embeddings, snap.user[h.best_epoch])
+    assert np.array_equal(m.item_embeddings, snap.item[h.best_epoch])
+
+
+def test_callback_returning_true_stops(split):
+    snap = Snapshots(stop_at=3)
+    m = _cml(epochs=20, patience=0).fit(split.train, callbacks=[snap])
+    assert [e.epoch for e in m.history.epochs] == [1, 2, 3]
+    assert not m.history.stopped_early
+    # without a valid set the last epoch is the one kept
+    assert m.history.best_epoch == 3
+    assert np.array_equal(m.user_embeddings, snap.user[3])
+    assert all(t is snap.trainers[0] for t in snap.trainers) and isinstance(snap.trainers[0], Trainer)
+    # returning None or False does not stop
+    quiet = _cml(epochs=4).fit(split.train, callbacks=[lambda r, t: None, lambda r, t: False])
+    assert len(quiet.history.epochs) == 4
+
+
+def test_training_seconds_exclude_evaluation(split, monkeypatch):
+    real = trainer_mod.evaluate
+    delay = 1.5  # far above an epoch on 1,700 pairs even on a loaded machine
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "evaluate", slow_evaluate)
+    h = _cml(epochs=2, patience=0).fit(split.train, split.valid).history
+    for e in h.epochs:
+        assert e.eval_seconds >= delay
+        assert 0 < e.seconds < delay  # an epoch on 1,700 pairs takes milliseconds
+    assert h.train_seconds == pytest.approx(sum(e.seconds for e in h.epochs))
+    assert h.seconds_to_best == pytest.approx(sum(e.seconds for e in h.epochs[: h.best_epoch]))
+
+
+def test_without_valid_no_metrics_and_loss_falls(split):
+    h = _cml(epochs=8, learning_rate=0.1).fit(split.train).history
+    assert len(h.epochs) == 8 and h.best_epoch == 8 and not h.stopped_early
+    assert all(e.valid == {} and e.eval_seconds == 0.0 for e in h.epochs)
+    assert h.epochs[-1].loss < 0.8 * h.epochs[0].loss
+    for e in h.epochs:
+        assert e.loss == pytest.approx(e.metric_loss + 1.0 * e.cov_loss)
+
+
+def test_trainer_prints_one_row_per_epoch(split):
+    cfg = CMLConfig(factors=4, epochs=3, batch_size=512, patience=0)
+    gen = torch.Generator().manual_seed(0)
+    n_users, n_items = split.train.shape
+    user = torch.randn(n_users, 4, generator=gen) * 0.3
+    item = torch.randn(n_items, 4, generator=gen) * 0.3
+    buf = io.StringIO()
+    h = Trainer(cfg, split.train.matrix, split.valid.matrix, progress=False, verbose=True, stream=buf).fit(user, item)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split() == ["epoch", "loss", "R@50", "R@100", "seconds"]
+    assert len(lines) == 4
+    for line, rec in zip(lines[1:], h.epochs):
+        cells = line.split()
+        assert int(cells[0]) == rec.epoch
+        assert float(cells[1]) == pytest.approx(rec.loss, abs=1e-4)
+        assert float(cells[2]) == pytest.approx(rec.valid["recall@50"], abs=1e-4)
+        assert float(cells[3]) == pytest.approx(rec.valid["recall@100"], abs=1e-4)
+    # the tables were trained in place
+    assert Trainer(cfg, split.train.matrix, progress=False, verbose=False).fit(user, item).best_epoch == 3
+    silent = io.StringIO()
+    Trainer(cfg, split.train.matrix, progress=False, verbose=False, stream=silent).fit(user, item)
+    assert silent.getvalue() == ""
+
+
+def test_trainer_refuses_an_empty_matrix():
+    cfg = CMLConfig(factors=2, epochs=1)
+    with pytest.raises(ValueError, match="no positive pairs"):
+        Trainer(cfg, sp.csr_matrix((3, 4)), progress=False, verbose=False).fit(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_diverging_loss_is_reported(split):
+    # an absurd learning rate without the ball sends the vectors to infinity
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        _cml(epochs=30, learning_rate=1e30, max_norm=None, optimizer="adam").fit(split.train)
+
+
+def test_history_to_dict():
+    h = History([EpochRecord(1, 3.0, 2.0, 1.0, 0.5), EpochRecord(2, 2.0, 1.5, 0.5, 0.25, 0.1, {"recall@50": 0.3})],
+                best_epoch=1, stopped_early=True)
+    d = h.to_dict()
+    assert d["best_epoch"] == 1 and d["stopped_early"] is True
+    assert d["train_seconds"] == 0.75 and d["seconds_to_best"] == 0.5
+    assert d["epochs"][1] == {"epoch": 2, "loss": 2.0, "metric_loss": 1.5, "cov_loss": 0.5, "seconds": 0.25,
+                              "eval_seconds": 0.1, "valid": {"recall@50": 0.3}}
+
+
+def test_default_batch_size_rule():
+    cfg = CMLConfig()
+    assert cfg.batch_size is None
+    assert cfg.resolved_batch_size(32_858) == 4_107  # ml-100k train: an eighth of the pairs
+    assert cfg.resolved_batch_size(597_881) == 50_000  # capped
+    assert cfg.resolved_batch_size(2_000) == 1_000  # floor
+    assert CMLConfig(batch_size=300).resolved_batch_size(10**6) == 300
+    with pytest.raises(ValueError, match="batch_size"):
+        CMLConfig(batch_size=0)
