@@ -20,6 +20,7 @@ from ..models.cml.config import CMLConfig
 from ..data.datasets import item_titles
 from ..metrics import embedding_scorer, evaluate
 from ..serialization import atomic_write_json
+from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", help="output folder (default runs/<data>)")
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    train.add_argument("--kernel", choices=("auto", "torch", "numba"), default="auto",
+    train.add_argument("--kernel", choices=BACKEND_CHOICES, default="auto",
                        help="training step backend (auto: the compiled numba kernel on CPU when installed)")
     train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -150,11 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "config": config.to_dict(),
         "batch_size_used": config.resolved_batch_size(sizes["train"]),
         "data": data_doc,
-        "epochs": [
-            {"epoch": e.epoch, "loss": e.loss, "metric_loss": e.metric_loss, "cov_loss": e.cov_loss,
-             "feature_loss": e.feature_loss, "seconds": e.seconds, "eval_seconds": e.eval_seconds, "valid": e.valid}
-            for e in hist.epochs
-        ],
+        "epochs": [e.to_dict() for e in hist.epochs],
         "best_epoch": hist.best_epoch,
         "stopped_early": hist.stopped_early,
         "train_seconds": hist.train_seconds,

@@ -1,8 +1,9 @@
-"""The CML training loop: epochs of shuffled positive pairs, validation, early stopping.
+"""The training loop every embedding model shares: shuffled positive pairs in batches, sampled
+negatives, the model's step, row-sparse updates, validation, early stopping, callbacks.
 
-The trainer owns the optimisation (sampler, kernel, optimisers, the per-epoch table); it never
-parses data and the model never sees the trainer: it receives a CSR train matrix and embedding
-tables and returns the trained tables plus a :class:`History`.
+The trainer knows nothing of the model: a model hands it a :class:`TrainingStep` (its tables, how a
+batch turns into gradients, how to score for validation). It never parses data and the model never
+sees the loop; see :mod:`metricrec.models.cml.step` for CML's step.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -18,280 +18,207 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from ..models.cml.config import CMLConfig
-from ..models.cml import step_numba as kernel_numba
-from ..models.cml.step_torch import cml_step
-from .optim import GradBuffer
-from ..metrics import embedding_scorer, evaluate
-from .optim import make_optimizer
-from .sampling import make_sampler
+from ..errors import DataError, TrainingDivergedError
+from ..metrics import Scorer, evaluate
+from .backends import thread_policy
+from .config import TrainingConfig
+from .history import EpochRecord, History
+from .optim import GradBuffer, make_optimizer
+from .sampling import NegativeDraw, make_sampler
 
-__all__ = ["EpochRecord", "History", "Trainer", "EpochCallback", "TrainingHook"]
+__all__ = ["Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
 
+#: The validation metric early stopping and model selection use (docs/protocol.md).
 VALID_METRIC = "recall@50"
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch did. ``seconds`` is training only; evaluation is ``eval_seconds``."""
-
-    epoch: int
-    loss: float
-    metric_loss: float
-    cov_loss: float
-    seconds: float
-    eval_seconds: float = 0.0
-    valid: dict[str, float] = field(default_factory=dict)
-    feature_loss: float = 0.0  # the CML+F term (metricrec.feature_reg); 0 without features
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if not self.feature_loss:  # runs without features keep their old record layout
-            del d["feature_loss"]
-        return d
-
-
-@dataclass
-class History:
-    """All epochs of one ``fit`` and the epoch whose weights were kept."""
-
-    epochs: list[EpochRecord] = field(default_factory=list)
-    best_epoch: int | None = None
-    stopped_early: bool = False
-
-    @property
-    def train_seconds(self) -> float:
-        """Training seconds summed over all epochs run (evaluation excluded)."""
-        return float(sum(e.seconds for e in self.epochs))
-
-    @property
-    def seconds_to_best(self) -> float:
-        """Training seconds up to and including the best epoch."""
-        if self.best_epoch is None:
-            return self.train_seconds
-        return float(sum(e.seconds for e in self.epochs if e.epoch <= self.best_epoch))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epochs": [e.to_dict() for e in self.epochs],
-            "best_epoch": self.best_epoch,
-            "stopped_early": self.stopped_early,
-            "train_seconds": self.train_seconds,
-            "seconds_to_best": self.seconds_to_best,
-        }
-
+_VALID_KS = (50, 100)
 
 #: Called after every epoch with the record and the trainer; return True to stop training.
 EpochCallback = Callable[[EpochRecord, "Trainer"], "bool | None"]
 
 
-class TrainingHook(Protocol):
-    """An extra loss term trained with the embeddings (e.g. :class:`~metricrec.feature_reg.FeatureRegularizer`).
+class TrainingStep(Protocol):
+    """What a model gives the trainer.
 
-    ``on_batch`` adds its gradients into the GradBuffers before the optimiser step and returns its
-    loss value; ``on_epoch_end`` may adjust the tables; ``state``/``restore`` snapshot whatever it
-    trains itself, so the best epoch is restored together with the embeddings.
+    Attributes
+    ----------
+    name : str
+        Shown on the progress bar.
+    backend : str
+        A name from :mod:`metricrec.training.backends` (sets the thread policy of each epoch).
+    user_emb, item_emb : torch.Tensor, shapes (n_users, d), (n_items, d)
+        The tables the trainer's row-sparse optimisers update in place.
     """
 
-    def on_batch(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-                 draw: Any, user_grad: GradBuffer, item_grad: GradBuffer) -> float: ...
+    name: str
+    backend: str
+    user_emb: torch.Tensor
+    item_emb: torch.Tensor
 
-    def on_epoch_end(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None: ...
+    def batch(self, users: torch.Tensor, items: torch.Tensor, draw: NegativeDraw,
+              user_grad: GradBuffer, item_grad: GradBuffer) -> tuple[float, dict[str, float]]:
+        """Add the batch's gradients into the buffers; return (total loss, named loss terms)."""
 
-    def state(self) -> Any: ...
+    def epoch_end(self) -> None:
+        """Anything the model does once per epoch (may adjust the tables)."""
 
-    def restore(self, state: Any) -> None: ...
+    def state(self) -> Any:
+        """A snapshot of everything trained (tables included), for best-epoch restore."""
+
+    def restore(self, state: Any) -> None:
+        """Put a :meth:`state` snapshot back."""
+
+    def scorer(self) -> Scorer:
+        """Scores for validation: ``scorer(users) -> (len(users), n_items)`` tensor, higher is better."""
 
 
 class Trainer:
-    """Trains user and item embedding tables on a CSR matrix of positives.
+    """Trains a model's :class:`TrainingStep` on a CSR matrix of positives.
 
     Parameters
     ----------
-    config : CMLConfig
+    step : TrainingStep
     train : scipy.sparse.csr_matrix, shape (n_users, n_items)
         Positives (non-zeros); weights are ignored.
     valid : scipy.sparse.csr_matrix, optional
         Held-out positives for per-epoch Recall@50/@100 and early stopping (train items are
         excluded from the ranking).
-    device : str
-        ``"cpu"`` or ``"cuda"``.
+    config : TrainingConfig
+        Epochs, batch size, negatives, optimiser, patience, seed.
+    device : str or torch.device
     progress : bool
         Show a tqdm bar over epochs.
     verbose : bool
         Print the per-epoch table (epoch, loss, valid Recall@50, Recall@100, seconds).
     callbacks : sequence of callables
         ``callback(record, trainer)`` after each epoch; returning True stops training.
-    hooks : sequence of TrainingHook
-        Extra loss terms trained jointly (none: the plain CML step, no extra work).
-    kernel : {"auto", "torch", "numba"}
-        Backend of the CML step. ``"numba"``: the compiled CPU kernel of
-        :mod:`metricrec.kernel_numba` (needs numba: ``pip install metricrec[fast]``); ``"torch"``:
-        :func:`metricrec.kernel.cml_step`, on any device; ``"auto"``: numba on CPU when it is
-        installed, torch otherwise. Same maths, same negatives.
+    stream : file-like, optional
+        Where the table goes (default stdout).
 
     Attributes
     ----------
-    user_emb, item_emb : torch.Tensor or None
-        The tables being trained (set by :meth:`fit`), for callbacks to read; do not modify them.
+    history : History
+    batch_size : int
+        The batch size in use (``config.batch_size`` or the default rule).
     """
 
-    def __init__(
-        self,
-        config: CMLConfig,
-        train: sp.csr_matrix,
-        valid: sp.csr_matrix | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
-        verbose: bool = True,
-        callbacks: Sequence[EpochCallback] = (),
-        stream: Any = None,
-        hooks: Sequence[TrainingHook] = (),
-        kernel: str = "auto",
-    ) -> None:
-        self.config = config
+    def __init__(self, step: TrainingStep, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, *,
+                 config: TrainingConfig, device: str | torch.device = "cpu", progress: bool = True,
+                 verbose: bool = True, callbacks: Sequence[EpochCallback] = (), stream: Any = None) -> None:
+        self.step, self.config = step, config
         self.train = sp.csr_matrix(train)
         self.valid = None if valid is None else sp.csr_matrix(valid)
         self.device = torch.device(device)
-        self.progress = progress
-        self.verbose = verbose
+        self.progress, self.verbose = progress, verbose
         self.callbacks = list(callbacks)
-        self.hooks = list(hooks)
         self.stream = stream if stream is not None else sys.stdout
         rows = np.repeat(np.arange(self.train.shape[0], dtype=np.int64), np.diff(self.train.indptr))
+        if rows.size == 0:
+            raise DataError("the training matrix has no positive pairs")
         self._users = torch.from_numpy(rows).to(self.device)
         self._items = torch.from_numpy(self.train.indices.astype(np.int64)).to(self.device)
+        self.batch_size = config.resolved_batch_size(rows.size)
+        self._gen = torch.Generator().manual_seed(config.seed)
+        self._sampler = make_sampler(config.sampler, self.train, alpha=config.sampler_alpha, seed=config.seed + 1,
+                                     device=self.device)
+        u, i = step.user_emb, step.item_emb
+        self._opt = (make_optimizer(config.optimizer, u, config.learning_rate),
+                     make_optimizer(config.optimizer, i, config.learning_rate))
+        self._grads = (GradBuffer(*u.shape, dtype=u.dtype, device=self.device),
+                       GradBuffer(*i.shape, dtype=i.dtype, device=self.device))
         self.history = History()
-        self.user_emb: torch.Tensor | None = None
-        self.item_emb: torch.Tensor | None = None
-        self.batch_size: int | None = None  # resolved by fit (config.batch_size or the default rule)
-        self.kernel = _choose_kernel(kernel, self.device)
-        self._step = cml_step
-        if self.kernel == "numba":
-            kernel_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
-            self._step = kernel_numba.cml_step_numba
+        self._header_done = False
 
-    # ------------------------------------------------------------------
-    def fit(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> History:
-        """Train ``user_emb`` (n_users, d) and ``item_emb`` (n_items, d) in place; return the history.
+    # ------------------------------------------------------------------ one epoch
+    def run_epoch(self) -> EpochRecord:
+        """Train one epoch, validate when there is a valid set, print its row; return its record."""
+        epoch = len(self.history.epochs) + 1
+        start = time.perf_counter()
+        with thread_policy(self.step.backend):
+            total, parts = self._train_pairs()
+            self.step.epoch_end()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        record = EpochRecord(epoch, total, time.perf_counter() - start, parts=parts)
+        if not math.isfinite(total):
+            raise TrainingDivergedError(f"epoch {epoch}: the loss became {total}; lower the learning rate")
+        if self.valid is not None:
+            t0 = time.perf_counter()
+            record.valid = evaluate(self.step.scorer(), self.valid, self.train, ks=_VALID_KS, metrics=("recall",),
+                                    device=self.device)
+            record.eval_seconds = time.perf_counter() - t0
+        self.history.epochs.append(record)
+        self._print_row(record)
+        return record
 
-        With a valid set, the best epoch's (valid Recall@50) weights are restored at the end, and
-        with ``patience > 0`` training stops after ``patience`` epochs without a better one.
-        """
-        cfg = self.config
-        self.user_emb, self.item_emb = user_emb, item_emb
+    def _train_pairs(self) -> tuple[float, dict[str, float]]:
+        cfg, step = self.config, self.step
         n_pairs = self._users.numel()
-        if n_pairs == 0:
-            raise ValueError("the training matrix has no positive pairs")
-        gen = torch.Generator().manual_seed(cfg.seed)
-        sampler = make_sampler(cfg.sampler, self.train, alpha=cfg.sampler_alpha, seed=cfg.seed + 1, device=self.device)
-        opt_u = make_optimizer(cfg.optimizer, user_emb, cfg.learning_rate)
-        opt_i = make_optimizer(cfg.optimizer, item_emb, cfg.learning_rate)
-        grad_u = GradBuffer(*user_emb.shape, dtype=user_emb.dtype, device=self.device)
-        grad_i = GradBuffer(*item_emb.shape, dtype=item_emb.dtype, device=self.device)
+        order = torch.randperm(n_pairs, generator=self._gen).to(self.device)
+        total, parts = 0.0, {}
+        for lo in range(0, n_pairs, self.batch_size):
+            idx = order[lo: lo + self.batch_size]
+            users, items = self._users[idx], self._items[idx]
+            draw = self._sampler.sample(users, cfg.n_negatives, cfg.negative_group)
+            loss, terms = step.batch(users, items, draw, *self._grads)
+            self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
+            self._opt[1].step_buffer(self._grads[1], max_norm=cfg.max_norm)
+            total += loss
+            for k, v in terms.items():
+                parts[k] = parts.get(k, 0.0) + v
+        return total, parts
 
-        best_score, best_state, waited = -math.inf, None, 0
-        bar = tqdm(range(1, cfg.epochs + 1), desc="CML", unit="epoch", disable=not self.progress,
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> History:
+        """Run up to ``config.epochs`` epochs; return the history.
+
+        With a valid set, the best epoch's (valid Recall@50) state is restored at the end, and with
+        ``patience > 0`` training stops after ``patience`` epochs without a better one.
+        """
+        bar = tqdm(range(self.config.epochs), desc=self.step.name, unit="epoch", disable=not self.progress,
                    file=sys.stderr, leave=False, dynamic_ncols=True)
-        self._print_header()
-        threads = torch.get_num_threads()
-        batch_size = self.batch_size = cfg.resolved_batch_size(n_pairs)
-        for epoch in bar:
-            start = time.perf_counter()
-            metric_total = cov_total = feature_total = 0.0
-            if self.kernel == "numba":
-                # The compiled kernel is the parallel part; torch's remaining ops run on one thread.
-                # Two thread pools that both spin-wait for their workers fight over the cores, and
-                # on a machine with any other load that turns a 0.4 s epoch into tens of seconds.
-                kernel_numba.set_threads(threads)
-                torch.set_num_threads(1)
-            try:
-                order = torch.randperm(n_pairs, generator=gen).to(self.device)
-                for lo in range(0, n_pairs, batch_size):
-                    idx = order[lo : lo + batch_size]
-                    users, items = self._users[idx], self._items[idx]
-                    draw = sampler.sample(users, cfg.n_negatives, cfg.negative_group)
-                    stats = self._step(
-                        user_emb, item_emb, users, items, draw, grad_u, grad_i,
-                        margin=cfg.margin, use_rank_weight=cfg.use_rank_weight,
-                        cov_weight=cfg.cov_weight, cov_formula=cfg.cov_formula,
-                    )
-                    for hook in self.hooks:
-                        feature_total += hook.on_batch(user_emb, item_emb, users, items, draw, grad_u, grad_i)
-                    opt_u.step_buffer(grad_u, max_norm=cfg.max_norm)
-                    opt_i.step_buffer(grad_i, max_norm=cfg.max_norm)
-                    metric_total += stats.metric_loss
-                    cov_total += stats.cov_loss
-                for hook in self.hooks:
-                    hook.on_epoch_end(user_emb, item_emb)
-            finally:
-                torch.set_num_threads(threads)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
-            loss = metric_total + cfg.cov_weight * cov_total + feature_total
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: the loss became {loss}; lower the learning rate")
-            record = EpochRecord(epoch, loss, metric_total, cov_total, seconds, feature_loss=feature_total)
-            if self.valid is not None:
-                t0 = time.perf_counter()
-                record.valid = evaluate(
-                    embedding_scorer(user_emb, item_emb), self.valid, self.train,
-                    ks=(50, 100), metrics=("recall",), device=self.device,
-                )
-                record.eval_seconds = time.perf_counter() - t0
-            self.history.epochs.append(record)
-            self._print_row(record)
-            bar.set_postfix(loss=f"{loss:.4g}", **({"R@50": f"{record.valid[VALID_METRIC]:.4f}"} if record.valid else {}))
-
-            score = record.valid.get(VALID_METRIC, -record.loss) if record.valid else -record.loss
-            if score > best_score:
-                best_score, waited = score, 0
-                self.history.best_epoch = epoch
-                if self.valid is not None:
-                    best_state = (user_emb.detach().clone(), item_emb.detach().clone(), [h.state() for h in self.hooks])
-            else:
-                waited += 1
+        best = _Best()
+        for _ in bar:
+            record = self.run_epoch()
+            if record.valid:
+                bar.set_postfix(loss=f"{record.loss:.4g}", R50=f"{record.valid[VALID_METRIC]:.4f}")
+            if best.offer(record, self):
+                self.history.best_epoch = record.epoch
             stop = any(bool(cb(record, self)) for cb in self.callbacks)
-            if self.valid is not None and cfg.patience and waited >= cfg.patience:
-                self.history.stopped_early = True
-                stop = True
+            if self.valid is not None and self.config.patience and best.waited >= self.config.patience:
+                self.history.stopped_early = stop = True
             if stop:
                 break
         bar.close()
-        if best_state is not None and self.history.best_epoch != self.history.epochs[-1].epoch:
-            user_emb.copy_(best_state[0])
-            item_emb.copy_(best_state[1])
-            for hook, state in zip(self.hooks, best_state[2]):
-                hook.restore(state)
+        if best.state is not None and self.history.best_epoch != self.history.epochs[-1].epoch:
+            self.step.restore(best.state)
         if self.valid is None:
             self.history.best_epoch = self.history.epochs[-1].epoch
         return self.history
 
     # ------------------------------------------------------------------ table
-    def _print_header(self) -> None:
-        if self.verbose:
-            tqdm.write(f"{'epoch':>5}  {'loss':>12}  {'R@50':>7}  {'R@100':>7}  {'seconds':>7}", file=self.stream)
-
     def _print_row(self, r: EpochRecord) -> None:
         if not self.verbose:
             return
+        if not self._header_done:
+            tqdm.write(f"{'epoch':>5}  {'loss':>12}  {'R@50':>7}  {'R@100':>7}  {'seconds':>7}", file=self.stream)
+            self._header_done = True
         r50 = f"{r.valid['recall@50']:.4f}" if r.valid else "-"
         r100 = f"{r.valid['recall@100']:.4f}" if r.valid else "-"
         tqdm.write(f"{r.epoch:>5}  {r.loss:>12.4f}  {r50:>7}  {r100:>7}  {r.seconds:>7.3f}", file=self.stream)
 
 
-def _choose_kernel(kernel: str, device: torch.device) -> str:
-    """Resolve ``"auto"`` and check that the requested backend can run here."""
-    if kernel not in ("auto", "torch", "numba"):
-        raise ValueError(f"kernel must be 'auto', 'torch' or 'numba', got {kernel!r}")
-    if kernel == "torch":
-        return "torch"
-    if kernel == "numba":
-        if device.type != "cpu":
-            raise ValueError(f"the numba kernel runs on the CPU only (device is {device})")
-        if not kernel_numba.available():
-            raise ImportError("kernel='numba' needs numba: pip install metricrec[fast]")
-        return "numba"
-    return "numba" if device.type == "cpu" and kernel_numba.available() else "torch"
+class _Best:
+    """Early-stopping bookkeeping: the best score so far, its state, epochs since."""
+
+    def __init__(self) -> None:
+        self.score, self.state, self.waited = -math.inf, None, 0
+
+    def offer(self, record: EpochRecord, trainer: Trainer) -> bool:
+        score = record.valid.get(VALID_METRIC, -record.loss) if record.valid else -record.loss
+        if score > self.score:
+            self.score, self.waited = score, 0
+            if trainer.valid is not None:
+                self.state = trainer.step.state()
+            return True
+        self.waited += 1
+        return False

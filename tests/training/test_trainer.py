@@ -12,7 +12,9 @@ import metricrec.training.trainer as trainer_mod
 from metricrec import CML, CMLConfig
 from metricrec.data.splits import ratio_split
 from metricrec.data.synthetic import generate
-from metricrec.training.trainer import EpochRecord, History, Trainer
+from metricrec.models.cml.step import CMLStep
+from metricrec.training.history import EpochRecord, History
+from metricrec.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ class Snapshots:
         assert isinstance(record, EpochRecord)
         self.epochs.append(record.epoch)
         self.trainers.append(trainer)
-        self.user[record.epoch] = trainer.user_emb.detach().cpu().numpy().copy()
-        self.item[record.epoch] = trainer.item_emb.detach().cpu().numpy().copy()
+        self.user[record.epoch] = trainer.step.user_emb.detach().cpu().numpy().copy()
+        self.item[record.epoch] = trainer.step.item_emb.detach().cpu().numpy().copy()
         return self.stop_at is not None and record.epoch >= self.stop_at
 
 
@@ -106,7 +108,7 @@ def test_without_valid_no_metrics_and_loss_falls(split):
     assert all(e.valid == {} and e.eval_seconds == 0.0 for e in h.epochs)
     assert h.epochs[-1].loss < 0.8 * h.epochs[0].loss
     for e in h.epochs:
-        assert e.loss == pytest.approx(e.metric_loss + 1.0 * e.cov_loss)
+        assert e.loss == pytest.approx(e.parts["metric_loss"] + 1.0 * e.parts["cov_loss"])
 
 
 def test_trainer_prints_one_row_per_epoch(split):
@@ -116,7 +118,9 @@ def test_trainer_prints_one_row_per_epoch(split):
     user = torch.randn(n_users, 4, generator=gen) * 0.3
     item = torch.randn(n_items, 4, generator=gen) * 0.3
     buf = io.StringIO()
-    h = Trainer(cfg, split.train.matrix, split.valid.matrix, progress=False, verbose=True, stream=buf).fit(user, item)
+    step = CMLStep(cfg, user, item, "torch")
+    h = Trainer(step, split.train.matrix, split.valid.matrix, config=cfg, progress=False, verbose=True,
+                stream=buf).fit()
     lines = buf.getvalue().splitlines()
     assert lines[0].split() == ["epoch", "loss", "R@50", "R@100", "seconds"]
     assert len(lines) == 4
@@ -127,16 +131,17 @@ def test_trainer_prints_one_row_per_epoch(split):
         assert float(cells[2]) == pytest.approx(rec.valid["recall@50"], abs=1e-4)
         assert float(cells[3]) == pytest.approx(rec.valid["recall@100"], abs=1e-4)
     # the tables were trained in place
-    assert Trainer(cfg, split.train.matrix, progress=False, verbose=False).fit(user, item).best_epoch == 3
+    assert Trainer(step, split.train.matrix, config=cfg, progress=False, verbose=False).fit().best_epoch == 3
     silent = io.StringIO()
-    Trainer(cfg, split.train.matrix, progress=False, verbose=False, stream=silent).fit(user, item)
+    Trainer(step, split.train.matrix, config=cfg, progress=False, verbose=False, stream=silent).fit()
     assert silent.getvalue() == ""
 
 
 def test_trainer_refuses_an_empty_matrix():
     cfg = CMLConfig(factors=2, epochs=1)
     with pytest.raises(ValueError, match="no positive pairs"):
-        Trainer(cfg, sp.csr_matrix((3, 4)), progress=False, verbose=False).fit(torch.zeros(3, 2), torch.zeros(4, 2))
+        Trainer(CMLStep(cfg, torch.zeros(3, 2), torch.zeros(4, 2), "torch"), sp.csr_matrix((3, 4)), config=cfg,
+                progress=False, verbose=False).fit()
 
 
 def test_diverging_loss_is_reported(split):
@@ -146,7 +151,8 @@ def test_diverging_loss_is_reported(split):
 
 
 def test_history_to_dict():
-    h = History([EpochRecord(1, 3.0, 2.0, 1.0, 0.5), EpochRecord(2, 2.0, 1.5, 0.5, 0.25, 0.1, {"recall@50": 0.3})],
+    h = History([EpochRecord(1, 3.0, 0.5, parts={"metric_loss": 2.0, "cov_loss": 1.0}),
+                 EpochRecord(2, 2.0, 0.25, 0.1, {"recall@50": 0.3}, {"metric_loss": 1.5, "cov_loss": 0.5})],
                 best_epoch=1, stopped_early=True)
     d = h.to_dict()
     assert d["best_epoch"] == 1 and d["stopped_early"] is True
@@ -164,3 +170,54 @@ def test_default_batch_size_rule():
     assert CMLConfig(batch_size=300).resolved_batch_size(10**6) == 300
     with pytest.raises(ValueError, match="batch_size"):
         CMLConfig(batch_size=0)
+
+
+def test_history_round_trips_through_its_dict():
+    h = History([EpochRecord(1, 3.0, 0.5, parts={"metric_loss": 2.0}),
+                 EpochRecord(2, 2.0, 0.25, 0.1, {"recall@50": 0.3}, {"metric_loss": 1.5})], best_epoch=2)
+    again = History.from_dict(h.to_dict())
+    assert again == h
+
+
+class CountingStep:
+    """A model-free step: moves every touched row by a constant and counts what it was given."""
+
+    name, backend = "count", "torch"
+
+    def __init__(self, n_users, n_items):
+        self.user_emb, self.item_emb = torch.zeros(n_users, 2), torch.zeros(n_items, 2)
+        self.pairs, self.epochs_ended = 0, 0
+
+    def batch(self, users, items, draw, user_grad, item_grad):
+        self.pairs += users.numel()
+        assert draw.negatives.shape[1] == 3  # n_negatives from the config
+        user_grad.add(users, torch.ones(users.numel(), 2))
+        item_grad.add(items, torch.ones(items.numel(), 2))
+        return float(users.numel()), {"pairs": float(users.numel())}
+
+    def epoch_end(self):
+        self.epochs_ended += 1
+
+    def state(self):
+        return self.user_emb.clone(), self.item_emb.clone()
+
+    def restore(self, state):
+        self.user_emb.copy_(state[0])
+        self.item_emb.copy_(state[1])
+
+    def scorer(self):
+        return lambda users: torch.zeros(len(users), self.item_emb.shape[0])
+
+
+def test_the_trainer_drives_any_step_without_knowing_the_model(split):
+    from metricrec.training.config import TrainingConfig
+
+    train = split.train.matrix
+    step = CountingStep(*train.shape)
+    cfg = TrainingConfig(epochs=3, batch_size=100, n_negatives=3, learning_rate=0.1)
+    h = Trainer(step, train, config=cfg, progress=False, verbose=False).fit()
+    assert step.pairs == 3 * train.nnz and step.epochs_ended == 3
+    assert [e.parts["pairs"] for e in h.epochs] == [float(train.nnz)] * 3
+    assert h.best_epoch == 3
+    touched_users = np.flatnonzero(np.diff(train.indptr))
+    assert (step.user_emb[touched_users] < 0).all()  # every user with a pair moved against its gradient

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping
 
+from ...errors import ConfigError
+from ...training.config import check_choice, check_finite
+from ..config import EmbeddingConfig
 from .losses import COV_FORMULAS
 
 __all__ = ["CMLConfig"]
 
 
 @dataclass(frozen=True)
-class CMLConfig:
-    """Hyperparameters of a CML model and its training.
+class CMLConfig(EmbeddingConfig):
+    """Hyperparameters of a CML model and its training (the shared fields are documented on
+    :class:`~metricrec.models.config.EmbeddingConfig` and :class:`~metricrec.training.config.TrainingConfig`;
+    CML's defaults are listed here).
 
     Defaults follow the paper (Hsieh et al., WWW 2017) where it is specific -- unit ball, WARP rank
     weight, U = 10 sampled negatives, AdaGrad, covariance regularisation -- and were tuned on the
@@ -79,23 +81,11 @@ class CMLConfig:
         (default False).
     """
 
-    factors: int = 100
     margin: float = 1.5
-    n_negatives: int = 10
     use_rank_weight: bool = True
     cov_weight: float = 1.0
     cov_formula: str = "paper"
     max_norm: float | None = 1.0
-    optimizer: str = "adagrad"
-    learning_rate: float = 0.1
-    batch_size: int | None = None
-    negative_group: int = 16
-    sampler: str = "uniform"
-    sampler_alpha: float = 0.75
-    epochs: int = 100
-    patience: int = 10
-    init_std: float | None = None
-    seed: int = 0
     feature_weight: float = 0.0
     feature_hidden: tuple[int, ...] = (256,)
     feature_dropout: float = 0.5
@@ -103,81 +93,28 @@ class CMLConfig:
     init_from_features: bool = False
 
     def __post_init__(self) -> None:
-        _positive_int(self, "factors", "n_negatives", "negative_group", "epochs")
-        if self.batch_size is not None:
-            _positive_int(self, "batch_size")
-        for name in ("patience", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        super().__post_init__()
         if not isinstance(self.use_rank_weight, bool):
-            raise ValueError(f"use_rank_weight must be True or False, got {self.use_rank_weight!r}")
-        for name in ("margin", "learning_rate"):
-            value = getattr(self, name)
-            if not _finite(value) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not _finite(self.cov_weight) or not self.cov_weight >= 0:
-            raise ValueError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
-        if not _finite(self.sampler_alpha):
-            raise ValueError(f"sampler_alpha must be a finite number, got {self.sampler_alpha!r}")
-        if self.cov_formula not in COV_FORMULAS:
-            raise ValueError(f"cov_formula must be one of {COV_FORMULAS}, got {self.cov_formula!r}")
-        if self.max_norm is not None and (not _finite(self.max_norm) or not self.max_norm > 0):
-            raise ValueError(f"max_norm must be > 0 or None, got {self.max_norm!r}")
-        if self.optimizer not in ("adagrad", "adam"):
-            raise ValueError(f"optimizer must be 'adagrad' or 'adam', got {self.optimizer!r}")
-        if self.sampler not in ("uniform", "popularity"):
-            raise ValueError(f"sampler must be 'uniform' or 'popularity', got {self.sampler!r}")
-        if self.init_std is not None and (not _finite(self.init_std) or not self.init_std > 0):
-            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
+            raise ConfigError(f"use_rank_weight must be True or False, got {self.use_rank_weight!r}")
+        if not check_finite(self.margin) or not self.margin > 0:
+            raise ConfigError(f"margin must be a positive number, got {self.margin!r}")
+        if not check_finite(self.cov_weight) or not self.cov_weight >= 0:
+            raise ConfigError(f"cov_weight must be >= 0, got {self.cov_weight!r}")
+        check_choice(self, "cov_formula", COV_FORMULAS)
         self._check_features()
 
     def _check_features(self) -> None:
-        if not _finite(self.feature_weight) or not self.feature_weight >= 0:
-            raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight!r}")
+        if not check_finite(self.feature_weight) or not self.feature_weight >= 0:
+            raise ConfigError(f"feature_weight must be >= 0, got {self.feature_weight!r}")
         hidden = self.feature_hidden
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list)) or any(
                 isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"feature_hidden must be a sequence of positive integers, got {hidden!r}")
+            raise ConfigError(f"feature_hidden must be a sequence of positive integers, got {hidden!r}")
         object.__setattr__(self, "feature_hidden", tuple(hidden))  # a JSON list comes back as a tuple
-        if not _finite(self.feature_dropout) or not 0 <= self.feature_dropout < 1:
-            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
-        if not _finite(self.feature_lr) or not self.feature_lr > 0:
-            raise ValueError(f"feature_lr must be a positive number, got {self.feature_lr!r}")
+        if not check_finite(self.feature_dropout) or not 0 <= self.feature_dropout < 1:
+            raise ConfigError(f"feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
+        if not check_finite(self.feature_lr) or not self.feature_lr > 0:
+            raise ConfigError(f"feature_lr must be a positive number, got {self.feature_lr!r}")
         if not isinstance(self.init_from_features, bool):
-            raise ValueError(f"init_from_features must be True or False, got {self.init_from_features!r}")
+            raise ConfigError(f"init_from_features must be True or False, got {self.init_from_features!r}")
 
-    def resolved_batch_size(self, n_pairs: int) -> int:
-        """The batch size used for ``n_pairs`` training pairs (``batch_size`` or the default rule)."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return int(min(50_000, max(1_000, n_pairs // 8)))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CMLConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a foreign or newer file)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(data) - names))
-        if unknown:
-            raise ValueError(f"unknown CML config keys: {', '.join(unknown)}")
-        return cls(**dict(data))
-
-    def replace(self, **changes: Any) -> "CMLConfig":
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
-
-
-def _finite(value: Any) -> bool:
-    """A real number (not a bool or a string), neither NaN nor infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_int(cfg: CMLConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,4 +1,4 @@
-"""Compiled CPU backend of the CML step (numba), the same maths as :func:`metricrec.kernel.cml_step`.
+"""Compiled CPU backend of the CML step (numba), the same maths as :func:`metricrec.models.cml.step_torch.cml_step`.
 
 On a CPU the torch step is bound by memory traffic and by the number of operator calls: every
 intermediate (gathered rows, differences, distances) is a full ``(B, d)`` or ``(B, U)`` tensor, and
@@ -106,15 +106,6 @@ def _compile():
     return _kernels
 
 
-def set_threads(n: int) -> None:
-    """Threads of the compiled kernel (at most numba's pool size)."""
-    import numba
-
-    want = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
-
-
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernels on a tiny problem."""
     U = torch.zeros(2, 2)
@@ -140,7 +131,7 @@ def cml_step_numba(
     cov_weight: float = 0.0,
     cov_formula: str = "paper",
 ) -> StepStats:
-    """Drop-in replacement of :func:`metricrec.kernel.cml_step` for contiguous float32 CPU tensors."""
+    """Drop-in replacement of :func:`metricrec.models.cml.step_torch.cml_step` for contiguous float32 CPU tensors."""
     pair_pass, scatter_pass = _compile()
     U = user_emb.detach().numpy()
     V = item_emb.detach().numpy()

@@ -413,7 +413,7 @@ def test_config_dict_round_trip_and_unknown_keys():
     import json
 
     assert CMLConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    with pytest.raises(ValueError, match="unknown CML config keys: bogus"):
+    with pytest.raises(ValueError, match="unknown CMLConfig keys: bogus"):
         CMLConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(ValueError, match="factors"):
         CMLConfig.from_dict({**d, "factors": -3})

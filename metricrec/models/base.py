@@ -1,0 +1,375 @@
+"""What every embedding recommender shares: fitting through the model-agnostic trainer, exact
+retrieval with filters, raw-id maps, and pickle-free persistence.
+
+A model subclasses :class:`EmbeddingRecommender` and writes only its config class and its training
+step (:meth:`EmbeddingRecommender._make_step`); see :mod:`metricrec.models.bpr` for a complete
+second model in a few dozen lines, and the README's contributor section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .. import __version__
+from ..data.interactions import Interactions
+from ..errors import ConfigError, DataError, NotFittedError
+from ..serialization import ModelFormatError, load_model_files, save_model_files
+from ..training.backends import CHOICES, resolve_backend
+from ..training.history import History
+from ..training.optim import clip_rows
+from ..training.trainer import EpochCallback, Trainer, TrainingStep
+from .config import EmbeddingConfig
+from .retrieval import DISTANCES
+from .retrieval_api import RetrievalMixin
+
+__all__ = ["EmbeddingRecommender", "MODELS", "load_model"]
+
+#: Every model class by its saved name (filled by subclassing).
+MODELS: dict[str, type["EmbeddingRecommender"]] = {}
+
+
+class EmbeddingRecommender(RetrievalMixin):
+    """Base of recommenders that are two embedding tables (users, items) and a distance.
+
+    Parameters
+    ----------
+    config : EmbeddingConfig, optional
+        All hyperparameters (the subclass's config class); keyword arguments override its fields.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    num_threads : int, optional
+        Torch CPU threads during training (restored afterwards).
+    show_progress : bool
+        tqdm bar over epochs.
+    verbose : bool
+        Print the per-epoch table.
+    kernel : str
+        Training-step backend, one of :data:`metricrec.training.backends.CHOICES` (``"auto"``: the
+        compiled numba kernel on CPU when installed and the model has one, torch otherwise).
+    **params
+        Any field of the config class.
+
+    Attributes
+    ----------
+    user_embeddings, item_embeddings : numpy.ndarray, shapes (n_users, d), (n_items, d)
+    history : History
+        Per-epoch loss, valid metrics and seconds of the last ``fit``.
+    user_ids, item_ids : numpy.ndarray or None
+        Raw ids when fitted on an :class:`Interactions` (saved with the model).
+    last_epoch_seconds : float or None
+        Training seconds of the most recent epoch (evaluation excluded).
+    """
+
+    #: The config dataclass of the model.
+    config_class: ClassVar[type[EmbeddingConfig]] = EmbeddingConfig
+    #: The name stored in model files.
+    model_name: ClassVar[str] = ""
+    #: How the model scores (see :data:`metricrec.models.retrieval.DISTANCES`).
+    distance: ClassVar[str] = "euclidean"
+    #: Backends the model has a step for (None: all of the registry).
+    backends: ClassVar[tuple[str, ...] | None] = None
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.model_name:
+            assert cls.distance in DISTANCES, cls.distance  # a programming error in a model class
+            MODELS[cls.model_name] = cls
+
+    def __init__(self, config: EmbeddingConfig | None = None, *, device: str = "cpu", num_threads: int | None = None,
+                 show_progress: bool = True, verbose: bool = True, kernel: str = "auto", **params: Any) -> None:
+        base = config if config is not None else self.config_class()
+        if not isinstance(base, self.config_class):
+            raise ConfigError(f"config must be a {self.config_class.__name__}, got {type(base).__name__}")
+        self.config = base.replace(**params) if params else base
+        self.device = _device(device)
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        if kernel not in CHOICES or (self.backends is not None and kernel not in (*self.backends, "auto")):
+            raise ConfigError(f"kernel must be one of {', '.join(self._kernel_choices())}; got {kernel!r}")
+        self.num_threads, self.show_progress, self.verbose, self.kernel = num_threads, show_progress, verbose, kernel
+        self.history = History()
+        self.user_ids: np.ndarray | None = None
+        self.item_ids: np.ndarray | None = None
+        self.last_epoch_seconds: float | None = None
+        self._user: torch.Tensor | None = None
+        self._item: torch.Tensor | None = None
+        self._trainer: Trainer | None = None
+
+    def _kernel_choices(self) -> tuple[str, ...]:
+        return CHOICES if self.backends is None else ("auto", *self.backends)
+
+    # ------------------------------------------------------------------ what a model writes
+    def _make_step(self, train: sp.csr_matrix, user_items: Any, backend: str, **fit_kw: Any) -> TrainingStep:
+        """The model's training step over ``self._user``/``self._item`` (already initialised)."""
+        raise NotImplementedError
+
+    def _adopt(self, step: TrainingStep) -> None:
+        """Keep what the step trained besides the tables (CML+F: the feature network)."""
+
+    def _extra_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and metadata a model saves besides the tables."""
+        return {}, {}
+
+    def _load_extra(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Any) -> None:
+        """Restore what :meth:`_extra_arrays` saved."""
+
+    # ------------------------------------------------------------------ training
+    def fit(self, user_items: sp.spmatrix | Interactions, valid: sp.spmatrix | Interactions | None = None, *,
+            callbacks: Sequence[EpochCallback] = (), show_progress: bool | None = None, **fit_kw: Any):
+        """Train on a user x item matrix of positives.
+
+        Parameters
+        ----------
+        user_items : scipy.sparse matrix or Interactions, shape (n_users, n_items)
+            Non-zero entries are positives (weights must be finite and >= 0; zeros are ignored).
+        valid : same type, optional
+            Held-out positives: per-epoch Recall@50/@100 in the table, early stopping on Recall@50
+            with the best epoch's weights restored.
+        callbacks : sequence of callables
+            ``callback(record, trainer)`` after each epoch; return True to stop.
+        show_progress : bool, optional
+            Overrides the model's ``show_progress`` for this call.
+        **fit_kw
+            Model-specific inputs (CML: ``item_features``).
+
+        Returns
+        -------
+        self
+        """
+        train, valid_m = self._fit_data(user_items, valid)
+        self._init_tables(*train.shape)
+        trainer = self._trainer_for(train, valid_m, user_items, callbacks, show_progress, fit_kw)
+        with self._training_context():
+            self.history = trainer.fit()
+        self._finish(trainer, user_items)
+        return self
+
+    def fit_partial(self, user_items: sp.spmatrix | Interactions, epochs: int = 1, **fit_kw: Any):
+        """Train ``epochs`` more epochs, continuing the tables and optimiser state of earlier calls
+        on the same data (the first call initialises; new data of the same shape keeps the tables
+        and restarts the optimiser). No validation, no early stopping.
+
+        Returns
+        -------
+        self
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+        train, _ = self._fit_data(user_items, None)
+        trainer = self._trainer
+        if trainer is None or not _same_matrix(trainer.train, train):
+            if self._user is None or (self._user.shape[0], self._item.shape[0]) != train.shape:
+                self._init_tables(*train.shape)
+            trainer = self._trainer_for(train, None, user_items, (), False, fit_kw)
+        with self._training_context():
+            for _ in range(epochs):
+                self.last_epoch_seconds = trainer.run_epoch().seconds
+        trainer.history.best_epoch = trainer.history.epochs[-1].epoch
+        self.history = trainer.history
+        self._finish(trainer, user_items)
+        return self
+
+    def _trainer_for(self, train, valid_m, user_items, callbacks, show_progress, fit_kw) -> Trainer:
+        backend = resolve_backend(self.kernel, self.device)
+        step = self._make_step(train, user_items, backend, **fit_kw)
+        progress = self.show_progress if show_progress is None else show_progress
+        self._trainer = Trainer(step, train, valid_m, config=self.config, device=self.device, progress=progress,
+                                verbose=self.verbose, callbacks=callbacks)
+        return self._trainer
+
+    def _finish(self, trainer: Trainer, user_items: Any) -> None:
+        self._adopt(trainer.step)
+        if trainer.history.epochs:
+            self.last_epoch_seconds = trainer.history.epochs[-1].seconds
+        # ids of the data these vectors belong to (None for a plain matrix, never stale ones)
+        if isinstance(user_items, Interactions):
+            self.user_ids, self.item_ids = user_items.user_ids, user_items.item_ids
+        else:
+            self.user_ids = self.item_ids = None
+
+    @contextlib.contextmanager
+    def _training_context(self) -> Iterator[None]:
+        """The caller's thread count and RNG untouched; the model's own RNG seeded."""
+        old_threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.random.fork_rng(devices=[]):  # e.g. CML+F's dropout: seeded
+                torch.manual_seed(self.config.seed)
+                yield
+        finally:
+            torch.set_num_threads(old_threads)
+
+    def _init_tables(self, n_users: int, n_items: int) -> None:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        std = cfg.init_std if cfg.init_std is not None else 1.0 / np.sqrt(cfg.factors)
+        self._user = (torch.randn(n_users, cfg.factors, generator=gen) * std).to(self.device)
+        self._item = (torch.randn(n_items, cfg.factors, generator=gen) * std).to(self.device)
+        clip_rows(self._user, cfg.max_norm)
+        clip_rows(self._item, cfg.max_norm)
+        self._trainer = None
+
+    def _fit_data(self, user_items: Any, valid: Any) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+        train = as_matrix(user_items, "user_items")
+        if train.nnz == 0:
+            raise DataError("user_items has no positive interactions: nothing to train on")
+        if valid is None:
+            return train, None
+        valid_m = as_matrix(valid, "valid")
+        if valid_m.shape != train.shape:
+            raise DataError(f"valid has shape {valid_m.shape} but user_items has shape {train.shape}")
+        if valid_m.nnz == 0:
+            raise DataError("valid has no positive interactions: nothing to validate on")
+        overlap = train.multiply(valid_m).nnz
+        if overlap:
+            raise DataError(f"valid shares {overlap} (user, item) pairs with user_items; splits must be disjoint")
+        return train, valid_m
+
+    # ------------------------------------------------------------------ embeddings
+    def _fitted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._user is None or self._item is None:
+            raise NotFittedError(f"this {type(self).__name__} model is not fitted yet: call fit() or load()")
+        return self._user, self._item
+
+    @property
+    def user_embeddings(self) -> np.ndarray:
+        """User vectors, shape (n_users, d), as numpy (on CPU)."""
+        return self._fitted()[0].detach().cpu().numpy()
+
+    @property
+    def item_embeddings(self) -> np.ndarray:
+        """Item vectors, shape (n_items, d), as numpy (on CPU)."""
+        return self._fitted()[1].detach().cpu().numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, weights_format: str = "npz") -> Path:
+        """Save to a directory (``weights.npz`` or ``weights.safetensors`` + ``config.json``) or a
+        single ``.npz`` file. No pickle; exact round trip (float32 arrays as trained)."""
+        user, item = self._fitted()
+        arrays = {"user_embeddings": self.user_embeddings, "item_embeddings": self.item_embeddings}
+        extra_arrays, extra_meta = self._extra_arrays()
+        arrays.update(extra_arrays)
+        meta = {
+            "model": self.model_name, "metricrec_version": __version__, "config": self.config.to_dict(),
+            "n_users": int(user.shape[0]), "n_items": int(item.shape[0]),
+            "user_ids": _ids_to_json(self.user_ids), "item_ids": _ids_to_json(self.item_ids),
+            "history": self.history.to_dict(), **extra_meta,
+        }
+        return save_model_files(path, arrays, meta, weights_format=weights_format)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu"):
+        """Load a model written by :meth:`save` (on any device, e.g. a GPU-trained model on CPU)."""
+        arrays, meta = load_model_files(path)
+        if meta.get("model") != cls.model_name:
+            raise ModelFormatError(f"{path}: holds a {meta.get('model')!r} model, not {cls.model_name}")
+        try:
+            config = cls.config_class.from_dict(meta["config"])
+            n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{path}: invalid model config ({exc})") from None
+        try:
+            history = History.from_dict(meta.get("history") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(f"{path}: invalid history ({type(exc).__name__}: {exc})") from None
+        model = cls(config, device=device, show_progress=False, verbose=False)
+        model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
+        model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path).to(model.device)
+        model.user_ids = _ids_from_json(meta.get("user_ids"), n_users, "user_ids", path)
+        model.item_ids = _ids_from_json(meta.get("item_ids"), n_items, "item_ids", path)
+        model.history = history
+        model._load_extra(arrays, meta, path)
+        return model
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config)
+                           if getattr(self.config, f.name) != f.default)
+        return f"{type(self).__name__}({fields})"
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingRecommender:
+    """Load any metricrec model file, whatever its class (named in the file)."""
+    _, meta = load_model_files(path)
+    cls = MODELS.get(meta.get("model"))
+    if cls is None:
+        raise ModelFormatError(f"{path}: unknown model type {meta.get('model')!r} (known: {', '.join(MODELS)})")
+    return cls.load(path, device=device)
+
+
+# ---------------------------------------------------------------------- helpers
+def as_matrix(data: sp.spmatrix | Interactions, name: str) -> sp.csr_matrix:
+    """A canonical float64 CSR copy of a sparse matrix or an Interactions' matrix (zeros dropped,
+    duplicates summed, indices sorted); :class:`DataError` on NaN, infinite or negative weights."""
+    if isinstance(data, Interactions):
+        m = data.matrix
+    elif sp.issparse(data):
+        m = data
+    else:
+        raise TypeError(f"{name} must be a scipy sparse matrix or an Interactions, got {type(data).__name__}")
+    m = sp.csr_matrix(m, dtype=np.float64, copy=True)
+    if m.nnz and not np.all(np.isfinite(m.data)):
+        raise DataError(f"{name} contains NaN or infinite values")
+    if m.nnz and (m.data < 0).any():
+        raise DataError(f"{name} contains negative weights ({int((m.data < 0).sum())} entries)")
+    m.eliminate_zeros()
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
+def _same_matrix(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
+    return a.shape == b.shape and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available in this torch build/machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    return dev
+
+
+def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any) -> torch.Tensor:
+    arr = arrays.get(name)
+    if arr is None:
+        raise ModelFormatError(f"{path}: array {name!r} is missing")
+    if arr.shape != shape or arr.dtype.kind != "f":
+        raise ModelFormatError(f"{path}: array {name!r} has shape {arr.shape} dtype {arr.dtype}, expected {shape} float")
+    if not np.all(np.isfinite(arr)):
+        raise ModelFormatError(f"{path}: array {name!r} contains NaN or infinite values")
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
+
+
+def _ids_to_json(ids: np.ndarray | None) -> dict[str, Any] | None:
+    if ids is None:
+        return None
+    kind = "int" if ids.dtype.kind in "iu" else "str"
+    return {"kind": kind, "values": ids.tolist() if kind == "int" else [str(x) for x in ids.tolist()]}
+
+
+def _ids_from_json(doc: Any, n: int, name: str, path: Any) -> np.ndarray | None:
+    if doc is None:
+        return None
+    try:
+        values = doc["values"]
+        arr = np.asarray(values, dtype=np.int64) if doc["kind"] == "int" else np.asarray(values, dtype=str)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
+    if arr.shape != (n,):
+        raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
+    return arr
