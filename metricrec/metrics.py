@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (PROTOCOL.md): every item is ranked for every evaluated user.
+"""Full-ranking evaluation (docs/protocol.md): every item is ranked for every evaluated user.
 
 Ranking rule
 ------------
@@ -26,7 +26,7 @@ A target that is also excluded could never be ranked: that signals a leaky split
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +35,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .data.splits import Split
 
-__all__ = ["evaluate", "evaluate_split", "embedding_scorer", "Scorer", "TOPK_METRICS", "GLOBAL_METRICS"]
+__all__ = ["evaluate", "evaluate_part", "embedding_scorer", "Scorer", "TOPK_METRICS", "GLOBAL_METRICS"]
 
 Scorer = Callable[[np.ndarray], torch.Tensor]
 
@@ -170,124 +170,158 @@ def evaluate(
         ``"recall@10"``, ..., ``"mrr"``, ``"auc"`` (floats) and ``"n_users"`` (users averaged over).
     """
     metrics, kl = _parse_metrics(metrics, ks)
-    target = _check_csr(target, "target")
-    n_users, n_items = target.shape
-    if exclude is not None:
-        exclude = _check_csr(exclude, "exclude")
-        if exclude.shape != target.shape:
-            raise ValueError(f"exclude has shape {exclude.shape} but target has shape {target.shape}")
-        overlap = target.multiply(exclude).nnz if target.nnz and exclude.nnz else 0
-        if overlap:
-            raise ValueError(
-                f"{overlap} (user, item) pairs are both target and excluded: the split leaks "
-                "(a held-out item is also a training item)"
-            )
-    n_target = np.diff(target.indptr)
-    n_excl = np.zeros(n_users, dtype=np.int64) if exclude is None else np.diff(exclude.indptr)
-    eval_users = np.flatnonzero(n_target > 0)
-    if users is not None:
-        req = np.asarray(users)
-        if req.ndim != 1 or (req.size and req.dtype.kind not in "iu"):
-            raise ValueError(f"users must be a 1-D integer array, got shape {req.shape} dtype {req.dtype}")
-        if req.size and (req.min() < 0 or req.max() >= n_users):
-            raise ValueError(f"users contains indices outside [0, {n_users})")
-        eval_users = np.intersect1d(eval_users, req)
-    device = torch.device(device)
-    if batch_size is None:
-        budget = _BLOCK_BYTES_CPU if device.type == "cpu" else _BLOCK_BYTES_DEVICE
-        batch_size = max(1, budget // (4 * max(n_items, 1)))
-    elif int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
-
-    want_topk = [m for m in metrics if m in TOPK_METRICS]
-    kmax = kl[-1] if kl else 0
-    kmax_eff = min(kmax, n_items)
-    sums = {f"{m}@{k}": 0.0 for m in want_topk for k in kl}
-    if "mrr" in metrics:
-        sums["mrr"] = 0.0
-    auc_sum, auc_users = 0.0, 0
-    # discount 1/log2(r+2) for r = 0..kmax-1 and its prefix sums (ideal DCG)
-    disc = 1.0 / np.log2(np.arange(kmax, dtype=np.float64) + 2.0)
-    disc_t = torch.from_numpy(disc).to(device)
-    idcg_cum = torch.from_numpy(np.concatenate([[0.0], np.cumsum(disc)])).to(device)
-    k_idx = torch.tensor([k - 1 for k in kl], dtype=torch.long, device=device)
-    k_val = torch.tensor(kl, dtype=torch.float64, device=device)
-
+    target, exclude = _check_parts(target, exclude)
+    plan = _Plan(metrics, kl, target, exclude, torch.device(device))
+    eval_users = _eval_users(plan.n_target, users, target.shape[0])
+    batch_size = _chunk_size(batch_size, plan.device, target.shape[1])
     # Chunks of users with similar target counts: AUC pads each chunk's target list to its
     # longest, and its search cost grows with that length. Sums do not depend on the order.
-    eval_users = eval_users[np.argsort(n_target[eval_users], kind="stable")]
+    eval_users = eval_users[np.argsort(plan.n_target[eval_users], kind="stable")]
     for lo in range(0, len(eval_users), batch_size):
-        ub = eval_users[lo : lo + batch_size]
-        b = len(ub)
-        scores = scorer(ub)
-        if not isinstance(scores, torch.Tensor):
-            raise ValueError(f"scorer must return a torch.Tensor, got {type(scores).__name__}")
-        if tuple(scores.shape) != (b, n_items):
-            raise ValueError(
-                f"scorer returned shape {tuple(scores.shape)} for {b} users; expected ({b}, {n_items})"
-            )
-        scores = scores.detach().to(device)
-        if scores.dtype not in (torch.float32, torch.float64):
-            scores = scores.float()
-        # cheap finiteness test: the sum of finite scores is finite (unless it overflows)
-        if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():
-            raise ValueError("scorer returned NaN or infinite scores")
-        tr, tc, to = _csr_block(target, ub, device)
-        tgt = torch.zeros((b, n_items), dtype=torch.bool, device=device)
+        plan.add_chunk(scorer, eval_users[lo: lo + batch_size])
+    return plan.result(len(eval_users))
+
+
+class _Plan:
+    """The sums of one :func:`evaluate` call and the constants its chunks share."""
+
+    def __init__(self, metrics: list[str], kl: list[int], target: sp.csr_matrix, exclude: sp.csr_matrix | None,
+                 device: torch.device) -> None:
+        self.metrics, self.kl, self.target, self.exclude, self.device = metrics, kl, target, exclude, device
+        n_users, self.n_items = target.shape
+        self.n_target = np.diff(target.indptr)
+        self.n_excl = np.zeros(n_users, dtype=np.int64) if exclude is None else np.diff(exclude.indptr)
+        self.want_topk = [m for m in metrics if m in TOPK_METRICS]
+        self.kmax = kl[-1] if kl else 0
+        self.sums = {f"{m}@{k}": 0.0 for m in self.want_topk for k in kl}
+        if "mrr" in metrics:
+            self.sums["mrr"] = 0.0
+        self.auc_sum, self.auc_users = 0.0, 0
+        # discount 1/log2(r+2) for r = 0..kmax-1 and its prefix sums (ideal DCG)
+        disc = 1.0 / np.log2(np.arange(self.kmax, dtype=np.float64) + 2.0)
+        self.disc = torch.from_numpy(disc).to(device)
+        self.idcg_cum = torch.from_numpy(np.concatenate([[0.0], np.cumsum(disc)])).to(device)
+        self.k_idx = torch.tensor([k - 1 for k in kl], dtype=torch.long, device=device)
+        self.k_val = torch.tensor(kl, dtype=torch.float64, device=device)
+
+    def add_chunk(self, scorer: Scorer, ub: np.ndarray) -> None:
+        """Score the users ``ub`` and add their metrics to the sums."""
+        device, b = self.device, len(ub)
+        scores = _checked_scores(scorer, ub, self.n_items, device)
+        tr, tc, to = _csr_block(self.target, ub, device)
+        tgt = torch.zeros((b, self.n_items), dtype=torch.bool, device=device)
         tgt[tr, tc] = True
-        if exclude is not None:
-            er, ec, _ = _csr_block(exclude, ub, device)
+        if self.exclude is not None:
+            er, ec, _ = _csr_block(self.exclude, ub, device)
             # out of place: the scorer may hand back a tensor it keeps using
             scores = scores.index_put((er, ec), torch.tensor(float("-inf"), dtype=scores.dtype, device=device))
-        nt = torch.from_numpy(n_target[ub].astype(np.int64)).to(device)
-        ntf = nt.to(torch.float64)
-
+        nt = torch.from_numpy(self.n_target[ub].astype(np.int64)).to(device)
         first_rank = torch.zeros(b, dtype=torch.float64, device=device)  # 0 = not found yet
-        if kmax_eff > 0 and (want_topk or "mrr" in metrics):
-            hits = _topk_hits(scores, tgt, kmax_eff)  # (b, kmax_eff) bool, rank order
-            if kmax_eff < kmax:  # fewer items than the largest K: missing ranks never hit
-                hits = torch.cat([hits, hits.new_zeros((b, kmax - kmax_eff))], 1)
-            hf = hits.to(torch.float64)
-            cum = hf.cumsum(1)
-            if "mrr" in metrics:
-                has = hits.any(1)
-                first_rank = torch.where(has, hits.to(torch.int8).argmax(1).to(torch.float64) + 1, first_rank)
-            hk = cum[:, k_idx]  # (b, n_k) hits@K
-            for m in want_topk:
-                if m == "recall":
-                    val = hk / ntf[:, None]
-                elif m == "precision":
-                    val = hk / k_val
-                elif m == "hitrate":
-                    val = (hk > 0).to(torch.float64)
-                elif m == "ndcg":
-                    dcg = (hf * disc_t).cumsum(1)[:, k_idx]
-                    ideal = idcg_cum[torch.minimum(nt[:, None], k_idx + 1)]
-                    val = dcg / ideal
-                else:  # map
-                    prec = hf * cum / torch.arange(1, kmax + 1, dtype=torch.float64, device=device)
-                    val = prec.cumsum(1)[:, k_idx] / torch.minimum(ntf[:, None], k_val)
-                tot = val.sum(0).tolist()
-                for j, k in enumerate(kl):
-                    sums[f"{m}@{k}"] += tot[j]
-        if "mrr" in metrics:
+        if min(self.kmax, self.n_items) > 0 and (self.want_topk or "mrr" in self.metrics):
+            first_rank = self._add_topk(scores, tgt, nt, first_rank)
+        if "mrr" in self.metrics:
             missing = torch.nonzero(first_rank == 0).flatten()
             if len(missing):
                 first_rank[missing] = _first_target_rank(scores[missing], tgt[missing])
-            sums["mrr"] += float((1.0 / first_rank).sum())
-        if "auc" in metrics:
-            n_neg = torch.from_numpy((n_items - n_excl[ub] - n_target[ub]).astype(np.int64)).to(device)
+            self.sums["mrr"] += float((1.0 / first_rank).sum())
+        if "auc" in self.metrics:
+            n_neg = torch.from_numpy((self.n_items - self.n_excl[ub] - self.n_target[ub]).astype(np.int64)).to(device)
             s, c = _auc_sums(scores, (tr, tc, to), nt, n_neg)
-            auc_sum += s
-            auc_users += c
+            self.auc_sum += s
+            self.auc_users += c
 
-    n_eval = len(eval_users)
-    out = {k: (v / n_eval if n_eval else float("nan")) for k, v in sums.items()}
-    if "auc" in metrics:
-        out["auc"] = auc_sum / auc_users if auc_users else float("nan")
-    out["n_users"] = n_eval
-    return out
+    def _add_topk(self, scores: torch.Tensor, tgt: torch.Tensor, nt: torch.Tensor,
+                  first_rank: torch.Tensor) -> torch.Tensor:
+        kmax, kmax_eff = self.kmax, min(self.kmax, self.n_items)
+        hits = _topk_hits(scores, tgt, kmax_eff)  # (b, kmax_eff) bool, rank order
+        if kmax_eff < kmax:  # fewer items than the largest K: missing ranks never hit
+            hits = torch.cat([hits, hits.new_zeros((hits.shape[0], kmax - kmax_eff))], 1)
+        if "mrr" in self.metrics:
+            has = hits.any(1)
+            first_rank = torch.where(has, hits.to(torch.int8).argmax(1).to(torch.float64) + 1, first_rank)
+        hf = hits.to(torch.float64)
+        cum = hf.cumsum(1)
+        for m in self.want_topk:
+            tot = self._topk_values(m, hf, cum, nt).sum(0).tolist()
+            for j, k in enumerate(self.kl):
+                self.sums[f"{m}@{k}"] += tot[j]
+        return first_rank
+
+    def _topk_values(self, m: str, hf: torch.Tensor, cum: torch.Tensor, nt: torch.Tensor) -> torch.Tensor:
+        """(b, n_k) per-user values of metric ``m`` at every K."""
+        hk, k_idx, k_val, ntf = cum[:, self.k_idx], self.k_idx, self.k_val, nt.to(torch.float64)
+        if m == "recall":
+            return hk / ntf[:, None]
+        if m == "precision":
+            return hk / k_val
+        if m == "hitrate":
+            return (hk > 0).to(torch.float64)
+        if m == "ndcg":
+            dcg = (hf * self.disc).cumsum(1)[:, k_idx]
+            return dcg / self.idcg_cum[torch.minimum(nt[:, None], k_idx + 1)]
+        ranks = torch.arange(1, self.kmax + 1, dtype=torch.float64, device=self.device)
+        return (hf * cum / ranks).cumsum(1)[:, k_idx] / torch.minimum(ntf[:, None], k_val)  # map
+
+    def result(self, n_eval: int) -> dict[str, float]:
+        """Means over the ``n_eval`` users (NaN when there are none) and ``n_users``."""
+        out = {k: (v / n_eval if n_eval else float("nan")) for k, v in self.sums.items()}
+        if "auc" in self.metrics:
+            out["auc"] = self.auc_sum / self.auc_users if self.auc_users else float("nan")
+        out["n_users"] = n_eval
+        return out
+
+
+def _check_parts(target: sp.spmatrix, exclude: sp.spmatrix | None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    target = _check_csr(target, "target")
+    if exclude is None:
+        return target, None
+    exclude = _check_csr(exclude, "exclude")
+    if exclude.shape != target.shape:
+        raise ValueError(f"exclude has shape {exclude.shape} but target has shape {target.shape}")
+    overlap = target.multiply(exclude).nnz if target.nnz and exclude.nnz else 0
+    if overlap:
+        raise ValueError(
+            f"{overlap} (user, item) pairs are both target and excluded: the split leaks "
+            "(a held-out item is also a training item)"
+        )
+    return target, exclude
+
+
+def _eval_users(n_target: np.ndarray, users: np.ndarray | None, n_users: int) -> np.ndarray:
+    eval_users = np.flatnonzero(n_target > 0)
+    if users is None:
+        return eval_users
+    req = np.asarray(users)
+    if req.ndim != 1 or (req.size and req.dtype.kind not in "iu"):
+        raise ValueError(f"users must be a 1-D integer array, got shape {req.shape} dtype {req.dtype}")
+    if req.size and (req.min() < 0 or req.max() >= n_users):
+        raise ValueError(f"users contains indices outside [0, {n_users})")
+    return np.intersect1d(eval_users, req)
+
+
+def _chunk_size(batch_size: int | None, device: torch.device, n_items: int) -> int:
+    if batch_size is None:
+        budget = _BLOCK_BYTES_CPU if device.type == "cpu" else _BLOCK_BYTES_DEVICE
+        return max(1, budget // (4 * max(n_items, 1)))
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _checked_scores(scorer: Scorer, ub: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+    b = len(ub)
+    scores = scorer(ub)
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f"scorer must return a torch.Tensor, got {type(scores).__name__}")
+    if tuple(scores.shape) != (b, n_items):
+        raise ValueError(f"scorer returned shape {tuple(scores.shape)} for {b} users; expected ({b}, {n_items})")
+    scores = scores.detach().to(device)
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float()
+    # cheap finiteness test: the sum of finite scores is finite (unless it overflows)
+    if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():
+        raise ValueError("scorer returned NaN or infinite scores")
+    return scores
 
 
 def _topk_hits(scores: torch.Tensor, tgt: torch.Tensor, k: int) -> torch.Tensor:
@@ -352,10 +386,11 @@ def _auc_sums(
     return float(auc[ok].sum()), int(ok.sum())
 
 
-def evaluate_split(scorer: Scorer, split: "Split", part: str = "valid", **kwargs) -> dict[str, float]:
-    """:func:`evaluate` on one part of a :class:`~metricrec.split.Split` with the protocol's exclusions.
+def evaluate_part(scorer: Scorer, split: "Split", part: str = "valid", **kwargs: Any) -> dict[str, float]:
+    """The protocol entry: :func:`evaluate` on one part of a :class:`~metricrec.data.splits.Split`
+    with the protocol's exclusions (docs/protocol.md). Every caller that scores a split uses it.
 
-    ``part="valid"`` ranks against train items removed; ``part="test"`` removes train and valid items.
+    ``part="valid"`` ranks with train items removed; ``part="test"`` removes train and valid items.
     Keyword arguments go to :func:`evaluate`.
     """
     if part == "valid":

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from metricrec.data.interactions import Interactions
-from metricrec.metrics import embedding_scorer, evaluate, evaluate_split
+from metricrec.metrics import embedding_scorer, evaluate, evaluate_part
 from metricrec.data.splits import ratio_split
 
 ALL = ("recall", "precision", "ndcg", "hitrate", "map", "mrr", "auc")
@@ -218,7 +218,7 @@ def test_embedding_scorer_matches_explicit_distances():
         embedding_scorer(u, v[:, :3])
 
 
-def test_evaluate_split_uses_protocol_exclusions():
+def test_evaluate_part_uses_protocol_exclusions():
     rng = np.random.default_rng(0)
     n_users, n_items = 30, 40
     m = rng.random((n_users, n_items)) < 0.4
@@ -227,10 +227,10 @@ def test_evaluate_split_uses_protocol_exclusions():
     split = ratio_split(data, seed=1)
     scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
     s = table_scorer(scores)
-    valid = evaluate_split(s, split, "valid", ks=(5,))
+    valid = evaluate_part(s, split, "valid", ks=(5,))
     assert_same(valid, reference(scores, split.valid.matrix, split.train.matrix, (5,)))
-    test = evaluate_split(s, split, "test", ks=(5,))
+    test = evaluate_part(s, split, "test", ks=(5,))
     excl = sp.csr_matrix(split.train.matrix + split.valid.matrix)
     assert_same(test, reference(scores, split.test.matrix, excl, (5,)))
     with pytest.raises(ValueError, match="part"):
-        evaluate_split(s, split, "train")
+        evaluate_part(s, split, "train")

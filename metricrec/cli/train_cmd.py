@@ -18,7 +18,7 @@ from .. import __version__
 from ..models.cml.model import CML
 from ..models.cml.config import CMLConfig
 from ..data.datasets import item_titles
-from ..metrics import embedding_scorer, evaluate
+from ..metrics import evaluate_part
 from ..serialization import atomic_write_json
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
@@ -173,11 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _score(model: CML, split: Split, part: str) -> tuple[dict[str, float], float]:
-    target = getattr(split, part).matrix
-    exclude = split.train.matrix if part == "valid" else (split.train.matrix + split.valid.matrix).tocsr()
     t0 = time.perf_counter()
-    scorer = embedding_scorer(torch.from_numpy(model.user_embeddings), torch.from_numpy(model.item_embeddings))
-    metrics = evaluate(scorer, target, exclude, ks=TEST_KS)
+    metrics = evaluate_part(model.scorer(), split, part, ks=TEST_KS)
     return metrics, time.perf_counter() - t0
 
 

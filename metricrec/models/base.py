@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..data.interactions import Interactions
 from ..errors import ConfigError, DataError, NotFittedError
+from ..metrics import Scorer, embedding_scorer
 from ..serialization import ModelFormatError, load_model_files, save_model_files
 from ..training.backends import CHOICES, resolve_backend
 from ..training.history import History
@@ -249,6 +250,12 @@ class EmbeddingRecommender(RetrievalMixin):
     def item_embeddings(self) -> np.ndarray:
         """Item vectors, shape (n_items, d), as numpy (on CPU)."""
         return self._fitted()[1].detach().cpu().numpy()
+
+    def scorer(self) -> Scorer:
+        """The model's scores for :mod:`metricrec.metrics`: ``scorer(users) -> (len(users), n_items)``
+        tensor, higher is better (ranking exactly as :meth:`recommend`)."""
+        user, item = self._fitted()
+        return embedding_scorer(user, item, "dot" if self.distance == "dot" else "neg_sq_distance")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, weights_format: str = "npz") -> Path:
