@@ -115,6 +115,10 @@ class EmbeddingRecommender(RetrievalMixin):
     def _adopt(self, step: TrainingStep) -> None:
         """Keep what the step trained besides the tables (CML+F: the feature network)."""
 
+    def recalculate_user(self, liked_items: Any, **kw: Any) -> np.ndarray:
+        """Fold a new user in against the frozen items (models with a fold-in override this)."""
+        raise ConfigError(f"{type(self).__name__} has no fold-in: recalculate_user is not available")
+
     def _extra_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and metadata a model saves besides the tables."""
         return {}, {}
