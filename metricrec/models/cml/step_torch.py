@@ -108,11 +108,6 @@ def cml_step(
     """
     n_items = item_emb.shape[0]
     b = users.numel()
-    g = draw.group_size
-    shared = draw.shared
-    n_groups, n_neg = shared.shape
-    d = user_emb.shape[1]
-
     # index_select, not advanced indexing: several times faster for row gathers on CPU
     u = user_emb.index_select(0, users)
     p = item_emb.index_select(0, positives)
@@ -120,8 +115,36 @@ def cml_step(
         item_sq_norms = (item_emb * item_emb).sum(1)
     diff_up = u - p
     d_pos = (diff_up * diff_up).sum(1)
+    dist = _negative_distances(u, item_emb, item_sq_norms, draw)
 
-    # u.v_k for every row and every shared negative of its group: (n_groups, G, d) x (n_groups, d, U)
+    violation = margin + d_pos[:, None] - dist
+    closest_col = dist.argmin(1)
+    hinge = violation.gather(1, closest_col[:, None]).squeeze(1).clamp_(min=0.0)
+    is_active = hinge > 0
+    n_active = int(is_active.sum())
+    if use_rank_weight:
+        weight = rank_weight((violation > 0).sum(1), n_items, draw.negatives.shape[1])
+    else:
+        weight = torch.ones_like(hinge)
+    metric_value = float((weight * hinge).sum())
+    closest = draw.negatives.gather(1, closest_col[:, None]).squeeze(1)
+    _scatter_hinge_gradients(u, diff_up, item_emb, users, positives, closest, weight, is_active, n_active,
+                             user_grad, item_grad)
+    cov_value = 0.0
+    if cov_weight:
+        cov_value = add_covariance_term(user_emb, item_emb, users, positives, closest, user_grad, item_grad,
+                                        cov_weight, cov_formula)
+    return StepStats(metric_loss=metric_value, cov_loss=cov_value, n_active=n_active)
+
+
+def _negative_distances(u: torch.Tensor, item_emb: torch.Tensor, item_sq_norms: torch.Tensor,
+                        draw: NegativeDraw) -> torch.Tensor:
+    """(B, U) squared distances from each row's user to its negatives, without gathering a
+    (B, U, d) tensor: u.v_k for every row and every shared negative of its group is one batched
+    matmul (n_groups, G, d) x (n_groups, d, U); rows whose negative was redrawn are fixed up."""
+    b, d = u.shape
+    g, shared = draw.group_size, draw.shared
+    n_groups, n_neg = shared.shape
     pad = n_groups * g - b
     u_groups = torch.nn.functional.pad(u, (0, 0, 0, pad)) if pad else u
     neg_vecs = item_emb.index_select(0, shared.reshape(-1)).view(n_groups, n_neg, d)
@@ -132,21 +155,13 @@ def cml_step(
         fr, fc = draw.fix_rows, draw.fix_cols
         diff = u.index_select(0, fr) - item_emb.index_select(0, negatives[fr, fc])
         dist[fr, fc] = (diff * diff).sum(1)
+    return dist
 
-    violation = margin + d_pos[:, None] - dist
-    closest_col = dist.argmin(1)
-    hinge = violation.gather(1, closest_col[:, None]).squeeze(1).clamp_(min=0.0)
-    is_active = hinge > 0
-    n_active = int(is_active.sum())
-    if use_rank_weight:
-        weight = rank_weight((violation > 0).sum(1), n_items, n_neg)
-    else:
-        weight = torch.ones_like(hinge)
-    metric_value = float((weight * hinge).sum())
 
-    # Gradients of w * hinge: dL/dp = 2w(p - u), dL/dn = 2w(u - n), dL/du = -(dL/dp + dL/dn).
-    closest = negatives.gather(1, closest_col[:, None]).squeeze(1)
-    if n_active > b // 2:
+def _scatter_hinge_gradients(u, diff_up, item_emb, users, positives, closest, weight, is_active, n_active,
+                             user_grad: GradBuffer, item_grad: GradBuffer) -> None:
+    """Gradients of w * hinge: dL/dp = 2w(p - u), dL/dn = 2w(u - n), dL/du = -(dL/dp + dL/dn)."""
+    if n_active > users.numel() // 2:
         # most rows active: compute every row with weight 0 on the inactive ones (no row selection)
         w2 = weight.mul_(is_active).mul_(2.0)[:, None]
         na = item_emb.index_select(0, closest)
@@ -164,12 +179,6 @@ def cml_step(
     item_grad.add(rows_p, g_pos)
     item_grad.add(rows_n, g_neg)
     user_grad.add(rows_u, g_pos.add_(g_neg).neg_())
-
-    cov_value = 0.0
-    if cov_weight:
-        cov_value = add_covariance_term(user_emb, item_emb, users, positives, closest, user_grad, item_grad,
-                                        cov_weight, cov_formula)
-    return StepStats(metric_loss=metric_value, cov_loss=cov_value, n_active=n_active)
 
 
 def add_covariance_term(
