@@ -84,7 +84,7 @@ def test_layout_on_disk(model, tmp_path):
     assert doc["format"] == "metricrec.model" and doc["model"] == "CML" and doc["weights"] == "weights.npz"
     assert CMLConfig.from_dict(doc["config"]) == model.config
     with np.load(d / "weights.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["item_embeddings", "user_embeddings"]
+        assert sorted(z.files) == ["item_embeddings", "user_embeddings", "user_items.indices", "user_items.indptr"]
     f = model.save(tmp_path / "one.npz")
     assert f.is_file() and sorted(os.listdir(tmp_path)) == ["dir", "one.npz"]
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from .. import __version__
+from ..data.ids import IdIndex
 from ..data.interactions import Interactions
 from ..errors import ConfigError, DataError, NotFittedError
 from ..metrics import Scorer, embedding_scorer
@@ -28,6 +29,8 @@ from ..training.optim import clip_rows
 from ..training.trainer import EpochCallback, Trainer, TrainingStep
 from .config import EmbeddingConfig
 from .retrieval import DISTANCES
+from .fold_in import FoldInMixin
+from .raw_ids import RawIdMixin
 from .retrieval_api import RetrievalMixin
 
 __all__ = ["EmbeddingRecommender", "MODELS", "load_model"]
@@ -36,7 +39,7 @@ __all__ = ["EmbeddingRecommender", "MODELS", "load_model"]
 MODELS: dict[str, type["EmbeddingRecommender"]] = {}
 
 
-class EmbeddingRecommender(RetrievalMixin):
+class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
     """Base of recommenders that are two embedding tables (users, items) and a distance.
 
     Parameters
@@ -54,6 +57,9 @@ class EmbeddingRecommender(RetrievalMixin):
     kernel : str
         Training-step backend, one of :data:`metricrec.training.backends.CHOICES` (``"auto"``: the
         compiled numba kernel on CPU when installed and the model has one, torch otherwise).
+    id_dtype : {"int64", "int32"}
+        Integer type of the item indices :meth:`recommend` returns (``"int32"`` for implicit's
+        evaluation functions, which want C ints).
     **params
         Any field of the config class.
 
@@ -63,7 +69,13 @@ class EmbeddingRecommender(RetrievalMixin):
     history : History
         Per-epoch loss, valid metrics and seconds of the last ``fit``.
     user_ids, item_ids : numpy.ndarray or None
-        Raw ids when fitted on an :class:`Interactions` (saved with the model).
+        Raw ids when fitted on an :class:`Interactions` (saved with the model); ``user_map`` and
+        ``item_map`` are the same as :class:`~metricrec.data.ids.IdIndex` objects.
+    user_items : scipy.sparse.csr_matrix or None
+        The training positives, kept and saved with the model (what "already liked" means for
+        :meth:`recommend_raw`).
+    ann_index : object or None
+        An approximate nearest-neighbour index over the items (``approximate=True``).
     last_epoch_seconds : float or None
         Training seconds of the most recent epoch (evaluation excluded).
     """
@@ -84,7 +96,8 @@ class EmbeddingRecommender(RetrievalMixin):
             MODELS[cls.model_name] = cls
 
     def __init__(self, config: EmbeddingConfig | None = None, *, device: str = "cpu", num_threads: int | None = None,
-                 show_progress: bool = True, verbose: bool = True, kernel: str = "auto", **params: Any) -> None:
+                 show_progress: bool = True, verbose: bool = True, kernel: str = "auto", id_dtype: str = "int64",
+                 **params: Any) -> None:
         base = config if config is not None else self.config_class()
         if not isinstance(base, self.config_class):
             raise ConfigError(f"config must be a {self.config_class.__name__}, got {type(base).__name__}")
@@ -95,10 +108,16 @@ class EmbeddingRecommender(RetrievalMixin):
             raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
         if kernel not in CHOICES or (self.backends is not None and kernel not in (*self.backends, "auto")):
             raise ConfigError(f"kernel must be one of {', '.join(self._kernel_choices())}; got {kernel!r}")
+        if id_dtype not in ("int64", "int32"):
+            raise ConfigError(f"id_dtype must be 'int64' or 'int32', got {id_dtype!r}")
         self.num_threads, self.show_progress, self.verbose, self.kernel = num_threads, show_progress, verbose, kernel
+        self.id_dtype = np.dtype(id_dtype)
         self.history = History()
-        self.user_ids: np.ndarray | None = None
-        self.item_ids: np.ndarray | None = None
+        self.user_map: IdIndex | None = None
+        self.item_map: IdIndex | None = None
+        self.user_items: sp.csr_matrix | None = None
+        self.ann_index: Any = None
+        self._item_sq: np.ndarray | None = None
         self.last_epoch_seconds: float | None = None
         self._user: torch.Tensor | None = None
         self._item: torch.Tensor | None = None
@@ -108,16 +127,17 @@ class EmbeddingRecommender(RetrievalMixin):
         return CHOICES if self.backends is None else ("auto", *self.backends)
 
     # ------------------------------------------------------------------ what a model writes
-    def _make_step(self, train: sp.csr_matrix, user_items: Any, backend: str, **fit_kw: Any) -> TrainingStep:
-        """The model's training step over ``self._user``/``self._item`` (already initialised)."""
+    def _make_step(self, config: EmbeddingConfig, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                   train: sp.csr_matrix, user_items: Any, backend: str, **fit_kw: Any) -> TrainingStep:
+        """The model's training step over the given tables (trained in place) on ``train``."""
         raise NotImplementedError
+
+    def _fold_in_config(self, epochs: int) -> EmbeddingConfig:
+        """The config a fold-in trains with: the model's, run for ``epochs`` without early stopping."""
+        return self.config.replace(epochs=epochs, patience=0, batch_size=None)
 
     def _adopt(self, step: TrainingStep) -> None:
         """Keep what the step trained besides the tables (CML+F: the feature network)."""
-
-    def recalculate_user(self, liked_items: Any, **kw: Any) -> np.ndarray:
-        """Fold a new user in against the frozen items (models with a fold-in override this)."""
-        raise ConfigError(f"{type(self).__name__} has no fold-in: recalculate_user is not available")
 
     def _extra_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and metadata a model saves besides the tables."""
@@ -184,7 +204,7 @@ class EmbeddingRecommender(RetrievalMixin):
 
     def _trainer_for(self, train, valid_m, user_items, callbacks, show_progress, fit_kw) -> Trainer:
         backend = resolve_backend(self.kernel, self.device)
-        step = self._make_step(train, user_items, backend, **fit_kw)
+        step = self._make_step(self.config, self._user, self._item, train, user_items, backend, **fit_kw)
         progress = self.show_progress if show_progress is None else show_progress
         self._trainer = Trainer(step, train, valid_m, config=self.config, device=self.device, progress=progress,
                                 verbose=self.verbose, callbacks=callbacks)
@@ -196,9 +216,14 @@ class EmbeddingRecommender(RetrievalMixin):
             self.last_epoch_seconds = trainer.history.epochs[-1].seconds
         # ids of the data these vectors belong to (None for a plain matrix, never stale ones)
         if isinstance(user_items, Interactions):
-            self.user_ids, self.item_ids = user_items.user_ids, user_items.item_ids
+            self.user_map = IdIndex(user_items.user_ids, name="user")
+            self.item_map = IdIndex(user_items.item_ids, name="item")
         else:
-            self.user_ids = self.item_ids = None
+            self.user_map = self.item_map = None
+        liked = sp.csr_matrix(trainer.train, dtype=np.float32, copy=True)
+        liked.data[:] = 1.0
+        self.user_items = liked
+        self._item_sq = None
 
     @contextlib.contextmanager
     def _training_context(self) -> Iterator[None]:
@@ -245,6 +270,17 @@ class EmbeddingRecommender(RetrievalMixin):
             raise NotFittedError(f"this {type(self).__name__} model is not fitted yet: call fit() or load()")
         return self._user, self._item
 
+    def _item_sq_norms(self) -> np.ndarray:
+        """Cached squared norms of the item vectors (numpy, float32)."""
+        if self._item_sq is None or self._item_sq.shape[0] != self._fitted()[1].shape[0]:
+            v = self.item_embeddings
+            self._item_sq = np.einsum("ij,ij->i", v, v)
+        return self._item_sq
+
+    def attach_index(self, index: Any) -> None:
+        """Use ``index`` (``search(queries, k) -> (distances, ids)``) for ``approximate=True``."""
+        self.ann_index = index
+
     @property
     def user_embeddings(self) -> np.ndarray:
         """User vectors, shape (n_users, d), as numpy (on CPU)."""
@@ -269,10 +305,13 @@ class EmbeddingRecommender(RetrievalMixin):
         arrays = {"user_embeddings": self.user_embeddings, "item_embeddings": self.item_embeddings}
         extra_arrays, extra_meta = self._extra_arrays()
         arrays.update(extra_arrays)
+        if self.user_items is not None:
+            arrays["user_items.indptr"] = self.user_items.indptr.astype(np.int64)
+            arrays["user_items.indices"] = self.user_items.indices.astype(np.int32)
         meta = {
             "model": self.model_name, "metricrec_version": __version__, "config": self.config.to_dict(),
             "n_users": int(user.shape[0]), "n_items": int(item.shape[0]),
-            "user_ids": _ids_to_json(self.user_ids), "item_ids": _ids_to_json(self.item_ids),
+            "user_ids": _map_to_json(self.user_map), "item_ids": _map_to_json(self.item_map),
             "history": self.history.to_dict(), **extra_meta,
         }
         return save_model_files(path, arrays, meta, weights_format=weights_format)
@@ -295,8 +334,9 @@ class EmbeddingRecommender(RetrievalMixin):
         model = cls(config, device=device, show_progress=False, verbose=False)
         model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
         model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path).to(model.device)
-        model.user_ids = _ids_from_json(meta.get("user_ids"), n_users, "user_ids", path)
-        model.item_ids = _ids_from_json(meta.get("item_ids"), n_items, "item_ids", path)
+        model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", path)
+        model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", path)
+        model.user_items = _liked_from_arrays(arrays, (n_users, n_items), path)
         model.history = history
         model._load_extra(arrays, meta, path)
         return model
@@ -366,21 +406,41 @@ def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], pat
     return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
-def _ids_to_json(ids: np.ndarray | None) -> dict[str, Any] | None:
-    if ids is None:
+def _map_to_json(index: IdIndex | None) -> dict[str, Any] | None:
+    """The model file's id list (format unchanged since version 1: kind + values)."""
+    if index is None:
         return None
-    kind = "int" if ids.dtype.kind in "iu" else "str"
-    return {"kind": kind, "values": ids.tolist() if kind == "int" else [str(x) for x in ids.tolist()]}
+    return {"kind": index.kind, "values": index.ids.tolist() if index.kind == "int" else [str(x) for x in index.ids]}
 
 
-def _ids_from_json(doc: Any, n: int, name: str, path: Any) -> np.ndarray | None:
+def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
     if doc is None:
         return None
     try:
         values = doc["values"]
         arr = np.asarray(values, dtype=np.int64) if doc["kind"] == "int" else np.asarray(values, dtype=str)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
     if arr.shape != (n,):
         raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
-    return arr
+    try:
+        return IdIndex(arr, name=name)
+    except ValueError as exc:
+        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
+
+
+def _liked_from_arrays(arrays: dict[str, np.ndarray], shape: tuple[int, int], path: Any) -> sp.csr_matrix | None:
+    """The saved training positives, checked (an older model file has none)."""
+    indptr, indices = arrays.get("user_items.indptr"), arrays.get("user_items.indices")
+    if indptr is None and indices is None:
+        return None
+    ok = (indptr is not None and indices is not None and indptr.ndim == 1 and indices.ndim == 1
+          and indptr.dtype.kind in "iu" and indices.dtype.kind in "iu" and indptr.shape[0] == shape[0] + 1
+          and indptr[0] == 0 and indptr[-1] == indices.shape[0] and np.all(np.diff(indptr) >= 0)
+          and (indices.size == 0 or (indices.min() >= 0 and indices.max() < shape[1])))
+    if not ok:
+        raise ModelFormatError(f"{path}: the saved liked items (user_items.*) are inconsistent with "
+                               f"{shape[0]} users x {shape[1]} items")
+    m = sp.csr_matrix((np.ones(indices.shape[0], np.float32), indices, indptr), shape=shape)
+    m.sum_duplicates()
+    return m

@@ -1,8 +1,10 @@
 """Exact top-N retrieval over an embedding table, with the filters every recommender offers.
 
-Shared by all embedding models (:class:`metricrec.models.base.EmbeddingRecommender`): candidate
-masks (already-liked items, a block list, an allow list), the score of a distance (Euclidean:
-negative distance; dot: inner product), and top-N with exact scores.
+Shared by all embedding models (:class:`metricrec.models.base.EmbeddingRecommender`). Scores:
+``"euclidean"`` ranks by distance (score = -||q - c||, the returned scores recomputed exactly),
+``"dot"`` by inner product. On the CPU it runs in numpy (one BLAS product, ``argpartition``): a
+single query costs a matrix-vector product, not a round of torch operator launches; on an
+accelerator it runs in torch on the tables' device.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import torch
 
 from ..errors import ConfigError, UnknownIdError
 
-__all__ = ["DISTANCES", "candidate_mask", "check_indices", "check_n", "top_n"]
+__all__ = ["DISTANCES", "check_indices", "check_n", "top_n", "score_block"]
 
-#: How a model scores a (query, candidate) pair: "euclidean" ranks by distance (score = -||q - c||),
-#: "dot" by inner product.
+#: How a model scores a (query, candidate) pair.
 DISTANCES = ("euclidean", "dot")
 
 
@@ -43,78 +44,126 @@ def check_indices(ids: Any, n: int, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def candidate_mask(n_rows: int, n_cols: int, liked: sp.csr_matrix | None, filter_ids: Any, only_ids: Any,
-                   device: torch.device) -> torch.Tensor:
-    """(n_rows, n_cols) bool, True where a column may be returned.
+def score_block(q: np.ndarray, cand: np.ndarray, cand_sq: np.ndarray | None, distance: str) -> np.ndarray:
+    """(n_queries, n_candidates) float32 ranking scores, higher is better.
 
-    Parameters
-    ----------
-    liked : scipy.sparse.csr_matrix, shape (n_rows, n_cols), optional
-        Each row's non-zero columns are excluded (stored zeros are not interactions).
-    filter_ids : array of int, optional
-        Columns never returned.
-    only_ids : array of int, optional
-        The only columns that may be returned.
+    For ``"euclidean"`` this is ``2 q.c - |c|^2`` (= ``|q|^2 - |q - c|^2``: the same order as the
+    negative distance for each query, without the square root); ``cand_sq`` is ``|c|^2``.
     """
-    mask = torch.ones(n_rows, n_cols, dtype=torch.bool)
+    s = q @ cand.T
+    if distance == "euclidean":
+        s *= 2.0
+        s -= cand_sq if cand_sq is not None else np.einsum("ij,ij->i", cand, cand)
+    return s
+
+
+def _mask(s: np.ndarray, exclude: sp.csr_matrix | None, filter_ids: np.ndarray | None,
+          only_ids: np.ndarray | None) -> None:
+    """Set the scores of excluded candidates to -inf in place."""
     if only_ids is not None:
-        allowed = torch.zeros(n_cols, dtype=torch.bool)
-        allowed[torch.from_numpy(check_indices(only_ids, n_cols, "items"))] = True
-        mask &= allowed
-    if filter_ids is not None:
-        mask[:, torch.from_numpy(check_indices(filter_ids, n_cols, "filter_items"))] = False
-    if liked is not None and liked.nnz:
-        r = np.repeat(np.arange(n_rows), np.diff(liked.indptr))
-        keep = liked.data != 0
-        mask[torch.from_numpy(r[keep]), torch.from_numpy(liked.indices[keep].astype(np.int64))] = False
-    return mask.to(device)
+        keep = np.zeros(s.shape[1], dtype=bool)
+        keep[only_ids] = True
+        s[:, ~keep] = -np.inf
+    if filter_ids is not None and filter_ids.size:
+        s[:, filter_ids] = -np.inf
+    if exclude is not None and exclude.nnz:
+        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        keep = exclude.data != 0  # stored zeros are not interactions
+        s[rows[keep], exclude.indices[keep]] = -np.inf
 
 
-def _scores(q: torch.Tensor, cand: torch.Tensor, distance: str) -> torch.Tensor:
-    if distance == "dot":
-        return q @ cand.T
-    sq = (q * q).sum(1, keepdim=True) + (cand * cand).sum(1)[None, :] - 2.0 * q @ cand.T
-    return -sq.clamp_min_(0.0).sqrt_()
-
-
-def _exact_distance_scores(q: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    # The GEMM form loses ~1e-3 absolute precision for near points (a query is not at distance 0
-    # from itself); recompute the returned scores directly, in chunks of rows bounding the
-    # (rows, k, d) difference tensor (+ 0.0 turns -0.0 into 0.0).
-    exact = torch.empty(idx.shape, dtype=q.dtype, device=q.device)
-    step = max(1, (1 << 24) // max(1, idx.shape[1] * q.shape[1]))
-    for lo in range(0, q.shape[0], step):
-        diff = q[lo: lo + step, None, :] - cand[idx[lo: lo + step]]
-        exact[lo: lo + step] = diff.pow_(2).sum(2).sqrt_().neg_().add_(0.0)
-    return exact
-
-
-def top_n(q: torch.Tensor, cand: torch.Tensor, n: int, mask: torch.Tensor,
-          distance: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
-    """Top-n candidates per query row, masked entries excluded.
+def top_n(q: np.ndarray, cand: np.ndarray, n: int, *, distance: str = "euclidean",
+          cand_sq: np.ndarray | None = None, exclude: sp.csr_matrix | None = None,
+          filter_ids: np.ndarray | None = None, only_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n candidates per query row (numpy, CPU).
 
     Parameters
     ----------
-    q : torch.Tensor, shape (n_queries, d)
-    cand : torch.Tensor, shape (n_candidates, d)
+    q : numpy.ndarray of float32, shape (n_queries, d)
+    cand : numpy.ndarray of float32, shape (n_candidates, d)
     n : int
-    mask : torch.BoolTensor, shape (n_queries, n_candidates)
-        True where a candidate may be returned.
     distance : {"euclidean", "dot"}
+    cand_sq : numpy.ndarray, shape (n_candidates,), optional
+        Cached ``|c|^2`` (Euclidean).
+    exclude : scipy.sparse.csr_matrix, shape (n_queries, n_candidates), optional
+        Each row's non-zero columns are not returned (already-liked items).
+    filter_ids, only_ids : numpy.ndarray of int64, optional
+        Columns never returned / the only columns that may be returned.
 
     Returns
     -------
     ids : numpy.ndarray of int64, shape (n_queries, n)
     scores : numpy.ndarray of float32, shape (n_queries, n)
-        Best first. Where fewer than n candidates are left, the tail is id -1 and score -inf.
+        Best first (negative Euclidean distance or inner product). Where fewer than n candidates
+        are left, the tail is id -1 and score -inf.
     """
     if distance not in DISTANCES:
         raise ConfigError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    score = _scores(q, cand, distance).masked_fill(~mask, float("-inf"))
+    if q.shape[0] == 1 and only_ids is None:
+        return _top_n_one(q[0], cand, int(n), distance, cand_sq, exclude, filter_ids)
+    s = score_block(q, cand, cand_sq, distance)
+    _mask(s, exclude, filter_ids, only_ids)
+    n_cand = cand.shape[0]
+    k = min(int(n), n_cand)
+    if k < n_cand:  # the k best, unordered, in ascending index order (ties then go to the lower index)
+        part = np.sort(np.argpartition(s, n_cand - k, axis=1)[:, n_cand - k:], axis=1)
+    else:
+        part = np.broadcast_to(np.arange(k), (len(q), k))
+    vals = np.take_along_axis(s, part, 1)
+    finite = np.isfinite(vals)
+    if distance == "euclidean":  # exact distances of the returned candidates (the GEMM form loses ~1e-3)
+        diff = q[:, None, :] - cand[part]
+        exact = -np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)) + np.float32(0.0)  # + 0 turns -0.0 into 0.0
+        vals = np.where(finite, exact, -np.inf).astype(np.float32)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, 1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, 1).astype(np.float32, copy=False)
+    ids[~np.isfinite(vals)] = -1
+    if k < n:
+        ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, n - k)), constant_values=-np.inf)
+    return ids, vals
+
+
+def _top_n_one(q: np.ndarray, cand: np.ndarray, n: int, distance: str, cand_sq: np.ndarray | None,
+               exclude: sp.csr_matrix | None, filter_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_n` for one query in 1-D operations (the latency path of a single recommendation)."""
+    s = cand @ q
+    if distance == "euclidean":
+        s *= 2.0
+        s -= cand_sq if cand_sq is not None else np.einsum("ij,ij->i", cand, cand)
+    if filter_ids is not None and filter_ids.size:
+        s[filter_ids] = -np.inf
+    if exclude is not None and exclude.nnz:
+        s[exclude.indices[exclude.data != 0]] = -np.inf
+    n_cand = s.shape[0]
+    k = min(n, n_cand)
+    part = np.sort(np.argpartition(s, n_cand - k)[n_cand - k:]) if k < n_cand else np.arange(k)
+    vals = s[part]
+    if distance == "euclidean":
+        diff = cand[part] - q
+        vals = np.where(np.isfinite(vals), -np.sqrt(np.einsum("ij,ij->i", diff, diff)) + np.float32(0.0), -np.inf)
+    order = np.argsort(-vals, kind="stable")
+    ids = np.full((1, n), -1, dtype=np.int64)
+    out = np.full((1, n), -np.inf, dtype=np.float32)
+    ids[0, :k], out[0, :k] = part[order], vals[order]
+    ids[~np.isfinite(out)] = -1
+    return ids, out
+
+
+def top_n_torch(q: torch.Tensor, cand: torch.Tensor, n: int, mask: torch.Tensor,
+                distance: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_n` on an accelerator: ``mask`` (n_queries, n_candidates) bool, True where allowed."""
+    if distance == "dot":
+        score = q @ cand.T
+    else:
+        score = -torch.cdist(q, cand).square_()
+    score = score.masked_fill(~mask, float("-inf"))
     k = min(int(n), cand.shape[0])
     vals, idx = torch.topk(score, k, dim=1)
     if distance == "euclidean":
-        vals = torch.where(torch.isfinite(vals), _exact_distance_scores(q, cand, idx), vals)
+        exact = -(q[:, None, :] - cand[idx]).pow(2).sum(2).sqrt()
+        vals = torch.where(torch.isfinite(vals), exact, vals)
         vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
         idx = idx.gather(1, order)
     ids = np.full((q.shape[0], int(n)), -1, dtype=np.int64)

@@ -93,6 +93,8 @@ class Trainer:
         ``callback(record, trainer)`` after each epoch; returning True stops training.
     stream : file-like, optional
         Where the table goes (default stdout).
+    frozen_items : bool
+        Update the user table only (fold-in: new users against a trained item table).
 
     Attributes
     ----------
@@ -103,7 +105,8 @@ class Trainer:
 
     def __init__(self, step: TrainingStep, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, *,
                  config: TrainingConfig, device: str | torch.device = "cpu", progress: bool = True,
-                 verbose: bool = True, callbacks: Sequence[EpochCallback] = (), stream: Any = None) -> None:
+                 verbose: bool = True, callbacks: Sequence[EpochCallback] = (), stream: Any = None,
+                 frozen_items: bool = False) -> None:
         self.step, self.config = step, config
         self.train = sp.csr_matrix(train)
         self.valid = None if valid is None else sp.csr_matrix(valid)
@@ -111,6 +114,7 @@ class Trainer:
         self.progress, self.verbose = progress, verbose
         self.callbacks = list(callbacks)
         self.stream = stream if stream is not None else sys.stdout
+        self.frozen_items = frozen_items
         rows = np.repeat(np.arange(self.train.shape[0], dtype=np.int64), np.diff(self.train.indptr))
         if rows.size == 0:
             raise DataError("the training matrix has no positive pairs")
@@ -161,7 +165,10 @@ class Trainer:
             draw = self._sampler.sample(users, cfg.n_negatives, cfg.negative_group)
             loss, terms = step.batch(users, items, draw, *self._grads)
             self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
-            self._opt[1].step_buffer(self._grads[1], max_norm=cfg.max_norm)
+            if self.frozen_items:
+                self._grads[1].pop()  # discard: the items stay as they are
+            else:
+                self._opt[1].step_buffer(self._grads[1], max_norm=cfg.max_norm)
             total += loss
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + v

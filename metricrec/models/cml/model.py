@@ -16,15 +16,12 @@ import torch
 from ...data.interactions import Features
 from ...errors import DataError, NotFittedError
 from ...serialization import ModelFormatError
-from ...training.optim import GradBuffer, RowAdagrad, clip_rows
-from ...training.sampling import UniformSampler
+from ...training.optim import clip_rows
 from ..base import EmbeddingRecommender
-from ..retrieval import check_indices
 from .config import CMLConfig
 from .feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_to_arrays
 from .feature_reg import make_item_regularizer
 from .step import CMLStep
-from .step_torch import cml_step
 
 __all__ = ["CML"]
 
@@ -81,11 +78,17 @@ class CML(EmbeddingRecommender):
                            item_features=item_features)
 
     # ------------------------------------------------------------------ the step
-    def _make_step(self, train: sp.csr_matrix, user_items: Any, backend: str, *, item_features: Any = None) -> CMLStep:
-        reg = make_item_regularizer(self.config, train, user_items, item_features, self.device)
-        if reg is not None and self.config.init_from_features:
-            reg.initial_vectors(self._item)
-        return CMLStep(self.config, self._user, self._item, backend, reg)
+    def _make_step(self, config: CMLConfig, user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,
+                   user_items: Any, backend: str, *, item_features: Any = None) -> CMLStep:
+        reg = make_item_regularizer(config, train, user_items, item_features, self.device)
+        if reg is not None and config.init_from_features:
+            reg.initial_vectors(item_emb)
+        return CMLStep(config, user_emb, item_emb, backend, reg)
+
+    def _fold_in_config(self, epochs: int) -> CMLConfig:
+        """Fold-in trains user vectors only: the metric loss (no covariance or feature term, which
+        shape the item space), no early stopping."""
+        return self.config.replace(epochs=epochs, patience=0, batch_size=None, cov_weight=0.0, feature_weight=0.0)
 
     def _adopt(self, step: CMLStep) -> None:
         reg = step.feature_reg
@@ -95,51 +98,6 @@ class CML(EmbeddingRecommender):
         self.feature_info = None if reg is None else reg.describe()
 
     # ------------------------------------------------------------------ fold-in
-    def recalculate_user(self, liked_items: sp.spmatrix | Sequence[int] | np.ndarray, *, steps: int = 100,
-                         learning_rate: float | None = None, seed: int = 0) -> np.ndarray:
-        """Fit a vector for a user unseen in training, against the frozen item vectors.
-
-        The user starts at the centroid of its items and takes ``steps`` AdaGrad steps on the
-        model's own loss (margin, U negatives, rank weight, unit ball); item vectors do not move.
-
-        Parameters
-        ----------
-        liked_items : 1 x n_items sparse row or array of item indices
-        steps : int
-        Returns
-        -------
-        numpy.ndarray, shape (d,)
-        """
-        _, item = self._fitted()
-        n_items = item.shape[0]
-        if sp.issparse(liked_items):
-            row = sp.csr_matrix(liked_items)
-            if row.shape != (1, n_items):
-                raise ValueError(f"liked_items must be a 1 x {n_items} row, got shape {row.shape}")
-            idx = row.indices[row.data != 0].astype(np.int64)
-        else:
-            idx = check_indices(liked_items, n_items, "liked_items")
-        idx = np.unique(idx)
-        if idx.size == 0:
-            raise DataError("liked_items is empty: a user needs at least one item to be folded in")
-        if idx.size >= n_items:
-            raise DataError("liked_items covers every item: no negatives to learn from")
-        cfg = self.config
-        user = item[torch.from_numpy(idx).to(item.device)].mean(0, keepdim=True).clone()
-        row_m = sp.csr_matrix((np.ones(idx.size, np.float32), idx, [0, idx.size]), shape=(1, n_items))
-        sampler = UniformSampler(row_m, seed=seed, device=item.device)
-        opt = RowAdagrad(user, learning_rate or cfg.learning_rate)
-        gu = GradBuffer(1, user.shape[1], dtype=user.dtype, device=item.device)
-        gi = GradBuffer(n_items, user.shape[1], dtype=user.dtype, device=item.device)
-        users = torch.zeros(idx.size, dtype=torch.long, device=item.device)
-        pos = torch.from_numpy(idx).to(item.device)
-        for _ in range(steps):
-            draw = sampler.sample(users, cfg.n_negatives, 1)
-            cml_step(user, item, users, pos, draw, gu, gi, margin=cfg.margin, use_rank_weight=cfg.use_rank_weight)
-            opt.step(*gu.pop(), max_norm=cfg.max_norm)
-            gi.pop()
-        return user[0].detach().cpu().numpy()
-
     def recalculate_item(self, features: Any) -> np.ndarray:
         """Vector of a brand-new item from its features alone, placed as the cold items of ``fit``.
 

@@ -41,10 +41,6 @@ def test_bpr_gradients_match_autograd():
     assert torch.allclose(grads, i.grad[rows])
 
 
-def test_bpr_has_no_numba_backend_and_no_fold_in():
+def test_bpr_has_no_numba_backend():
     with pytest.raises(ConfigError, match="kernel"):
         BPR(kernel="numba")
-    m = BPR(factors=4, epochs=1, show_progress=False, verbose=False).fit(sp.random(6, 9, density=0.4, format="csr",
-                                                                                   random_state=0))
-    with pytest.raises(ConfigError, match="fold-in"):
-        m.recommend(0, sp.csr_matrix((1, 9)), recalculate_user=True)

@@ -295,8 +295,8 @@ def test_recalculate_user_finds_the_users_cluster(clustered):
 
 
 def test_recalculate_user_input_checks_and_determinism(model):
-    a = model.recalculate_user([1, 2, 3], seed=5)
-    b = model.recalculate_user(sp.csr_matrix(([1.0, 1.0, 1.0], [1, 2, 3], [0, 3]), shape=(1, 200)), seed=5)
+    a = model.recalculate_user([1, 2, 3])
+    b = model.recalculate_user(sp.csr_matrix(([1.0, 1.0, 1.0], [1, 2, 3], [0, 3]), shape=(1, 200)))
     assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="empty"):
         model.recalculate_user([])
