@@ -1,7 +1,7 @@
 """CML+F benchmark: item features (transformation regularisation) and cold-start items.
 
 (a) warm: CML vs CML+F on citeulike-a (tags used by >= 5 items) and ml-100k (genres + release
-    decade), the PROTOCOL.md split (per-user 60/20/20, seed 0), best epoch on valid Recall@50,
+    decade), the docs/protocol.md split (per-user 60/20/20, seed 0), best epoch on valid Recall@50,
     test Recall@50/@100 there;
 (b) LightFM-WARP with the same item features (identity + features, rows scaled to sum 1, as
     LightFM's ``Dataset`` builds them) on the same splits, same model selection;
@@ -11,9 +11,13 @@
     items only (candidates = the held-out items), for users with >= 1 such interaction. Methods:
     CML+F (v_j = f(x_j)), popularity of features, random, LightFM-WARP with features.
 
-    python benchmarks/features.py --data-dir ../shared/data                  # all of it
-    python benchmarks/features.py --parts warm --datasets ml-100k
-    python benchmarks/features.py --tune --datasets ml-100k                   # small grid on valid
+    python -m benchmarks.features --data-dir ../shared/data                  # all of it
+    python -m benchmarks.features --parts warm --datasets ml-100k
+    python -m benchmarks.features --tune --datasets ml-100k                   # small grid on valid
+
+CML, CML+F and LightFM all train through the peer protocol and loop of the other benchmarks
+(:class:`benchmarks.cml_peer.CMLPeer`, :func:`benchmarks.runner.run_peer`); warm scores go through
+:func:`metricrec.metrics.evaluate_part`.
 
 Writes ``benchmarks/results/features.json`` (every run, every epoch) and ``features.md``; with
 ``--tune``, ``features_tune.json``/``.md``. Quality numbers are exact for the seed; seconds are
@@ -28,26 +32,23 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE))
+from metricrec.data.datasets import load_dataset
+from metricrec.data.features import describe_features, filter_min_count
+from metricrec.data.interactions import Features, Interactions
+from metricrec.data.splits import Split, ratio_split
+from metricrec.metrics import Scorer, embedding_scorer, evaluate
 
-from compare import settings_for  # noqa: E402
-from peers import LightFMPeer, lightfm_item_features, run_peer  # noqa: E402
-
-from metricrec import CML  # noqa: E402
-from metricrec.data.datasets import load_dataset  # noqa: E402
-from metricrec.data.features import describe_features, filter_min_count  # noqa: E402
-from metricrec.data.interactions import Features, Interactions  # noqa: E402
-from metricrec.metrics import embedding_scorer, evaluate  # noqa: E402
-from metricrec.data.splits import ratio_split  # noqa: E402
+from .cml_peer import CMLPeer, CMLScorer
+from .common import RESULTS, default_data_dir, write_json, write_text
+from .compare import settings_for
+from .peers import LightFMPeer, lightfm_item_features
+from .runner import EvalFn, protocol_eval, run_peer
 
 DATASETS = ("citeulike-a", "ml-100k")
 TAG_MIN_COUNT = 5
@@ -79,63 +80,61 @@ def load(dataset: str, data_dir: str) -> tuple[Interactions, Features, dict[str,
     return data, feats, desc
 
 
-def test_eval(split) -> Any:
-    train, valid, test = split.train.matrix, split.valid.matrix, split.test.matrix
-    seen = (train + valid).tocsr()
-
-    def eval_fn(scorer, part: str) -> dict[str, float]:
-        if part == "valid":
-            return evaluate(scorer, valid, train, ks=(50, 100), metrics=("recall",))
-        return evaluate(scorer, test, seen, ks=(10, 20, 50, 100), metrics=("recall", "ndcg"))
-
-    return eval_fn
+#: Warm scoring: Recall@50/@100 on valid after each epoch; Recall and NDCG on test at the best one.
+def warm_eval(split: Split) -> EvalFn:
+    return protocol_eval(split, test_metrics=("recall", "ndcg"))
 
 
 # ---------------------------------------------------------------------- methods
-def run_cml(split, params: dict[str, Any], feats: Features | None, dataset: str, threads: int,
-            cold_eval=None) -> dict[str, Any]:
-    model = CML(epochs=MAX_EPOCHS[dataset], patience=PATIENCE[dataset], num_threads=threads, show_progress=False,
-                verbose=False, **params)
+def _summary(r: dict[str, Any], method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a :func:`run_peer` result that the features tables and JSON keep."""
+    return {"method": method, "params": params, "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"],
+            "best_valid": r["best_valid"], "valid": [v["recall@50"] for v in r["valid"]],
+            "median_s_per_epoch": r["median_s_per_epoch"], "train_seconds": r["train_seconds_total"],
+            "test": r["test"]}
+
+
+def run_cml(split: Split, params: dict[str, Any], feats: Features | None, dataset: str, threads: int,
+            cold_eval: Callable[[CMLScorer], dict[str, float]] | None = None,
+            snapshot: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """CML (CML+F with ``feats``) through the peer loop; test by ``cold_eval`` when given.
+
+    ``snapshot(model)`` is kept on each epoch's scorer (:class:`CMLScorer.extra`), so that
+    ``cold_eval`` sees the best epoch's state beyond the tables.
+    """
+    peer = CMLPeer(num_threads=threads, item_features=feats, snapshot=snapshot, **params)
+    base = warm_eval(split)
+
+    def eval_fn(scorer: Scorer, part: str) -> dict[str, float]:
+        return cold_eval(scorer) if (part == "test" and cold_eval) else base(scorer, part)
+
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid, item_features=feats)
-    wall = time.perf_counter() - t0
-    hist = model.history
-    u, v = torch.from_numpy(model.user_embeddings), torch.from_numpy(model.item_embeddings)
-    out = {
-        "method": "cml+f" if feats is not None else "cml", "params": {k: model.config.to_dict()[k] for k in params},
-        "epochs_run": len(hist.epochs), "best_epoch": hist.best_epoch,
-        "best_valid": hist.epochs[hist.best_epoch - 1].valid,
-        "valid": [e.valid["recall@50"] for e in hist.epochs],
-        "median_s_per_epoch": float(np.median([e.seconds for e in hist.epochs])),
-        "train_seconds": hist.train_seconds, "wall_seconds": wall, "feature_info": model.feature_info,
-    }
-    out["test"] = cold_eval(model) if cold_eval else test_eval(split)(embedding_scorer(u, v), "test")
+    r = run_peer(peer, split, max_epochs=MAX_EPOCHS[dataset], patience=PATIENCE[dataset], eval_fn=eval_fn)
+    out = _summary(r, peer.name, {k: r["params"][k] for k in params})
+    out.update(wall_seconds=time.perf_counter() - t0, feature_info=peer.model.feature_info)
     return out
 
 
-def run_lightfm(split, feats: Features, dataset: str, threads: int, cold_eval=None) -> dict[str, Any]:
-    params = {**LIGHTFM, **settings_for("lightfm-warp", dataset)}  # compare.py's tuned setting
+def run_lightfm(split: Split, feats: Features, dataset: str, threads: int,
+                cold_eval: Callable[[Scorer], dict[str, float]] | None = None) -> dict[str, Any]:
+    """LightFM-WARP with identity + feature columns, compare.py's tuned setting."""
+    params = {**LIGHTFM, **settings_for("lightfm-warp", dataset)}
     peer = LightFMPeer(loss="warp", num_threads=threads, item_features=lightfm_item_features(feats.matrix), **params)
-    base = test_eval(split)
+    base = warm_eval(split)
 
-    def eval_fn(scorer, part):
+    def eval_fn(scorer: Scorer, part: str) -> dict[str, float]:
         return cold_eval(scorer) if (part == "test" and cold_eval) else base(scorer, part)
 
     r = run_peer(peer, split, max_epochs=MAX_EPOCHS[dataset], patience=PATIENCE[dataset], eval_fn=eval_fn)
-    return {"method": "lightfm-warp+features", "params": {**params, "item_features": "identity + features, row sum 1"},
-            "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "best_valid": r["best_valid"],
-            "valid": [v["recall@50"] for v in r["valid"]], "median_s_per_epoch": r["median_s_per_epoch"],
-            "train_seconds": r["train_seconds_total"], "test": r["test"]}
+    return _summary(r, "lightfm-warp+features", {**params, "item_features": "identity + features, row sum 1"})
 
 
 # ---------------------------------------------------------------------- cold start
-class _Split:
-    def __init__(self, train, valid, test):
-        self.train, self.valid, self.test = train, valid, test
+def cold_setup(data: Interactions, seed: int = 0) -> tuple[Split, np.ndarray, sp.csr_matrix]:
+    """(split of the warm interactions, held-out item indices, test target over those items).
 
-
-def cold_setup(data: Interactions, seed: int = 0):
-    """(split of the warm interactions, held-out item indices, test target over those items)."""
+    The split's test part is empty: the target is scored apart, over the held-out items only.
+    """
     rng = np.random.default_rng(seed)
     n_items = data.n_items
     cold = np.sort(rng.permutation(n_items)[: int(round(COLD_FRACTION * n_items))])
@@ -147,12 +146,15 @@ def cold_setup(data: Interactions, seed: int = 0):
     warm = data.with_matrix(warm_m, None)
     s = ratio_split(warm, (0.8, 0.1, 0.1), seed=seed)
     train = s.train.with_matrix((s.train.matrix + s.test.matrix).tocsr(), None)
+    empty = s.test.with_matrix(sp.csr_matrix(s.test.shape, dtype=np.float32), None)
     target = sp.csr_matrix(data.matrix[:, cold])
     target.data[:] = 1.0
-    return _Split(train, s.valid, s.valid), cold, target
+    return Split(train, s.valid, empty, {"method": "cold", "seed": seed}), cold, target
 
 
-def cold_metrics(scores_fn, target: sp.csr_matrix) -> dict[str, float]:
+def cold_metrics(scores_fn: Scorer, target: sp.csr_matrix) -> dict[str, float]:
+    """Recall and NDCG over the held-out items only (candidates = those items, nothing excluded):
+    not the protocol's valid/test ranking, so :func:`~metricrec.metrics.evaluate` directly."""
     return evaluate(scores_fn, target, None, ks=(10, 20, 50, 100), metrics=("recall", "ndcg"))
 
 
@@ -171,38 +173,47 @@ def feature_popularity_scores(train: sp.csr_matrix, feats: Features, cold: np.nd
     return np.divide(xc @ pop_f, n_f, out=np.zeros(len(cold)), where=n_f > 0)
 
 
-def cold_runs(dataset: str, data: Interactions, feats: Features, threads: int) -> list[dict[str, Any]]:
-    split, cold, target = cold_setup(data)
-    n_cold = len(cold)
-    info = {"n_cold_items": n_cold, "n_cold_with_features": int((np.diff(feats.matrix[cold].indptr) > 0).sum()),
-            "n_test_users": int((np.diff(target.indptr) > 0).sum()), "n_test_pairs": int(target.nnz)}
-    runs = []
-
+def cml_cold_runs(dataset: str, split: Split, feats: Features, cold: np.ndarray, target: sp.csr_matrix,
+                  threads: int) -> list[dict[str, Any]]:
+    """CML+F on the cold protocol: the held-out items as ``fit`` places them (``c + s (f(x) - c)``,
+    random if featureless) and, from the same best epoch, at the raw ``f(x)``."""
+    cold_feats = feats.take(cold)
+    has = np.diff(feats.matrix[cold].indptr) > 0
     raw: dict[str, Any] = {}
 
-    def cml_cold(model):
-        u = torch.from_numpy(model.user_embeddings)
-        placed = model.item_embeddings[cold]  # what fit gave them: c + s (f(x) - c), or random if featureless
-        f_raw = model.item_vectors_from_features(feats.take(cold), calibrated=False)
-        has = np.diff(feats.matrix[cold].indptr) > 0
-        placed_raw = np.where(has[:, None], f_raw, placed)
-        raw["test"] = cold_metrics(embedding_scorer(u, torch.from_numpy(placed_raw)), target)
-        return cold_metrics(embedding_scorer(u, torch.from_numpy(placed)), target)
+    def cml_cold(scorer: CMLScorer) -> dict[str, float]:
+        u = scorer.user_embeddings
+        placed = scorer.item_embeddings[torch.from_numpy(cold)]
+        placed_raw = torch.where(torch.from_numpy(has)[:, None], torch.from_numpy(scorer.extra), placed)
+        raw["test"] = cold_metrics(embedding_scorer(u, placed_raw), target)
+        return cold_metrics(embedding_scorer(u, placed), target)
 
     params = {**settings_for("cml", dataset), **FEATURE_SETTINGS[dataset]}
-    runs.append(run_cml(split, params, feats, dataset, threads, cold_eval=cml_cold))
-    runs.append({**{k: v for k, v in runs[-1].items() if k != "test"}, "method": "cml+f (raw f(x), uncalibrated)",
-                 "test": raw["test"]})
+    placed = run_cml(split, params, feats, dataset, threads, cold_eval=cml_cold,
+                     snapshot=lambda model: model.item_vectors_from_features(cold_feats, calibrated=False))
+    return [placed, {**{k: v for k, v in placed.items() if k != "test"},
+                     "method": "cml+f (raw f(x), uncalibrated)", "test": raw["test"]}]
 
+
+def baseline_cold_runs(split: Split, feats: Features, cold: np.ndarray, target: sp.csr_matrix) -> list[dict[str, Any]]:
+    """Popularity of the items' features, and random scores."""
     pop = torch.from_numpy(feature_popularity_scores(split.train.matrix, feats, cold).astype(np.float32))
-    runs.append({"method": "feature-popularity",
-                 "test": cold_metrics(lambda users: pop[None, :].expand(len(users), -1), target)})
+    runs = [{"method": "feature-popularity",
+             "test": cold_metrics(lambda users: pop[None, :].expand(len(users), -1), target)}]
     gen = torch.Generator().manual_seed(0)
-    rand = torch.rand(data.n_users, n_cold, generator=gen)
+    rand = torch.rand(split.train.shape[0], len(cold), generator=gen)
     r = cold_metrics(lambda users: rand[torch.from_numpy(np.asarray(users))], target)
-    r["expected_recall@50"] = min(1.0, 50 / n_cold)
-    runs.append({"method": "random", "test": r})
+    r["expected_recall@50"] = min(1.0, 50 / len(cold))
+    return runs + [{"method": "random", "test": r}]
 
+
+def cold_runs(dataset: str, data: Interactions, feats: Features, threads: int) -> list[dict[str, Any]]:
+    """Every method on the cold-start protocol of ``dataset``."""
+    split, cold, target = cold_setup(data)
+    info = {"n_cold_items": len(cold), "n_cold_with_features": int((np.diff(feats.matrix[cold].indptr) > 0).sum()),
+            "n_test_users": int((np.diff(target.indptr) > 0).sum()), "n_test_pairs": int(target.nnz)}
+    runs = cml_cold_runs(dataset, split, feats, cold, target, threads)
+    runs += baseline_cold_runs(split, feats, cold, target)
     cold_t = torch.from_numpy(cold)
     runs.append(run_lightfm(split, feats, dataset, threads,
                             cold_eval=lambda scorer: cold_metrics(lambda users: scorer(users)[:, cold_t], target)))
@@ -213,6 +224,7 @@ def cold_runs(dataset: str, data: Interactions, feats: Features, threads: int) -
 
 # ---------------------------------------------------------------------- driver
 def warm_runs(dataset: str, data: Interactions, feats: Features, threads: int) -> list[dict[str, Any]]:
+    """CML, CML+F and LightFM-WARP with features on the protocol's split."""
     split = ratio_split(data, (0.6, 0.2, 0.2), seed=0)
     base = settings_for("cml", dataset)
     runs = [run_cml(split, base, None, dataset, threads),
@@ -225,6 +237,7 @@ def warm_runs(dataset: str, data: Interactions, feats: Features, threads: int) -
 
 
 def tune_runs(dataset: str, data: Interactions, feats: Features, threads: int) -> list[dict[str, Any]]:
+    """CML+F over :data:`GRID` on top of the CML setting; valid Recall@50 picks."""
     split = ratio_split(data, (0.6, 0.2, 0.2), seed=0)
     base = settings_for("cml", dataset)
     runs = []
@@ -240,6 +253,7 @@ def tune_runs(dataset: str, data: Interactions, feats: Features, threads: int) -
 
 
 def table(runs: list[dict[str, Any]]) -> str:
+    """Markdown tables of the warm (or tuning) runs and of the cold-start runs."""
     lines = []
     warm = [r for r in runs if r["part"] in ("warm", "tune")]
     if warm:
@@ -264,17 +278,12 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    from metricrec.serialization import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.features", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--parts", nargs="+", default=["warm", "cold"], choices=("warm", "cold"))
-    p.add_argument("--data-dir", default=os.environ.get("METRICREC_DATA", str(HERE.parent.parent / "shared" / "data")))
+    p.add_argument("--data-dir", default=default_data_dir())
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tune", action="store_true", help="grid over lambda_f / hidden / dropout on valid")
     p.add_argument("--name", help="results file stem (default features, or features_tune)")
@@ -302,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": time.perf_counter() - t0, "features": feature_desc, "max_epochs": MAX_EPOCHS,
             "patience": PATIENCE, "split": "per-user 60/20/20 seed 0 (warm); cold: 20% of items held out, seed 0",
             "note": "seconds per epoch = training only; the machine was shared with other runs (indicative)"}
-    atomic_write(RESULTS / f"{name}.json", json.dumps({"meta": meta, "runs": runs}, indent=1))
-    atomic_write(RESULTS / f"{name}.md", f"# {name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n")
+    write_json(RESULTS / f"{name}.json", {"meta": meta, "runs": runs})
+    write_text(RESULTS / f"{name}.md", f"# {name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n")
     return 0
 
 

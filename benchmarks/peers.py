@@ -1,35 +1,37 @@
-"""Peer recommenders for side-by-side benchmarks: popularity, LightFM (WARP/BPR), implicit BPR and ALS.
+"""Peer recommenders for side-by-side benchmarks: popularity, LightFM (WARP/BPR), implicit BPR and
+ALS, and metricrec's own CML (:class:`benchmarks.cml_peer.CMLPeer`) behind the same protocol.
 
 Benchmark-only code: ``implicit`` and ``lightfm`` (the ``rectools-lightfm`` fork) are not metricrec
 dependencies; see benchmarks/README.md for the install commands.
 
 Every peer trains on a binary scipy CSR train matrix (n_users x n_items) one epoch at a time, so
-the caller can evaluate on valid after each epoch and keep the best epoch (PROTOCOL.md):
+the caller can evaluate on valid after each epoch and keep the best epoch (docs/protocol.md):
 
 - ``peer.partial_fit_epoch(train_csr) -> float``: one more epoch, returns its training seconds
-  (no evaluation inside). Factors persist across calls; they are never re-initialised.
+  (no evaluation inside). Parameters persist across calls; they are never re-initialised.
 - ``peer.scorer() -> scorer``: ``scorer(users)`` with ``users`` an int array of shape (b,) returns a
   float32 ``torch.Tensor`` of shape (b, n_items), higher is better. The scorer holds a *copy* of
-  the current factors, so a scorer kept at the best epoch stays valid while training goes on.
+  the current parameters, so a scorer kept at the best epoch stays valid while training goes on.
+- ``peer.params() -> dict``: the settings, for the results file.
 
-:func:`run_peer` is the generic driver (per-epoch timing, early stopping on valid Recall@50, test
-metrics at the best epoch, peak RSS).
+:func:`benchmarks.runner.run_peer` is the loop that drives them; :func:`make_peer` builds one by name.
 """
 
 from __future__ import annotations
 
-import resource
-import statistics
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from metricrec.metrics import Scorer, embedding_scorer, evaluate
+from metricrec.metrics import Scorer, embedding_scorer
 
-__all__ = ["PopularityPeer", "LightFMPeer", "lightfm_item_features", "ImplicitBPRPeer", "ImplicitALSPeer", "run_peer", "PEERS"]
+from .cml_peer import CMLPeer
+
+__all__ = ["PopularityPeer", "LightFMPeer", "lightfm_item_features", "ImplicitBPRPeer", "ImplicitALSPeer",
+           "CMLPeer", "PEERS", "make_peer"]
 
 # Implicit's own threads do the work; nested BLAS threads only oversubscribe the cores.
 _BLAS_THREADS = 1
@@ -55,7 +57,7 @@ class PopularityPeer:
 
     name = "popularity"
 
-    def __init__(self) -> None:
+    def __init__(self, num_threads: int = 1) -> None:  # threads: accepted like every peer's; unused
         self.counts: np.ndarray | None = None
         self.n_users = 0
 
@@ -245,7 +247,9 @@ class ImplicitALSPeer(_ImplicitPeer):
         )
 
 
+#: Every benchmarked method by name: a factory taking ``num_threads`` and the method's settings.
 PEERS: dict[str, Callable[..., Any]] = {
+    "cml": CMLPeer,
     "popularity": PopularityPeer,
     "lightfm-warp": lambda **kw: LightFMPeer(loss="warp", **kw),
     "lightfm-bpr": lambda **kw: LightFMPeer(loss="bpr", **kw),
@@ -254,105 +258,20 @@ PEERS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _part(split: Any, name: str) -> sp.csr_matrix:
-    part = getattr(split, name)
-    return sp.csr_matrix(getattr(part, "matrix", part))
-
-
-def _default_eval(split: Any, ks: tuple[int, ...]) -> Callable[[Scorer, str], dict[str, float]]:
-    train, valid, test = (_part(split, n) for n in ("train", "valid", "test"))
-    seen = (train + valid).tocsr()
-    seen.data[:] = 1.0
-
-    def eval_fn(scorer: Scorer, part: str) -> dict[str, float]:
-        if part == "valid":
-            return evaluate(scorer, valid, train, ks=ks)
-        return evaluate(scorer, test, seen, ks=ks)
-
-    return eval_fn
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def run_peer(
-    peer: Any,
-    split: Any,
-    max_epochs: int = 100,
-    patience: int = 10,
-    eval_fn: Callable[[Scorer, str], Mapping[str, float]] | None = None,
-    *,
-    valid_metric: str = "recall@50",
-    ks: tuple[int, ...] = (10, 20, 50, 100),
-    verbose: bool = False,
-) -> dict[str, Any]:
-    """Train ``peer`` epoch by epoch, evaluate on valid after each, report test at the best epoch.
+def make_peer(method: str, params: dict[str, Any] | None = None, *, num_threads: int = 2, **extra: Any) -> Any:
+    """The peer named ``method`` (a key of :data:`PEERS`) with settings ``params``.
 
     Parameters
     ----------
-    peer : object with ``partial_fit_epoch(train_csr) -> seconds`` and ``scorer()``
-    split : metricrec.data.splits.Split or any object with ``train``, ``valid``, ``test`` attributes
-        that are :class:`~metricrec.data.interactions.Interactions` or CSR matrices (n_users x n_items).
-    max_epochs : int
-        Upper bound on epochs (1 is enough for :class:`PopularityPeer`).
-    patience : int
-        Stop after this many epochs without a better ``valid_metric``.
-    eval_fn : callable, optional
-        ``eval_fn(scorer, part)`` with ``part`` in {"valid", "test"} returns a metrics dict. Default:
-        :func:`metricrec.metrics.evaluate` with the protocol's exclusions (train for valid; train and
-        valid for test) at cut-offs ``ks``.
-    valid_metric : str, default "recall@50"
-        Model-selection metric (PROTOCOL.md).
-
-    Returns
-    -------
-    dict
-        ``peer``, ``params``, ``epochs_run``, ``epoch_seconds`` (list), ``valid`` (list of dicts, one
-        per epoch), ``best_epoch`` (1-based), ``best_valid`` (dict), ``test`` (dict at the best epoch),
-        ``median_s_per_epoch``, ``train_seconds_to_best``, ``train_seconds_total``,
-        ``eval_seconds_total``, ``peak_rss_mb`` (process peak so far, MiB).
+    method : str
+    params : dict, optional
+        The method's settings (e.g. ``{"margin": 1.5}`` for CML, ``{"learning_rate": 0.02}`` for
+        LightFM).
+    num_threads : int
+        Threads of the method's training (every method of one comparison gets the same).
+    **extra
+        Further constructor arguments (e.g. ``item_features``).
     """
-    if max_epochs < 1 or patience < 1:
-        raise ValueError(f"max_epochs and patience must be >= 1, got {max_epochs} and {patience}")
-    train = _part(split, "train")
-    if eval_fn is None:
-        eval_fn = _default_eval(split, ks)
-    seconds: list[float] = []
-    valid: list[dict[str, float]] = []
-    best_epoch, best_value, best_scorer = 0, -np.inf, None
-    eval_seconds = 0.0
-    for epoch in range(1, max_epochs + 1):
-        seconds.append(float(peer.partial_fit_epoch(train)))
-        t = time.perf_counter()
-        scorer = peer.scorer()  # a copy of the factors: kept as is if this epoch is the best
-        metrics = dict(eval_fn(scorer, "valid"))
-        eval_seconds += time.perf_counter() - t
-        valid.append(metrics)
-        if valid_metric not in metrics:
-            raise KeyError(f"eval_fn returned no {valid_metric!r}; keys: {sorted(metrics)}")
-        if verbose:
-            print(f"{getattr(peer, 'name', 'peer')} epoch {epoch}: {seconds[-1]:.2f}s "
-                  f"valid {valid_metric}={metrics[valid_metric]:.4f}", flush=True)
-        if metrics[valid_metric] > best_value:
-            best_epoch, best_value, best_scorer = epoch, metrics[valid_metric], scorer
-        elif epoch - best_epoch >= patience:
-            break
-    t = time.perf_counter()
-    test = dict(eval_fn(best_scorer, "test"))
-    eval_seconds += time.perf_counter() - t
-    return {
-        "peer": getattr(peer, "name", type(peer).__name__),
-        "params": peer.params() if hasattr(peer, "params") else {},
-        "epochs_run": len(seconds),
-        "epoch_seconds": seconds,
-        "valid": valid,
-        "best_epoch": best_epoch,
-        "best_valid": valid[best_epoch - 1],
-        "test": test,
-        "median_s_per_epoch": statistics.median(seconds),
-        "train_seconds_to_best": float(sum(seconds[:best_epoch])),
-        "train_seconds_total": float(sum(seconds)),
-        "eval_seconds_total": eval_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
-    }
+    if method not in PEERS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(PEERS)}")
+    return PEERS[method](num_threads=num_threads, **{**(params or {}), **extra})
