@@ -1,80 +1,89 @@
-"""Model files without pickle: named float arrays (.npz or safetensors) plus a JSON document.
+"""Model files without pickle: named arrays (.npz or safetensors) plus a JSON document.
 
 Two layouts:
 
 - a directory ``DIR/`` holding ``weights.npz`` (or ``weights.safetensors``) and ``config.json``;
 - a single ``FILE.npz`` whose JSON document is stored as the uint8 array ``__metadata__``.
 
-Every file is written to a temporary name and renamed into place, so a crash never leaves a
-half-written model behind. Loading never unpickles anything (``np.load(..., allow_pickle=False)``)
-and refuses files that are not metricrec models with :class:`ModelFormatError`.
+A directory is built beside its final place and swapped in whole, a single file written to a temp
+name and renamed: a crash at any moment leaves the old complete model or the new one, never a mix
+(see :mod:`metricrec._atomic`; its writers are re-exported here and are the package's only way of
+writing files). Loading never unpickles anything (``np.load(..., allow_pickle=False)``) and refuses
+files that are not metricrec models with :class:`ModelFormatError`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_json"]
+from ._atomic import (atomic_directory, atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                      recover, recovery_source, write_new_file)
+from .errors import ModelFileError
+
+__all__ = ["ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_text",
+           "atomic_write_json", "atomic_output", "atomic_directory", "recover"]
 
 FORMAT = "metricrec.model"
 FORMAT_VERSION = 1
 _META_KEY = "__metadata__"
+_MODEL_FILES = ("config.json", "weights.npz", "weights.safetensors")
 
 
-class ModelFormatError(ValueError):
-    """The file is not a readable metricrec model (corrupt, truncated or foreign)."""
+class ModelFormatError(ModelFileError):
+    """The file is not a readable metricrec model (corrupt, truncated or foreign); a ``ValueError``."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
-
-
+# ---------------------------------------------------------------------- model files
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
     return buf.getvalue()
 
 
+def _weights_blob(arrays: Mapping[str, np.ndarray], weights_format: str) -> tuple[str, bytes]:
+    if weights_format == "npz":
+        return "weights.npz", _npz_bytes(arrays)
+    if weights_format != "safetensors":
+        raise ValueError(f"weights_format must be 'npz' or 'safetensors', got {weights_format!r}")
+    try:
+        from safetensors.numpy import save as st_save
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("saving safetensors needs the 'safetensors' package: pip install metricrec[safetensors]") from exc
+    return "weights.safetensors", st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+def _not_model_file(name: str) -> bool:
+    """Entries of a model folder that a new save carries over (e.g. an ``index/`` folder)."""
+    return name not in _MODEL_FILES and not (name.startswith(".") and name.endswith(".tmp"))
+
+
 def save_model_files(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
                      *, weights_format: str = "npz") -> Path:
-    """Save named arrays and a JSON-serialisable ``meta`` document.
+    """Save named arrays and a JSON-serialisable ``meta`` document as one atomic unit.
 
     Parameters
     ----------
     path : path
-        A path ending in ``.npz`` gives the single-file layout; anything else is a directory.
+        A path ending in ``.npz`` gives the single-file layout; anything else is a directory, built
+        beside ``path`` and swapped in whole (:func:`atomic_directory`); entries of an existing model
+        directory other than the model files (e.g. ``index/``) are carried over.
     arrays : mapping of str to numpy.ndarray
     meta : mapping
         Stored as ``config.json`` (directory) or inside the npz; ``format`` keys are added.
     weights_format : {"npz", "safetensors"}
         Directory layout only.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     path = Path(path)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **dict(meta)}
@@ -85,46 +94,86 @@ def save_model_files(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], 
         return path
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: exists and is not a directory (use a directory or a .npz file name)")
-    if weights_format == "npz":
-        name, data = "weights.npz", _npz_bytes(arrays)
-    elif weights_format == "safetensors":
-        try:
-            from safetensors.numpy import save as st_save
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("saving safetensors needs the 'safetensors' package: pip install metricrec[safetensors]") from exc
-        name, data = "weights.safetensors", st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    else:
-        raise ValueError(f"weights_format must be 'npz' or 'safetensors', got {weights_format!r}")
+    name, data = _weights_blob(arrays, weights_format)
     doc["weights"] = name
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / name, data)
-    atomic_write_json(path / "config.json", doc)  # last: a directory with a config is complete
+    if path.is_dir() and os.listdir(path) and not (path / "config.json").is_file():
+        raise ValueError(f"{path}: a folder that is not a metricrec model (no config.json); "
+                         "save to a new or empty folder")
+    with atomic_directory(path, keep=_not_model_file) as tmp:
+        write_new_file(tmp / name, data, sync=False)
+        write_new_file(tmp / "config.json", (json.dumps(doc, indent=2) + "\n").encode("utf-8"), sync=False)
     return path
 
 
 def load_model_files(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read what :func:`save_model_files` wrote; raise :class:`ModelFormatError` on anything else."""
+    """Read what :func:`save_model_files` wrote; raise :class:`ModelFormatError` on anything else.
+
+    Both files of a directory are read through one open handle of the folder, so a save swapping a
+    new folder in meanwhile never yields a mix. While ``path`` is missing after an interrupted
+    two-rename swap, the complete copy that save left is read (nothing is changed on disk).
+    """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
-    if path.is_dir():
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise ModelFormatError(f"{path}: not a metricrec model directory (config.json is missing)")
+    for attempt in range(3):
+        source = path if os.path.lexists(path) else recovery_source(path)
+        if source is None:
+            break
+        if not source.is_dir():
+            return _read_single(source)
         try:
-            doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
-        _check_doc(doc, cfg_path)
-        name = doc.get("weights", "weights.npz")
-        if name not in ("weights.npz", "weights.safetensors"):  # exact names: no path outside DIR
-            raise ModelFormatError(f"{cfg_path}: unexpected weights file name {name!r}")
-        weights = path / name
-        if not weights.is_file():
-            raise ModelFormatError(f"{path}: weights file {weights.name} is missing")
-        arrays = _read_safetensors(weights) if weights.suffix == ".safetensors" else _read_npz(weights)
-        return arrays, doc
-    arrays = _read_npz(path)
+            fd = os.open(source, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            continue
+        try:
+            seen = os.fstat(fd)
+            return _read_dir(fd, path)
+        except (ModelFormatError, OSError):
+            if attempt == 2 or not _replaced(source, seen):
+                raise
+        finally:
+            os.close(fd)
+    raise FileNotFoundError(f"no model at {path}")
+
+
+def _replaced(path: Path, seen: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    return (now.st_ino, now.st_dev) != (seen.st_ino, seen.st_dev)
+
+
+def _open_at(folder_fd: int, name: str) -> io.BufferedReader:
+    return os.fdopen(os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0), dir_fd=folder_fd), "rb")
+
+
+def _read_dir(folder_fd: int, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    cfg_path = path / "config.json"
+    try:
+        with _open_at(folder_fd, "config.json") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: not a metricrec model directory (config.json is missing)") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
+    _check_doc(doc, cfg_path)
+    name = doc.get("weights", "weights.npz")
+    if name not in ("weights.npz", "weights.safetensors"):  # exact names: no path outside DIR
+        raise ModelFormatError(f"{cfg_path}: unexpected weights file name {name!r}")
+    try:
+        fh = _open_at(folder_fd, name)
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: weights file {name} is missing") from None
+    with fh:
+        if name.endswith(".safetensors"):
+            return _read_safetensors(fh.read(), path / name), doc
+        return _read_npz(fh, path / name), doc
+
+
+def _read_single(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with open(path, "rb") as fh:
+        arrays = _read_npz(fh, path)
     if _META_KEY not in arrays:
         raise ModelFormatError(f"{path}: an .npz without metricrec metadata (not a metricrec model)")
     raw = arrays.pop(_META_KEY)
@@ -144,25 +193,25 @@ def _check_doc(doc: Any, where: Path) -> None:
         raise ModelFormatError(f"{where}: format_version {version!r} is not supported (this metricrec reads <= {FORMAT_VERSION})")
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(fh: Any, where: Path) -> dict[str, np.ndarray]:
     try:
-        z = np.load(path, allow_pickle=False)
+        z = np.load(fh, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array, whatever the file name
-            raise ModelFormatError(f"{path}: not an .npz archive (a single .npy array)")
+            raise ModelFormatError(f"{where}: not an .npz archive (a single .npy array)")
         with z:
             return {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         if isinstance(exc, ModelFormatError):
             raise
-        raise ModelFormatError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise ModelFormatError(f"{where}: cannot read weights ({type(exc).__name__}: {exc})") from None
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _read_safetensors(blob: bytes, where: Path) -> dict[str, np.ndarray]:
     try:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
     except ImportError as exc:  # pragma: no cover
         raise ImportError("reading safetensors needs the 'safetensors' package: pip install metricrec[safetensors]") from exc
     try:
-        return dict(load_file(str(path)))
+        return dict(load(blob))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ModelFormatError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise ModelFormatError(f"{where}: cannot read weights ({type(exc).__name__}: {exc})") from None
