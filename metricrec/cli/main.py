@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from .. import __version__
-from . import data_cmd, train_cmd
+from . import data_cmd, recommend_cmd, train_cmd
 from .sources import quiet_warnings_to_stderr
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,recommend}")
     data_cmd.register(sub)
     train_cmd.register(sub)
+    recommend_cmd.register(sub)
     return p
 
 

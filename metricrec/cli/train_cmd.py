@@ -1,4 +1,4 @@
-"""`metricrec train`, `metricrec evaluate` and `metricrec recommend`."""
+"""`metricrec train` and `metricrec evaluate`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import torch
 from .. import __version__
 from ..models.cml.model import CML
 from ..models.cml.config import CMLConfig
-from ..data.datasets import item_titles
 from ..metrics import evaluate_part
 from ..serialization import atomic_write_json
 from ..training.backends import CHOICES as BACKEND_CHOICES
@@ -53,13 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_arguments(ev)
     add_split_arguments(ev)
     ev.set_defaults(func=cmd_evaluate)
-
-    rec = sub.add_parser("recommend", help="top-N items for a user (raw ids in and out)")
-    rec.add_argument("--model", required=True, help="a folder written by 'metricrec train'")
-    rec.add_argument("--user", required=True, help="raw user id")
-    rec.add_argument("-n", "--n", type=int, default=10, help="how many items (default 10)")
-    rec.add_argument("--keep-liked", action="store_true", help="do not filter the user's training items")
-    rec.set_defaults(func=cmd_recommend)
 
 
 # ---------------------------------------------------------------------- hyperparameter flags
@@ -220,7 +212,7 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-# ---------------------------------------------------------------------- evaluate / recommend
+# ---------------------------------------------------------------------- evaluate
 def _load_run(model_dir: str) -> tuple[CML, dict[str, Any]]:
     run = Path(model_dir)
     model_path = run / "model" if (run / "model").exists() else run
@@ -257,46 +249,3 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, metrics)
     return 0
-
-
-def cmd_recommend(args: argparse.Namespace) -> int:
-    model, doc = _load_run(args.model)
-    if model.user_ids is None:
-        raise ValueError(f"{args.model}: the model has no raw id maps")
-    uid = _match_id(model.user_ids, args.user)
-    if uid is None:
-        raise KeyError(f"unknown user id {args.user!r} (the model knows {len(model.user_ids):,} users)")
-    if args.n <= 0:
-        raise ValueError(f"-n must be a positive integer, got {args.n}")
-    liked = None
-    if not args.keep_liked:
-        split = _data_for_run(argparse.Namespace(model=args.model), doc, model)
-        liked = split.train.matrix[uid]
-    ids, scores = model.recommend(uid, liked, N=args.n, filter_already_liked_items=liked is not None)
-    titles: dict = {}
-    src = doc.get("source", {})
-    if src.get("kind") == "dataset" and src.get("name", "").startswith("ml-"):
-        try:
-            titles = item_titles(src["name"], src.get("data_dir"))
-        except (OSError, ValueError) as exc:
-            note(f"(titles unavailable: {exc})")
-    print(f"top {args.n} for user {args.user}:")
-    for rank, (i, s) in enumerate(zip(ids, scores), 1):
-        if i < 0:
-            break
-        raw = model.item_ids[i] if model.item_ids is not None else i
-        title = titles.get(raw.item() if hasattr(raw, "item") else raw, "")
-        print(f"{rank:>3}. {raw!s:<10} {s:8.4f}  {title}")
-    return 0
-
-
-def _match_id(ids: np.ndarray, text: str) -> int | None:
-    if ids.dtype.kind in "iu":
-        try:
-            value = int(text)
-        except ValueError:
-            return None
-        hits = np.flatnonzero(ids == value)
-    else:
-        hits = np.flatnonzero(ids == text)
-    return int(hits[0]) if hits.size else None
