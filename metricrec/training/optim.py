@@ -4,10 +4,15 @@ A CML batch touches a subset of the user and item rows. These optimisers take th
 touched rows as (distinct row indices, summed row gradients) -- what
 :meth:`GradBuffer.pop` returns -- update only those rows and their optimiser state,
 then project them back into the norm ball.
+
+On the CPU, when numba is installed, :meth:`RowAdagrad.step_buffer` runs as one compiled pass over
+the touched rows (update, projection and buffer reset fused), so its cost is proportional to the
+rows a batch touched, never to the size of the table.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows"]
@@ -36,6 +41,50 @@ class GradBuffer:
         self.grad.index_fill_(0, rows, 0.0)
         self.touched[rows] = False
         return rows, grads
+
+
+_fused = None
+
+
+def _fused_adagrad():
+    """The compiled fused AdaGrad step (numba), or None when numba is not installed."""
+    global _fused
+    if _fused is None:
+        try:
+            import numba
+        except ImportError:
+            _fused = False
+            return None
+
+        @numba.njit(parallel=True, cache=True)
+        def adagrad_rows(weight, acc, grad, touched, rows, lr, eps, max_norm):
+            # per row: acc += g^2; w -= lr g / sqrt(acc + eps); clip to max_norm (<= 0: none); g = 0
+            d = weight.shape[1]
+            for j in numba.prange(rows.shape[0]):
+                r = rows[j]
+                sq = np.float32(0.0)
+                for t in range(d):
+                    g = grad[r, t]
+                    a = acc[r, t] + g * g
+                    acc[r, t] = a
+                    w = weight[r, t] - lr * (g / np.sqrt(a + eps))
+                    weight[r, t] = w
+                    sq += w * w
+                    grad[r, t] = 0.0
+                if max_norm > 0:
+                    norm = np.sqrt(sq)
+                    if norm > max_norm:
+                        scale = max_norm / max(norm, np.float32(1e-12))
+                        for t in range(d):
+                            weight[r, t] *= scale
+                touched[r] = False
+
+        _fused = adagrad_rows
+    return _fused or None
+
+
+def _can_fuse(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) and tensors[0].dtype == torch.float32
 
 
 def clip_rows(rows: torch.Tensor, max_norm: float | None) -> torch.Tensor:
@@ -76,11 +125,19 @@ class RowAdagrad:
     def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
         """Apply and reset a :class:`~metricrec.kernel.GradBuffer`.
 
-        When more than ``dense_fraction`` of the rows were touched, the update runs over the whole
+        On the CPU with numba: one fused compiled pass over the touched rows. Otherwise, when more
+        than ``dense_fraction`` of the rows were touched, the update runs over the whole
         table in place (no gathers or scatters). That is exactly the sparse update: an untouched
         row has a zero gradient, so its accumulator and value do not change, and it is already
         inside the ball.
         """
+        fused = _fused_adagrad()
+        if fused is not None and _can_fuse(self.weight, self.acc, buffer.grad):
+            rows = buffer.touched.nonzero().squeeze(1).numpy()
+            if rows.size:
+                fused(self.weight.detach().numpy(), self.acc.numpy(), buffer.grad.numpy(), buffer.touched.numpy(),
+                      rows, np.float32(self.lr), np.float32(self.eps), np.float32(max_norm or 0.0))
+            return
         n_touched = int(buffer.touched.sum())
         if n_touched == 0:
             return

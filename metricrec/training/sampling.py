@@ -18,34 +18,99 @@ import torch
 
 __all__ = ["NegativeDraw", "PositiveSet", "UniformSampler", "PopularitySampler", "make_sampler"]
 
-# Above this many (user, item) cells the membership test uses binary search instead of a bitmap.
+# Above this many (user, item) cells the torch membership test uses binary search instead of a bitmap.
 _DENSE_LIMIT = 1 << 27
+
+_kernels = None
+
+
+def _numba_kernels():
+    """The compiled membership kernels (numba), or None when numba is not installed."""
+    global _kernels
+    if _kernels is None:
+        try:
+            import numba
+        except ImportError:
+            _kernels = False
+            return None
+        _kernels = _compile(numba)
+    return _kernels or None
+
+
+def _compile(numba):
+    @numba.njit(inline="always")
+    def member(indptr, indices, u, k):
+        # binary search of item k in user u's sorted row of the CSR matrix
+        lo, hi = indptr[u], indptr[u + 1]
+        end = hi
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if indices[mid] < k:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < end and indices[lo] == k
+
+    @numba.njit(parallel=True, cache=True)
+    def contains_flat(indptr, indices, users, items, out):
+        for j in numba.prange(users.shape[0]):
+            out[j] = member(indptr, indices, users[j], items[j])
+
+    @numba.njit(parallel=True, cache=True)
+    def expand_and_test(indptr, indices, users, shared, group, negatives, bad):
+        # negatives[b] = shared[b // group]; bad[b, c] = negatives[b, c] is a positive of users[b]
+        for b in numba.prange(users.shape[0]):
+            u = users[b]
+            g = b // group
+            for c in range(shared.shape[1]):
+                k = shared[g, c]
+                negatives[b, c] = k
+                bad[b, c] = member(indptr, indices, u, k)
+
+    return contains_flat, expand_and_test
 
 
 class PositiveSet:
     """Vectorised membership test "is item k a positive of user u" for a CSR matrix.
 
-    Small problems use a dense boolean bitmap (one byte per cell, O(1) lookups); large ones a
-    sorted array of ``user * n_items + item`` keys searched with ``torch.searchsorted``.
+    On the CPU, when numba is installed, a compiled binary search in the user's own sorted row of
+    the CSR matrix (the matrix's arrays are shared, not copied; a lookup touches one short row, so
+    its cost does not grow with the number of pairs). Otherwise (or on a GPU) small problems use a
+    dense boolean bitmap (one byte per cell, O(1) lookups) and large ones a sorted array of
+    ``user * n_items + item`` keys searched with ``torch.searchsorted``.
     """
 
     def __init__(self, matrix: sp.csr_matrix) -> None:
         m = sp.csr_matrix(matrix)
-        m.sort_indices()
+        if not m.has_sorted_indices:
+            m.sort_indices()
         self.n_users, self.n_items = m.shape
-        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(m.indptr))
-        keys = rows * self.n_items + m.indices.astype(np.int64)
+        self._indptr, self._indices = m.indptr, m.indices
+        self._bitmap: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None
+        self._kern = _numba_kernels()
+        self._csr = self._kern is not None
+        if not self._csr:
+            self._build_torch("cpu")
+
+    def _build_torch(self, device: str | torch.device) -> None:
+        counts = np.diff(self._indptr)
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), counts)
+        keys = rows * self.n_items + self._indices.astype(np.int64)
+        del rows
         if self.n_users * self.n_items <= _DENSE_LIMIT:
             bitmap = torch.zeros(self.n_users * self.n_items, dtype=torch.bool)
             bitmap[torch.from_numpy(keys)] = True
-            self._bitmap: torch.Tensor | None = bitmap
-            self._keys: torch.Tensor | None = None
+            self._bitmap, self._keys = bitmap.to(device), None
         else:
-            self._bitmap = None
-            self._keys = torch.from_numpy(np.unique(keys))
+            self._bitmap, self._keys = None, torch.from_numpy(np.unique(keys)).to(device)
 
     def to(self, device: str | torch.device) -> "PositiveSet":
         """Move the lookup structure to ``device`` (in place); returns self."""
+        device = torch.device(device)
+        if device.type != "cpu" and self._csr:
+            self._csr = False
+            self._build_torch(device)
         if self._bitmap is not None:
             self._bitmap = self._bitmap.to(device)
         if self._keys is not None:
@@ -54,6 +119,12 @@ class PositiveSet:
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean tensor, same shape as the broadcast of ``users`` and ``items``."""
+        if self._csr:
+            u, k = torch.broadcast_tensors(users.to(torch.int64), items.to(torch.int64))
+            out = np.empty(u.shape, dtype=np.bool_)
+            self._kern[0](self._indptr, self._indices, u.contiguous().numpy().reshape(-1),
+                                k.contiguous().numpy().reshape(-1), out.reshape(-1))
+            return torch.from_numpy(out)
         key = users.to(torch.int64) * self.n_items + items.to(torch.int64)
         if self._bitmap is not None:
             return torch.take(self._bitmap, key)
@@ -63,6 +134,19 @@ class PositiveSet:
             return torch.zeros_like(key, dtype=torch.bool)
         pos = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
         return keys[pos] == key
+
+    def expand(self, users: torch.Tensor, shared: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negatives, bad): ``shared`` repeated ``group_size`` times per row, cut to ``len(users)``
+        rows, and the mask of its entries that are positives of the row's user."""
+        b = users.numel()
+        if self._csr:
+            negatives = np.empty((b, shared.shape[1]), dtype=np.int64)
+            bad = np.empty((b, shared.shape[1]), dtype=np.bool_)
+            self._kern[1](self._indptr, self._indices, users.contiguous().numpy(), shared.contiguous().numpy(),
+                                group_size, negatives, bad)
+            return torch.from_numpy(negatives), torch.from_numpy(bad)
+        negatives = shared.repeat_interleave(group_size, dim=0)[:b]
+        return negatives, self.contains(users[:, None], negatives)
 
 
 @dataclass
@@ -123,8 +207,7 @@ class _Sampler:
         b = users.numel()
         n_groups = -(-b // group_size)
         shared = self._draw((n_groups, n_negatives))
-        negatives = shared.repeat_interleave(group_size, dim=0)[:b]
-        bad = self.positives.contains(users[:, None], negatives)
+        negatives, bad = self.positives.expand(users, shared, group_size)
         fix_rows, fix_cols = bad.nonzero(as_tuple=True)
         if fix_rows.numel():
             todo_r, todo_c = fix_rows, fix_cols

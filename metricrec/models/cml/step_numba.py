@@ -7,8 +7,10 @@ each operator is a parallel region whose threads must meet. This backend fuses t
 1. in parallel over the pairs of the batch, it computes ``d(i,j)^2`` and the distance to each of
    the U sampled negatives straight from the embedding rows (nothing is gathered), the number of
    impostors M, the closest negative and the weighted hinge;
-2. serially, it adds the hinge gradients of the active pairs into the dense gradient buffers (a
-   serial pass has no write races and is deterministic);
+2. it adds the hinge gradients of the active pairs into the dense gradient buffers, in parallel
+   over parts of the tables (thread q owns the rows r with r % threads == q and visits the pairs in
+   order): no write races, and every row sums its terms in pair order, exactly as a serial pass
+   would, so the result is deterministic and independent of the thread count;
 
 then the covariance term and the optimiser step run in torch as before. Negatives come from the same
 samplers, so for the same draws both backends give the same loss and gradients up to float32
@@ -82,28 +84,44 @@ def _compile():
                 w_out[b] = 0.0
                 h_out[b] = 0.0
 
-    @numba.njit(fastmath=True, cache=True)
-    def scatter_pass(U, V, users, pos, closest, w, GU, GV, touched_u, touched_v):
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def scatter_pass(U, V, users, pos, closest, w, GU, GV, touched_u, touched_v, n_parts):
+        # Part q owns the rows r with r % n_parts == q and adds, in pair order, every gradient that
+        # falls on its rows: no write races, and each row sums its terms in the same order as a
+        # serial pass would (the result does not depend on the number of parts).
         d = U.shape[1]
-        for b in range(users.shape[0]):
-            if w[b] == 0.0:
-                continue
-            w2 = 2.0 * w[b]
-            u = users[b]
-            p = pos[b]
-            n = closest[b]
-            for t in range(d):
-                gp = w2 * (V[p, t] - U[u, t])  # dL/dp = 2w (p - u)
-                gn = w2 * (U[u, t] - V[n, t])  # dL/dn = 2w (u - n)
-                GV[p, t] += gp
-                GV[n, t] += gn
-                GU[u, t] -= gp + gn  # dL/du = 2w (n - p)
-            touched_u[u] = True
-            touched_v[p] = True
-            touched_v[n] = True
+        for q in numba.prange(n_parts):
+            for b in range(users.shape[0]):
+                if w[b] == 0.0:
+                    continue
+                u = users[b]
+                p = pos[b]
+                n = closest[b]
+                own_u = u % n_parts == q
+                own_p = p % n_parts == q
+                own_n = n % n_parts == q
+                w2 = 2.0 * w[b]
+                if own_p:  # dL/dp = 2w (p - u)
+                    for t in range(d):
+                        GV[p, t] += w2 * (V[p, t] - U[u, t])
+                    touched_v[p] = True
+                if own_n:  # dL/dn = 2w (u - n)
+                    for t in range(d):
+                        GV[n, t] += w2 * (U[u, t] - V[n, t])
+                    touched_v[n] = True
+                if own_u:  # dL/du = 2w (n - p)
+                    for t in range(d):
+                        GU[u, t] -= w2 * (V[p, t] - U[u, t]) + w2 * (U[u, t] - V[n, t])
+                    touched_u[u] = True
 
     _kernels = (pair_pass, scatter_pass)
     return _kernels
+
+
+def _n_parts() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
 
 
 def warm_up() -> None:
@@ -144,7 +162,7 @@ def cml_step_numba(
     closest = np.empty(b, dtype=np.int64)
     pair_pass(U, V, u_np, p_np, negs, np.float32(margin), V.shape[0], use_rank_weight, w, h, closest)
     scatter_pass(U, V, u_np, p_np, closest, w, user_grad.grad.numpy(), item_grad.grad.numpy(),
-                 user_grad.touched.numpy(), item_grad.touched.numpy())
+                 user_grad.touched.numpy(), item_grad.touched.numpy(), _n_parts())
     metric_value = float(h.sum(dtype=np.float64))
     n_active = int(np.count_nonzero(w))
     cov_value = 0.0
