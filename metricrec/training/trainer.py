@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, TrainingDivergedError
 from ..metrics import Scorer, evaluate
+from . import distributed
 from .backends import thread_policy
 from .config import TrainingConfig
 from .history import EpochRecord, History
@@ -100,7 +101,11 @@ class Trainer:
     ----------
     history : History
     batch_size : int
-        The batch size in use (``config.batch_size`` or the default rule).
+        The batch size in use (``config.batch_size`` or the default rule). In data-parallel training
+        (:mod:`metricrec.training.distributed`) it is the global batch, split across the ranks.
+    parallel : DataParallel or None
+        The data-parallel group (:func:`metricrec.training.distributed.current` when the trainer was
+        made); only its rank 0 validates, prints and shows progress.
     """
 
     def __init__(self, step: TrainingStep, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, *,
@@ -108,22 +113,26 @@ class Trainer:
                  verbose: bool = True, callbacks: Sequence[EpochCallback] = (), stream: Any = None,
                  frozen_items: bool = False) -> None:
         self.step, self.config = step, config
+        self.parallel = distributed.current()
+        lead = self.parallel is None or self.parallel.rank == 0
         self.train = sp.csr_matrix(train)
         self.valid = None if valid is None else sp.csr_matrix(valid)
         self.device = torch.device(device)
-        self.progress, self.verbose = progress, verbose
+        self.progress, self.verbose = progress and lead, verbose and lead
         self.callbacks = list(callbacks)
         self.stream = stream if stream is not None else sys.stdout
         self.frozen_items = frozen_items
-        rows = np.repeat(np.arange(self.train.shape[0], dtype=np.int64), np.diff(self.train.indptr))
-        if rows.size == 0:
+        if self.train.nnz == 0:
             raise DataError("the training matrix has no positive pairs")
-        self._users = torch.from_numpy(rows).to(self.device)
-        self._items = torch.from_numpy(self.train.indices.astype(np.int64)).to(self.device)
-        self.batch_size = config.resolved_batch_size(rows.size)
+        # pairs are read straight from the CSR arrays (no per-pair copy of the data): pair k is
+        # (user u with indptr[u] <= k < indptr[u + 1], item indices[k])
+        self._indptr = torch.from_numpy(self.train.indptr.astype(np.int64)).to(self.device)
+        self._indices = torch.from_numpy(self.train.indices).to(self.device)
+        self.batch_size = config.resolved_batch_size(self.train.nnz)
         self._gen = torch.Generator().manual_seed(config.seed)
-        self._sampler = make_sampler(config.sampler, self.train, alpha=config.sampler_alpha, seed=config.seed + 1,
-                                     device=self.device)
+        rank = 0 if self.parallel is None else self.parallel.rank
+        self._sampler = make_sampler(config.sampler, self.train, alpha=config.sampler_alpha,
+                                     seed=config.seed + 1 + rank, device=self.device)
         u, i = step.user_emb, step.item_emb
         self._opt = (make_optimizer(config.optimizer, u, config.learning_rate),
                      make_optimizer(config.optimizer, i, config.learning_rate))
@@ -147,32 +156,52 @@ class Trainer:
             raise TrainingDivergedError(f"epoch {epoch}: the loss became {total}; lower the learning rate")
         if self.valid is not None:
             t0 = time.perf_counter()
-            record.valid = evaluate(self.step.scorer(), self.valid, self.train, ks=_VALID_KS, metrics=("recall",),
-                                    device=self.device)
+            if self.parallel is None or self.parallel.rank == 0:
+                record.valid = evaluate(self.step.scorer(), self.valid, self.train, ks=_VALID_KS,
+                                        metrics=("recall",), device=self.device)
+            if self.parallel is not None:  # every rank takes the same early-stopping decisions
+                record.valid = self.parallel.broadcast(record.valid)
             record.eval_seconds = time.perf_counter() - t0
         self.history.epochs.append(record)
         self._print_row(record)
         return record
 
     def _train_pairs(self) -> tuple[float, dict[str, float]]:
-        cfg, step = self.config, self.step
-        n_pairs = self._users.numel()
-        order = torch.randperm(n_pairs, generator=self._gen).to(self.device)
+        cfg, step, par = self.config, self.step, self.parallel
+        n_pairs = self.train.nnz
+        dtype = torch.int32 if n_pairs < 2**31 else torch.int64
+        order = torch.randperm(n_pairs, generator=self._gen, dtype=dtype).to(self.device)
         total, parts = 0.0, {}
         for lo in range(0, n_pairs, self.batch_size):
             idx = order[lo: lo + self.batch_size]
-            users, items = self._users[idx], self._items[idx]
+            if par is not None:
+                if idx.numel() < par.world:  # a last batch too small to give every rank a pair
+                    break
+                idx = par.shard(idx)
+            users, items = self.pairs(idx)
             draw = self._sampler.sample(users, cfg.n_negatives, cfg.negative_group)
             loss, terms = step.batch(users, items, draw, *self._grads)
+            if par is not None:
+                par.combine(*self._grads)
             self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
             if self.frozen_items:
-                self._grads[1].pop()  # discard: the items stay as they are
+                self._grads[1].pop()  # discard: the items stay as they are (fold-in)
             else:
                 self._opt[1].step_buffer(self._grads[1], max_norm=cfg.max_norm)
             total += loss
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + v
+        if par is not None:  # the epoch's loss over every rank's pairs
+            sums = par.sum_floats({**parts, "\0total": total})
+            total = sums.pop("\0total")
+            parts = sums
         return total, parts
+
+    def pairs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, items) of the training pairs numbered ``idx`` (positions in the CSR arrays)."""
+        idx = idx.to(torch.int64)
+        users = torch.searchsorted(self._indptr, idx, right=True).sub_(1)
+        return users, self._indices.index_select(0, idx).to(torch.int64)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> History:
@@ -200,6 +229,8 @@ class Trainer:
             self.step.restore(best.state)
         if self.valid is None:
             self.history.best_epoch = self.history.epochs[-1].epoch
+        if self.parallel is not None:
+            self.parallel.check_identical(self.step.user_emb, self.step.item_emb)
         return self.history
 
     # ------------------------------------------------------------------ table

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ...training import distributed
 from ...training.optim import GradBuffer
 from .losses import COV_FORMULAS, rank_weight
 from ...training.sampling import NegativeDraw
 
-__all__ = ["StepStats", "cml_step", "covariance_gradient", "add_covariance_term"]
+__all__ = ["StepStats", "cml_step", "covariance_gradient", "covariance_terms", "add_covariance_term"]
 
 
 @dataclass
@@ -50,7 +51,13 @@ def covariance_gradient(
         raise ValueError(f"unknown covariance formula {formula!r}; choose one of {COV_FORMULAS}")
     n = x.shape[0]
     xc = x.sub_(x.mean(0, keepdim=True)) if center_inplace else x - x.mean(0, keepdim=True)
-    c = (xc.T @ xc) / n
+    value, s = covariance_terms((xc.T @ xc) / n, n, formula, eps)
+    return value, xc @ s
+
+
+def covariance_terms(c: torch.Tensor, n: int, formula: str, eps: float = 1e-12) -> tuple[float, torch.Tensor]:
+    """From the covariance ``C`` of ``n`` rows: the loss value and ``(2 / n^2) dL/dC``, the matrix
+    that maps centred rows to their gradients (``dL/dX = Xc @ it``)."""
     diag = torch.diagonal(c)
     if formula == "paper":
         fro = torch.sqrt((c * c).sum() + eps)
@@ -65,8 +72,7 @@ def covariance_gradient(
         value = (c.sum() - diag.sum()) / n
         s = torch.ones_like(c)
         s.diagonal().zero_()
-    grad = xc @ (s * (2.0 / (n * n)))
-    return float(value), grad
+    return float(value), s.mul_(2.0 / (n * n))
 
 
 def cml_step(
@@ -193,7 +199,19 @@ def add_covariance_term(
     cov_formula: str,
 ) -> float:
     """Covariance regulariser over the batch's distinct users and items (positives and closest
-    negatives), each object counted once; adds ``cov_weight`` times its gradient, returns its value."""
+    negatives), each object counted once; adds ``cov_weight`` times its gradient, returns its value.
+
+    In data-parallel training (:func:`metricrec.training.distributed.current`) the batch is the
+    global one: the rows are the union over the ranks, ``C`` is summed across them, and each rank
+    adds the gradient of its share of the rows (the gradient exchange then sums the shares); the
+    value returned is the rank's ``1 / world`` share, so that summing the ranks' losses counts it once.
+    """
+    if cov_formula not in COV_FORMULAS:
+        raise ValueError(f"unknown covariance formula {cov_formula!r}; choose one of {COV_FORMULAS}")
+    parallel = distributed.current()
+    if parallel is not None:
+        return _covariance_parallel(parallel, user_emb, item_emb, users, torch.cat([positives, closest]),
+                                    user_grad, item_grad, cov_weight, cov_formula)
     uu = _distinct(users, user_emb.shape[0])
     ii = _distinct(torch.cat([positives, closest]), item_emb.shape[0])
     x = torch.cat([user_emb.index_select(0, uu), item_emb.index_select(0, ii)])
@@ -204,8 +222,32 @@ def add_covariance_term(
     return value
 
 
-def _distinct(rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Sorted distinct values of ``rows`` (in [0, n)), via a mask rather than a sort."""
+def _covariance_parallel(parallel: "distributed.DataParallel", user_emb, item_emb, users, items,
+                         user_grad: GradBuffer, item_grad: GradBuffer, cov_weight: float, formula: str) -> float:
+    """:func:`add_covariance_term` over the union of the ranks' rows; this rank's share of the gradient."""
+    mu, mi = _mask(users, user_emb.shape[0]), _mask(items, item_emb.shape[0])
+    mu, mi = parallel.union(mu, mi)
+    uu, ii = mu.nonzero().squeeze(1), mi.nonzero().squeeze(1)
+    n, n_u = uu.numel() + ii.numel(), uu.numel()
+    own = torch.arange(parallel.rank, n, parallel.world, device=uu.device)  # this rank's share of the rows
+    own_u, own_i = own[own < n_u], own[own >= n_u] - n_u
+    x = torch.cat([user_emb.index_select(0, uu.index_select(0, own_u)), item_emb.index_select(0, ii.index_select(0, own_i))])
+    total = parallel.sum_(x.sum(0, dtype=torch.float64), "covariance means")
+    x.sub_((total / n).to(x.dtype))
+    c = parallel.sum_(x.T @ x, "covariance matrix") / n
+    value, s = covariance_terms(c, n, formula)
+    gx = (x @ s).mul_(cov_weight)
+    user_grad.add(uu.index_select(0, own_u), gx[: own_u.numel()])
+    item_grad.add(ii.index_select(0, own_i), gx[own_u.numel():])
+    return value / parallel.world
+
+
+def _mask(rows: torch.Tensor, n: int) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=rows.device)
     mask[rows] = True
-    return mask.nonzero().squeeze(1)
+    return mask
+
+
+def _distinct(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted distinct values of ``rows`` (in [0, n)), via a mask rather than a sort."""
+    return _mask(rows, n).nonzero().squeeze(1)
