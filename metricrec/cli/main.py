@@ -8,6 +8,7 @@ import warnings
 
 from .. import __version__
 from . import data_cmd, recommend_cmd, train_cmd
+from . import index_cmd, serve_cmd
 from .sources import quiet_warnings_to_stderr
 
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.register(sub)
     train_cmd.register(sub)
     recommend_cmd.register(sub)
+    index_cmd.register(sub); serve_cmd.register(sub)  # noqa: E702
     return p
 
 

@@ -1,0 +1,247 @@
+"""What the HTTP service does, without HTTP: the loaded model (swappable), raw-id parsing, the
+three queries and the health document. :mod:`metricrec.serving.app` wires these to routes.
+
+Every client mistake raises :class:`RequestError` with the HTTP status to answer with.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import MetricrecError, UnknownIdError
+
+__all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only", "load_serving_model"]
+
+
+class RequestError(Exception):
+    """A request the service refuses: ``status`` (4xx), a short ``error`` code and a ``detail``."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_n: int = 1000
+    max_items: int = 1000
+    max_body_bytes: int = 1_000_000
+
+
+def load_model_only(path: str | os.PathLike, *, index: bool = False) -> Any:
+    """``load_model(path)``, asking it not to load the ANN index beside the model unless ``index``
+    (so that a stale index never stops ``metricrec index`` from rebuilding it)."""
+    from ..models import load_model
+
+    if "index" in inspect.signature(load_model).parameters:
+        return load_model(path, index=index)
+    return load_model(path)
+
+
+def load_serving_model(path: str | os.PathLike, *, exact: bool = False, warm_up: bool = True) -> Any:
+    """``load_model(path)`` plus the ANN index saved beside it (unless ``exact``), warmed up.
+
+    The index is attached only if the loaded model has none yet (``load_model`` may attach it
+    itself); a stale index raises :class:`~metricrec.errors.ModelFileError`. ``warm_up`` runs one
+    recommendation and one fold-in, so that one-off costs (compiled kernels, first allocations)
+    are paid here and not by the first requests.
+    """
+    model = load_model_only(path, index=not exact)
+    if exact and getattr(model, "ann_index", None) is not None:
+        model.attach_index(None)
+    elif not exact and getattr(model, "ann_index", None) is None and hasattr(model, "attach_index"):
+        from .ann import index_dir_for, load_index_for
+
+        if (index_dir_for(path) / "index.json").is_file():
+            model.attach_index(load_index_for(path, model.item_embeddings, model.distance))
+    if warm_up:
+        _warm_up(model)
+    return model
+
+
+def _warm_up(model: Any) -> None:
+    approximate = getattr(model, "ann_index", None) is not None
+    first_user = model.user_map.ids[0] if getattr(model, "user_map", None) is not None else 0
+    first_item = model.item_map.ids[0] if getattr(model, "item_map", None) is not None else 0
+    model.recommend_raw([first_user], N=10, filter_already_liked_items=model.user_items is not None,
+                        approximate=approximate)
+    try:
+        model.fold_in([[first_item]])
+    except MetricrecError:  # a model without fold-in: POST /recommend will say so
+        pass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded model and what the service reports about it. Never mutated: a reload builds a
+    new one and swaps the reference, so a request keeps the snapshot it started with."""
+
+    model: Any
+    path: str
+    loaded_at: float
+    load_seconds: float
+    generation: int
+
+    @property
+    def approximate(self) -> bool:
+        return getattr(self.model, "ann_index", None) is not None
+
+    def health(self) -> dict[str, Any]:
+        """The ``GET /health`` document."""
+        m, index = self.model, getattr(self.model, "ann_index", None)
+        return {
+            "status": "ok", "model": self.path, "model_type": getattr(m, "model_name", type(m).__name__),
+            "distance": m.distance, "n_users": int(m.user_embeddings.shape[0]),
+            "n_items": int(m.item_embeddings.shape[0]), "factors": int(m.item_embeddings.shape[1]),
+            "loaded_at": _dt.datetime.fromtimestamp(self.loaded_at, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "load_seconds": round(self.load_seconds, 3), "generation": self.generation,
+            "index": getattr(index, "kind", None) if index is not None else None, "pid": os.getpid(),
+        }
+
+
+class ModelHolder:
+    """The service's current :class:`Snapshot`, swapped whole by :meth:`reload`.
+
+    Parameters
+    ----------
+    path : path
+        The model directory (or file) to load, and to re-load from.
+    loader : callable, optional
+        ``loader(path) -> model``; default :func:`load_serving_model`.
+    """
+
+    def __init__(self, path: str | os.PathLike, loader: Callable[[str], Any] | None = None) -> None:
+        self.path = str(Path(path))
+        self._loader = loader or load_serving_model
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.current: Snapshot = self._load()
+
+    def _load(self) -> Snapshot:
+        t0 = time.perf_counter()
+        model = self._loader(self.path)
+        seconds = time.perf_counter() - t0
+        self._generation += 1
+        return Snapshot(model, self.path, time.time(), seconds, self._generation)
+
+    def reload(self) -> Snapshot:
+        """Load the model at ``path`` again, fully, then swap it in (one reference assignment);
+        requests already running finish on the old one. On failure the old one stays and
+        :class:`RequestError` (409) says why."""
+        with self._lock:
+            old = self.current
+            try:
+                snap = self._load()
+            except Exception as exc:  # any failure: keep serving the old model
+                raise RequestError(409, "reload_failed", f"cannot load {self.path} ({_one_line(exc)}); still serving "
+                                   f"the model loaded at {old.health()['loaded_at']}") from None
+            self.current = snap
+            return snap
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{type(exc).__name__}: {str(msg).splitlines()[0] if str(msg) else ''}"
+
+
+# ---------------------------------------------------------------------- parsing
+def parse_n(value: Any, limits: Limits, *, json_value: bool = False) -> int:
+    """``n`` from a query string (text) or a JSON body (``json_value``: a JSON integer only); 422
+    unless an integer in ``[1, max_n]``."""
+    if isinstance(value, str) and not json_value:
+        text = value.strip()
+        n = int(text) if text.lstrip("+-").isdigit() and len(text) <= 12 else None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        n = None
+    if n is None or not 1 <= n <= limits.max_n:
+        raise RequestError(422, "invalid_n", f"n must be an integer in [1, {limits.max_n}], got {value!r}")
+    return n
+
+
+def check_raw_id(value: Any, what: str) -> Any:
+    """A raw id as given (str or int): the model's :class:`~metricrec.data.ids.IdIndex` matches it
+    by the library's id rule (an int-id model finds ``"196"``, not ``"0196"``)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RequestError(422, f"invalid_{what}", f"{what} ids must be strings or integers, got {value!r}")
+    if isinstance(value, str) and (not value or len(value) > 1000):
+        raise RequestError(422, f"invalid_{what}", f"{what} id must be a non-empty string of at most 1000 characters")
+    return value
+
+
+def _unknown(exc: BaseException) -> RequestError:
+    msg = exc.args[0] if exc.args else str(exc)
+    return RequestError(404, "unknown_id", str(msg).splitlines()[0] if str(msg) else "unknown id")
+
+
+def _result(key: str, query: Any, items: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    return {key: query, "items": np.asarray(items).tolist(),
+            "scores": [round(float(s), 6) for s in np.asarray(scores, dtype=np.float64)]}
+
+
+# ---------------------------------------------------------------------- queries
+def recommend_user(snap: Snapshot, user: Any, n: int) -> dict[str, Any]:
+    """Top-``n`` items for a known user (already-liked items filtered)."""
+    raw = check_raw_id(user, "user")
+    try:
+        items, scores = snap.model.recommend_raw([raw], N=n, approximate=snap.approximate)[0]
+    except (UnknownIdError, KeyError) as exc:
+        raise _unknown(exc) from None
+    return _result("user", raw, items, scores)
+
+
+def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
+    """The ``n`` items nearest to a known item (the item itself left out)."""
+    raw = check_raw_id(item, "item")
+    model = snap.model
+    try:
+        row = int(model.item_index([raw])[0])
+        items, scores = model.similar_items_raw([raw], N=n + 1, approximate=snap.approximate)[0]
+    except (UnknownIdError, KeyError) as exc:
+        raise _unknown(exc) from None
+    own = model.item_map.raw(row) if getattr(model, "item_map", None) is not None else row
+    keep = np.asarray([x != own for x in np.asarray(items).tolist()], dtype=bool)
+    return _result("item", raw, np.asarray(items)[keep][:n], np.asarray(scores)[keep][:n])
+
+
+def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, Any]:
+    """Fold a new user in from its liked items (``{"items": [...], "n": 10}``) and recommend
+    ``n`` items it has not liked."""
+    if not isinstance(body, dict):
+        raise RequestError(422, "invalid_body", f"the body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - {"items", "n"})
+    if unknown:
+        raise RequestError(422, "invalid_body", f"unknown field(s) {', '.join(map(repr, unknown))} (known: items, n)")
+    liked = body.get("items")
+    if not isinstance(liked, list) or not liked:
+        raise RequestError(422, "invalid_items", "items must be a non-empty list of item ids")
+    if len(liked) > limits.max_items:
+        raise RequestError(422, "too_many_items", f"at most {limits.max_items} items, got {len(liked)}")
+    n = parse_n(body.get("n", 10), limits, json_value=True)
+    raws = list(dict.fromkeys(check_raw_id(x, "item") for x in liked))
+    model = snap.model
+    try:
+        rows = np.unique(np.asarray(model.item_index(raws), dtype=np.int64))
+        vec = np.asarray(model.fold_in([raws]), dtype=np.float32)
+    except (UnknownIdError, KeyError) as exc:
+        raise _unknown(exc) from None
+    n_items = model.item_embeddings.shape[0]
+    exclude = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), rows, [0, rows.size]), shape=(1, n_items))
+    ids, scores = model.recommend_vectors(vec, N=n, exclude=exclude, approximate=snap.approximate)
+    ids, scores = np.asarray(ids)[0], np.asarray(scores)[0]
+    ok = ids >= 0
+    items = model.item_map.raw(ids[ok]) if getattr(model, "item_map", None) is not None else ids[ok]
+    return _result("liked", raws, items, scores[ok])
