@@ -21,6 +21,7 @@ from .. import __version__
 from ..data.ids import IdIndex
 from ..data.interactions import Interactions
 from ..errors import ConfigError, DataError, NotFittedError
+from ..fingerprint import fingerprint
 from ..metrics import Scorer, embedding_scorer
 from ..serialization import ModelFormatError, load_model_files, save_model_files
 from ..training.backends import CHOICES, resolve_backend
@@ -76,6 +77,9 @@ class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
         :meth:`recommend_raw`).
     ann_index : object or None
         An approximate nearest-neighbour index over the items (``approximate=True``).
+    data_fingerprint : dict or None
+        Facts about the training data (sizes, digests of ids and pairs; :mod:`metricrec.fingerprint`),
+        saved with the model so that evaluating it on other data is refused.
     last_epoch_seconds : float or None
         Training seconds of the most recent epoch (evaluation excluded).
     """
@@ -117,6 +121,7 @@ class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
         self.item_map: IdIndex | None = None
         self.user_items: sp.csr_matrix | None = None
         self.ann_index: Any = None
+        self.data_fingerprint: dict[str, Any] | None = None
         self._item_sq: np.ndarray | None = None
         self.last_epoch_seconds: float | None = None
         self._user: torch.Tensor | None = None
@@ -220,6 +225,7 @@ class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
             self.item_map = IdIndex(user_items.item_ids, name="item")
         else:
             self.user_map = self.item_map = None
+        self.data_fingerprint = fingerprint(trainer.train, self.user_ids, self.item_ids)
         liked = sp.csr_matrix(trainer.train, dtype=np.float32, copy=True)
         liked.data[:] = 1.0
         self.user_items = liked
@@ -312,7 +318,7 @@ class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
             "model": self.model_name, "metricrec_version": __version__, "config": self.config.to_dict(),
             "n_users": int(user.shape[0]), "n_items": int(item.shape[0]),
             "user_ids": _map_to_json(self.user_map), "item_ids": _map_to_json(self.item_map),
-            "history": self.history.to_dict(), **extra_meta,
+            "history": self.history.to_dict(), "data_fingerprint": self.data_fingerprint, **extra_meta,
         }
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
@@ -338,6 +344,10 @@ class EmbeddingRecommender(RetrievalMixin, RawIdMixin, FoldInMixin):
         model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", path)
         model.user_items = _liked_from_arrays(arrays, (n_users, n_items), path)
         model.history = history
+        fp = meta.get("data_fingerprint")
+        if fp is not None and not isinstance(fp, dict):
+            raise ModelFormatError(f"{path}: invalid data_fingerprint (a {type(fp).__name__}, expected an object)")
+        model.data_fingerprint = fp
         model._load_extra(arrays, meta, path)
         return model
 
@@ -424,7 +434,7 @@ def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
     if arr.shape != (n,):
         raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
     try:
-        return IdIndex(arr, name=name)
+        return IdIndex(arr, name=name.removesuffix("_ids"))
     except ValueError as exc:
         raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
 
