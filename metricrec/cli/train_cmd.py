@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import platform
 import resource
 import time
@@ -19,6 +21,7 @@ from ..models.cml.model import CML
 from ..models.cml.config import CMLConfig
 from ..metrics import evaluate_part
 from ..serialization import atomic_write_json
+from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
@@ -40,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--kernel", choices=BACKEND_CHOICES, default="auto",
                        help="training step backend (auto: the compiled numba kernel on CPU when installed)")
     train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
+    train.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                       help="under torchrun: give up when another rank is silent this long (default %(default)g)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-fallback", action="store_true",
                        help="fail instead of using synthetic data when --dataset files cannot be found or downloaded")
@@ -107,6 +112,26 @@ def config_from_args(args: argparse.Namespace) -> CMLConfig:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    """One process, or under torchrun (RANK/WORLD_SIZE set) one rank of data-parallel training:
+    rank 0 validates, prints and writes; the other ranks train silently."""
+    if not distributed.launched():
+        return _train(args)
+    rank, world, local = distributed.env_rank()
+    if args.device in ("cuda", "auto") and torch.cuda.is_available():
+        args.device = f"cuda:{local}"
+    parallel = distributed.init_from_env(args.device, timeout_s=args.dist_timeout)
+    try:
+        with contextlib.ExitStack() as quiet:
+            if rank != 0:
+                devnull = quiet.enter_context(open(os.devnull, "w"))
+                quiet.enter_context(contextlib.redirect_stdout(devnull))
+                quiet.enter_context(contextlib.redirect_stderr(devnull))
+            return _train(args, parallel)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None = None) -> int:
     config = config_from_args(args)  # validate flags before loading anything
     data, desc = load_data(args, fallback_synthetic=bool(args.dataset) and not args.no_fallback)
     split = make_split(args, data)
@@ -129,6 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel, show_progress=not args.no_progress)
     t0 = time.perf_counter()
     model.fit(split.train, split.valid if sizes["valid"] else None, item_features=features)
+    if parallel is not None and parallel.rank != 0:
+        return 0
     if model.feature_info is not None:
         feature_doc.update(weight=config.feature_weight, hidden=list(config.feature_hidden),
                            dropout=config.feature_dropout, n_cold_items=model.feature_info["n_cold"])
@@ -153,6 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "test": test,
         "test_eval_seconds": eval_s,
         "features": feature_doc or None,
+        "parallel": None if parallel is None else {"world_size": parallel.world, "backend": parallel.backend,
+                                                   "per_step": parallel.stats.per_step(), "by_op": parallel.stats.by_op},
         "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "peak_rss_mb": _peak_rss_mb()},
     }
