@@ -7,14 +7,14 @@ the CML+F feature network.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ...data.interactions import Features
-from ...errors import DataError, NotFittedError
+from ...errors import NotFittedError
 from ...serialization import ModelFormatError
 from ...training.optim import clip_rows
 from ..base import EmbeddingRecommender

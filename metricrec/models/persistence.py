@@ -1,0 +1,136 @@
+"""Saving and loading embedding models: named float arrays plus one JSON document, never pickle.
+
+A model directory holds the two tables, the training positives (``user_items.*``), any model
+extras (CML+F's feature network), and ``config.json`` with the config, id maps, history and the
+training data's fingerprint; :mod:`metricrec.serialization` writes it as one atomic unit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .. import __version__
+from ..data.ids import IdIndex
+from ..serialization import ModelFormatError, load_model_files, save_model_files
+from ..training.history import History
+
+__all__ = ["MODELS", "PersistenceMixin", "load_model"]
+
+#: Every model class by its saved name (filled by subclassing EmbeddingRecommender).
+MODELS: dict[str, type] = {}
+
+
+class PersistenceMixin:
+    """``save``/``load`` for :class:`~metricrec.models.base.EmbeddingRecommender`."""
+
+    def save(self, path: str | Path, *, weights_format: str = "npz") -> Path:
+        """Save to a directory (``weights.npz`` or ``weights.safetensors`` + ``config.json``) or a
+        single ``.npz`` file. No pickle; exact round trip (float32 arrays as trained)."""
+        user, item = self._fitted()
+        arrays = {"user_embeddings": self.user_embeddings, "item_embeddings": self.item_embeddings}
+        extra_arrays, extra_meta = self._extra_arrays()
+        arrays.update(extra_arrays)
+        if self.user_items is not None:
+            arrays["user_items.indptr"] = self.user_items.indptr.astype(np.int64)
+            arrays["user_items.indices"] = self.user_items.indices.astype(np.int32)
+        meta = {
+            "model": self.model_name, "metricrec_version": __version__, "config": self.config.to_dict(),
+            "n_users": int(user.shape[0]), "n_items": int(item.shape[0]),
+            "user_ids": _map_to_json(self.user_map), "item_ids": _map_to_json(self.item_map),
+            "history": self.history.to_dict(), "data_fingerprint": self.data_fingerprint, **extra_meta,
+        }
+        return save_model_files(path, arrays, meta, weights_format=weights_format)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu"):
+        """Load a model written by :meth:`save` (on any device, e.g. a GPU-trained model on CPU)."""
+        arrays, meta = load_model_files(path)
+        if meta.get("model") != cls.model_name:
+            raise ModelFormatError(f"{path}: holds a {meta.get('model')!r} model, not {cls.model_name}")
+        try:
+            config = cls.config_class.from_dict(meta["config"])
+            n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{path}: invalid model config ({exc})") from None
+        try:
+            history = History.from_dict(meta.get("history") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(f"{path}: invalid history ({type(exc).__name__}: {exc})") from None
+        model = cls(config, device=device, show_progress=False, verbose=False)
+        model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
+        model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path).to(model.device)
+        model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", path)
+        model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", path)
+        model.user_items = _liked_from_arrays(arrays, (n_users, n_items), path)
+        model.history = history
+        fp = meta.get("data_fingerprint")
+        if fp is not None and not isinstance(fp, dict):
+            raise ModelFormatError(f"{path}: invalid data_fingerprint (a {type(fp).__name__}, expected an object)")
+        model.data_fingerprint = fp
+        model._load_extra(arrays, meta, path)
+        return model
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> Any:
+    """Load any metricrec model file, whatever its class (named in the file)."""
+    _, meta = load_model_files(path)
+    cls = MODELS.get(meta.get("model"))
+    if cls is None:
+        raise ModelFormatError(f"{path}: unknown model type {meta.get('model')!r} (known: {', '.join(MODELS)})")
+    return cls.load(path, device=device)
+
+
+def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any) -> torch.Tensor:
+    arr = arrays.get(name)
+    if arr is None:
+        raise ModelFormatError(f"{path}: array {name!r} is missing")
+    if arr.shape != shape or arr.dtype.kind != "f":
+        raise ModelFormatError(f"{path}: array {name!r} has shape {arr.shape} dtype {arr.dtype}, expected {shape} float")
+    if not np.all(np.isfinite(arr)):
+        raise ModelFormatError(f"{path}: array {name!r} contains NaN or infinite values")
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
+
+
+def _map_to_json(index: IdIndex | None) -> dict[str, Any] | None:
+    """The model file's id list (format unchanged since version 1: kind + values)."""
+    if index is None:
+        return None
+    return {"kind": index.kind, "values": index.ids.tolist() if index.kind == "int" else [str(x) for x in index.ids]}
+
+
+def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
+    if doc is None:
+        return None
+    try:
+        values = doc["values"]
+        arr = np.asarray(values, dtype=np.int64) if doc["kind"] == "int" else np.asarray(values, dtype=str)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
+    if arr.shape != (n,):
+        raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
+    try:
+        return IdIndex(arr, name=name.removesuffix("_ids"))
+    except ValueError as exc:
+        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
+
+
+def _liked_from_arrays(arrays: dict[str, np.ndarray], shape: tuple[int, int], path: Any) -> sp.csr_matrix | None:
+    """The saved training positives, checked (an older model file has none)."""
+    indptr, indices = arrays.get("user_items.indptr"), arrays.get("user_items.indices")
+    if indptr is None and indices is None:
+        return None
+    ok = (indptr is not None and indices is not None and indptr.ndim == 1 and indices.ndim == 1
+          and indptr.dtype.kind in "iu" and indices.dtype.kind in "iu" and indptr.shape[0] == shape[0] + 1
+          and indptr[0] == 0 and indptr[-1] == indices.shape[0] and np.all(np.diff(indptr) >= 0)
+          and (indices.size == 0 or (indices.min() >= 0 and indices.max() < shape[1])))
+    if not ok:
+        raise ModelFormatError(f"{path}: the saved liked items (user_items.*) are inconsistent with "
+                               f"{shape[0]} users x {shape[1]} items")
+    m = sp.csr_matrix((np.ones(indices.shape[0], np.float32), indices, indptr), shape=shape)
+    m.sum_duplicates()
+    return m
