@@ -62,8 +62,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     shown = ", ".join(f"{k}={v}" for k, v in index.params.items())
     print(f"index: {args.kind}{f' ({shown})' if shown else ''} over {index.n_items} items x {index.d} ({index.metric})")
-    print(f"build: {index.build_seconds:.2f} s, +{index.build_memory_bytes / 2**20:.1f} MiB resident")
-    print(f"saved: {out} ({size / 2**20:.1f} MiB on disk)")
+    print(f"build: {index.build_seconds:.2f} s")
+    print(f"saved: {out} ({size / 2**20:.1f} MiB on disk, about the index's size in memory)")
     if args.sample_users:
         users = model.user_embeddings
         rng = np.random.default_rng(0)

@@ -142,7 +142,9 @@ class AnnIndex:
     build_seconds : float or None
         Wall seconds of :meth:`build` (None for a loaded index).
     build_memory_bytes : int or None
-        Resident memory the build added (RSS after - before; Linux), None for a loaded index.
+        Resident memory the build added (RSS after - before, Linux; None for a loaded index). It
+        reads low when the allocator reuses memory freed earlier: :meth:`to_bytes` ``.size`` (the
+        vectors plus the graph or the inverted lists) is the better measure of an index's size.
     """
 
     def __init__(self, index: Any, kind: str, params: dict[str, Any], distance: str, n_items: int, d: int,

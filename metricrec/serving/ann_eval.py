@@ -13,7 +13,7 @@ __all__ = ["compare_to_exact", "exact_search", "recall_at_k"]
 
 
 def exact_search(table: Any, queries: Any, k: int, *, distance: str = "euclidean",
-                 chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``table`` for each query (numpy, BLAS), chunked over queries.
 
     Parameters
@@ -23,8 +23,9 @@ def exact_search(table: Any, queries: Any, k: int, *, distance: str = "euclidean
     k : int
     distance : {"euclidean", "dot"}
         Nearest by squared L2 distance, or largest inner product.
-    chunk : int
-        Queries per block: memory is bounded by ``chunk * n`` float32 scores.
+    chunk : int, optional
+        Queries per block: memory is bounded by ``chunk * n`` float32 scores (default: blocks of
+        at most 64 MiB, and at most 256 queries).
 
     Returns
     -------
@@ -37,6 +38,7 @@ def exact_search(table: Any, queries: Any, k: int, *, distance: str = "euclidean
     if distance not in ("euclidean", "dot"):
         raise ConfigError(f"distance must be 'euclidean' or 'dot', got {distance!r}")
     k = min(int(k), x.shape[0])
+    chunk = chunk or max(1, min(256, (64 << 20) // (4 * x.shape[0])))
     x_sq = np.einsum("ij,ij->i", x, x)
     out_v = np.empty((q.shape[0], k), dtype=np.float32)
     out_i = np.empty((q.shape[0], k), dtype=np.int64)

@@ -118,6 +118,7 @@ def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHold
 def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: bool) -> None:
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
+    from starlette.responses import JSONResponse  # returned as is: no jsonable_encoder pass
 
     def required(request: Request, name: str) -> str:
         value = request.query_params.get(name)
@@ -126,32 +127,34 @@ def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: 
         return value
 
     @app.get("/health")
-    def health() -> dict:
-        return holder.current.health()
+    def health() -> JSONResponse:
+        return JSONResponse(holder.current.health())
 
     @app.get("/recommend")
-    def recommend(request: Request) -> dict:  # sync: runs in the thread pool
+    def recommend(request: Request) -> JSONResponse:  # sync: runs in the thread pool
         snap = holder.current  # this request's model, whatever a reload does meanwhile
-        return recommend_user(snap, required(request, "user"), parse_n(request.query_params.get("n", "10"), limits))
+        n = parse_n(request.query_params.get("n", "10"), limits)
+        return JSONResponse(recommend_user(snap, required(request, "user"), n))
 
     @app.get("/similar-items")
-    def similar(request: Request) -> dict:
+    def similar(request: Request) -> JSONResponse:
         snap = holder.current
-        return similar_items(snap, required(request, "item"), parse_n(request.query_params.get("n", "10"), limits))
+        n = parse_n(request.query_params.get("n", "10"), limits)
+        return JSONResponse(similar_items(snap, required(request, "item"), n))
 
     @app.post("/recommend")
-    async def recommend_new(request: Request) -> dict:
+    async def recommend_new(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise RequestError(415, "unsupported_media_type", f"the body must be application/json, got {ctype!r}")
         body = _parse_json(await request.body())
         snap = holder.current
-        return await run_in_threadpool(recommend_new_user, snap, body, limits)
+        return JSONResponse(await run_in_threadpool(recommend_new_user, snap, body, limits))
 
     if reload_endpoint:
         @app.post("/reload")
-        async def reload() -> dict:
-            return (await run_in_threadpool(holder.reload)).health()
+        async def reload() -> JSONResponse:
+            return JSONResponse((await run_in_threadpool(holder.reload)).health())
 
 
 def _parse_json(raw: bytes) -> Any:

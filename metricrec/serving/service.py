@@ -182,6 +182,19 @@ def check_raw_id(value: Any, what: str) -> Any:
     return value
 
 
+def _model_id(value: Any, idmap: Any) -> Any:
+    """Canonical integer text as an int for a model whose ids are integers (or row numbers), which
+    spares the map its text parsing; anything else as given (the map applies the id rule)."""
+    if isinstance(value, str) and len(value) < 19 and (idmap is None or getattr(idmap, "kind", None) == "int"):
+        try:
+            number = int(value)
+        except ValueError:
+            return value
+        if str(number) == value:
+            return number
+    return value
+
+
 def _unknown(exc: BaseException) -> RequestError:
     msg = exc.args[0] if exc.args else str(exc)
     return RequestError(404, "unknown_id", str(msg).splitlines()[0] if str(msg) else "unknown id")
@@ -189,7 +202,7 @@ def _unknown(exc: BaseException) -> RequestError:
 
 def _result(key: str, query: Any, items: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     return {key: query, "items": np.asarray(items).tolist(),
-            "scores": [round(float(s), 6) for s in np.asarray(scores, dtype=np.float64)]}
+            "scores": [round(s, 6) if np.isfinite(s) else None for s in np.asarray(scores, dtype=np.float64).tolist()]}
 
 
 # ---------------------------------------------------------------------- queries
@@ -197,7 +210,8 @@ def recommend_user(snap: Snapshot, user: Any, n: int) -> dict[str, Any]:
     """Top-``n`` items for a known user (already-liked items filtered)."""
     raw = check_raw_id(user, "user")
     try:
-        items, scores = snap.model.recommend_raw([raw], N=n, approximate=snap.approximate)[0]
+        items, scores = snap.model.recommend_raw([_model_id(raw, getattr(snap.model, "user_map", None))], N=n,
+                                                 approximate=snap.approximate)[0]
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
     return _result("user", raw, items, scores)
@@ -207,9 +221,10 @@ def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
     """The ``n`` items nearest to a known item (the item itself left out)."""
     raw = check_raw_id(item, "item")
     model = snap.model
+    query = _model_id(raw, getattr(model, "item_map", None))
     try:
-        row = int(model.item_index([raw])[0])
-        items, scores = model.similar_items_raw([raw], N=n + 1, approximate=snap.approximate)[0]
+        row = int(model.item_index([query])[0])
+        items, scores = model.similar_items_raw([query], N=n + 1, approximate=snap.approximate)[0]
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
     own = model.item_map.raw(row) if getattr(model, "item_map", None) is not None else row

@@ -170,7 +170,7 @@ def _wait_generation(client, generation: int, timeout: float = 10.0) -> dict:
 def test_reload_while_requests_are_in_flight(tmp_path, tiny_model):
     model_dir = tmp_path / "model"
     tiny_model.save(model_dir)
-    with ServerProcess(model_dir, timeout=60) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with ServerProcess(model_dir, "--no-warm-up", timeout=60) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         stop, results = threading.Event(), []
         workers = [threading.Thread(target=_hammer, args=(server.url, stop, results)) for _ in range(4)]
         for w in workers:
