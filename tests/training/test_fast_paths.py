@@ -24,13 +24,17 @@ def _train(seed=0, n_users=50, n_items=80, density=0.2):
     return m
 
 
+@pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("dense_limit", [1 << 27, 0])
-def test_csr_membership_equals_the_torch_paths(monkeypatch, dense_limit):
+def test_compiled_membership_equals_the_torch_paths(monkeypatch, dense_limit, exact):
     m = _train()
     users = torch.randint(0, 50, (3000,))
     items = torch.randint(0, 80, (3000,))
+    if not exact:  # the hashed filter + binary search in the user's row
+        monkeypatch.setattr(sampling, "_EXACT_BITS", 0)
+        monkeypatch.setattr(sampling, "_EXACT_BITS_PER_PAIR", 0)
     fast = PositiveSet(m)
-    assert fast._csr
+    assert fast._csr and fast._exact == exact
     monkeypatch.setattr(sampling, "_kernels", False)
     monkeypatch.setattr(sampling, "_DENSE_LIMIT", dense_limit)
     ref = PositiveSet(m)
