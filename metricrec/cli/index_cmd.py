@@ -12,7 +12,8 @@ from ..errors import ConfigError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build an ANN index (faiss HNSW or IVF) over a saved model's items")
-    p.add_argument("--model", required=True, help="a model folder written by 'metricrec train' or model.save()")
+    p.add_argument("--model", required=True,
+                   help="a folder written by 'metricrec train' (its model/ is used) or by model.save()")
     p.add_argument("--kind", choices=("hnsw", "ivf", "flat"), default="hnsw",
                    help="hnsw (graph), ivf (inverted file) or flat (exact) (default hnsw)")
     g = p.add_argument_group("hnsw")
@@ -45,7 +46,7 @@ def _params(args: argparse.Namespace) -> dict:
 def cmd_index(args: argparse.Namespace) -> int:
     from ..serving.ann import AnnIndex, index_dir_for, _faiss
     from ..serving.ann_eval import compare_to_exact
-    from ..serving.service import load_model_only
+    from ..serving.service import load_model_only, model_path
 
     params = _params(args)
     if args.sample_users < 0:
@@ -54,10 +55,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         _faiss().omp_set_num_threads(args.threads)
-    model = load_model_only(args.model, index=False)  # a stale index must not stop its rebuild
+    path = model_path(args.model)  # a 'metricrec train' folder: its model/
+    model = load_model_only(path, index=False)  # a stale index must not stop its rebuild
     table = model.item_embeddings
     index = AnnIndex.build(table, args.kind, distance=model.distance, **params)
-    out = Path(args.out) if args.out else index_dir_for(args.model)
+    out = Path(args.out) if args.out else index_dir_for(path)
     index.save(out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     shown = ", ".join(f"{k}={v}" for k, v in index.params.items())
@@ -72,6 +74,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"recall@10 vs exact on {pick.size} users: {r['recall']:.4f} "
               f"({r['approx_qps']:,.0f} vs {r['exact_qps']:,.0f} queries/s exact, one query per call: "
               f"{r['speedup']:.1f}x)")
-    if out != index_dir_for(args.model):
-        print(f"note: {out} is not {index_dir_for(args.model)}: loading the model will not find it")
+    if out != index_dir_for(path):
+        print(f"note: {out} is not {index_dir_for(path)}: loading the model will not find it")
     return 0

@@ -17,8 +17,8 @@ built with ``METRIC_INNER_PRODUCT``: :meth:`AnnIndex.search` then returns inner 
 (largest) first, instead of squared distances, smallest first. ``AnnIndex.metric`` says which.
 
 An index is saved to a directory as ``index.faiss`` (faiss' own format) and ``index.json`` (kind,
-parameters, table shape, distance, and the sha256 of the item table and of ``index.faiss``); it
-is loaded only against the same item table, so a stale index is refused.
+parameters, table shape, distance, and the sha256 of the item table and of ``index.faiss``),
+swapped in as one unit; it is loaded only against the same item table, so a stale index is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ..serialization import atomic_write_bytes, atomic_write_json
+from ..serialization import atomic_directory, atomic_output, atomic_write_json
 
 __all__ = ["AnnIndex", "KINDS", "INDEX_DIR", "index_dir_for", "load_index_for", "table_digest"]
 
@@ -240,21 +240,24 @@ class AnnIndex:
         return _faiss().serialize_index(self.index)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``index.faiss`` and then ``index.json`` into directory ``path`` (each atomically;
-        the sidecar last, holding the sha256 of the first, so a half-written pair is refused)."""
+        """Write directory ``path`` as one atomic unit: ``index.faiss`` (``faiss.write_index`` to a
+        temporary file, renamed) and ``index.json`` (the sidecar, holding the sha256 of the item
+        table and of ``index.faiss``), built beside ``path`` and swapped in whole."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{path}: exists and is not a directory")
-        blob = self.to_bytes()
-        atomic_write_bytes(path / _INDEX_FILE, memoryview(blob))
-        meta = {
-            "format": _FORMAT, "format_version": _VERSION, "kind": self.kind, "params": self.params,
-            "distance": self.distance, "metric": self.metric, "n_items": self.n_items, "d": self.d,
-            "item_table_sha256": self.digest, "index_bytes": int(blob.size),
-            "index_sha256": hashlib.sha256(memoryview(blob)).hexdigest(),
-            "build_seconds": self.build_seconds, "build_memory_bytes": self.build_memory_bytes,
-        }
-        atomic_write_json(path / _META_FILE, meta)
+        faiss = _faiss()
+        with atomic_directory(path) as tmp:
+            with atomic_output(tmp / _INDEX_FILE) as out:
+                faiss.write_index(self.index, str(out))
+            meta = {
+                "format": _FORMAT, "format_version": _VERSION, "kind": self.kind, "params": self.params,
+                "distance": self.distance, "metric": self.metric, "n_items": self.n_items, "d": self.d,
+                "item_table_sha256": self.digest, "index_bytes": (tmp / _INDEX_FILE).stat().st_size,
+                "index_sha256": _file_sha256(tmp / _INDEX_FILE),
+                "build_seconds": self.build_seconds, "build_memory_bytes": self.build_memory_bytes,
+            }
+            atomic_write_json(tmp / _META_FILE, meta)
         return path
 
     @classmethod

@@ -20,7 +20,8 @@ import scipy.sparse as sp
 
 from ..errors import MetricrecError, UnknownIdError
 
-__all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only", "load_serving_model"]
+__all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only", "load_serving_model",
+           "model_path"]
 
 
 class RequestError(Exception):
@@ -38,6 +39,15 @@ class Limits:
     max_n: int = 1000
     max_items: int = 1000
     max_body_bytes: int = 1_000_000
+
+
+def model_path(path: str | os.PathLike) -> Path:
+    """The model directory of ``path``: ``path`` itself, or ``path/model`` for a folder written by
+    ``metricrec train`` (which saves its model there)."""
+    p = Path(path)
+    if not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
+        return p / "model"
+    return p
 
 
 def load_model_only(path: str | os.PathLike, *, index: bool = False) -> Any:
@@ -123,7 +133,7 @@ class ModelHolder:
     """
 
     def __init__(self, path: str | os.PathLike, loader: Callable[[str], Any] | None = None) -> None:
-        self.path = str(Path(path))
+        self.path = str(model_path(path))
         self._loader = loader or load_serving_model
         self._lock = threading.Lock()
         self._generation = 0
@@ -208,10 +218,9 @@ def _result(key: str, query: Any, items: np.ndarray, scores: np.ndarray) -> dict
 # ---------------------------------------------------------------------- queries
 def recommend_user(snap: Snapshot, user: Any, n: int) -> dict[str, Any]:
     """Top-``n`` items for a known user (already-liked items filtered)."""
-    raw = check_raw_id(user, "user")
+    raw = _model_id(check_raw_id(user, "user"), getattr(snap.model, "user_map", None))
     try:
-        items, scores = snap.model.recommend_raw([_model_id(raw, getattr(snap.model, "user_map", None))], N=n,
-                                                 approximate=snap.approximate)[0]
+        items, scores = snap.model.recommend_raw([raw], N=n, approximate=snap.approximate)[0]
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
     return _result("user", raw, items, scores)
@@ -229,7 +238,7 @@ def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
         raise _unknown(exc) from None
     own = model.item_map.raw(row) if getattr(model, "item_map", None) is not None else row
     keep = np.asarray([x != own for x in np.asarray(items).tolist()], dtype=bool)
-    return _result("item", raw, np.asarray(items)[keep][:n], np.asarray(scores)[keep][:n])
+    return _result("item", query, np.asarray(items)[keep][:n], np.asarray(scores)[keep][:n])
 
 
 def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, Any]:
@@ -246,8 +255,9 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
     if len(liked) > limits.max_items:
         raise RequestError(422, "too_many_items", f"at most {limits.max_items} items, got {len(liked)}")
     n = parse_n(body.get("n", 10), limits, json_value=True)
-    raws = list(dict.fromkeys(check_raw_id(x, "item") for x in liked))
     model = snap.model
+    item_map = getattr(model, "item_map", None)
+    raws = list(dict.fromkeys(_model_id(check_raw_id(x, "item"), item_map) for x in liked))
     try:
         rows = np.unique(np.asarray(model.item_index(raws), dtype=np.int64))
         vec = np.asarray(model.fold_in([raws]), dtype=np.float32)

@@ -49,3 +49,10 @@ def test_index_command_errors_are_one_line(tmp_path, tiny_model, capsys):
         assert words in err and len(err.splitlines()) == 1, err
     assert main(["index", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no model at" in capsys.readouterr().err
+
+
+def test_a_train_run_folder_means_its_model_folder(tmp_path, tiny_model, capsys):
+    tiny_model.save(tmp_path / "run" / "model")  # what `metricrec train --out run` writes
+    assert main(["index", "--model", str(tmp_path / "run"), "--kind", "flat", "--sample-users", "0"]) == 0
+    assert (tmp_path / "run" / "model" / "index" / "index.json").is_file()
+    assert load_serving_model(tmp_path / "run" / "model").ann_index.kind == "flat"

