@@ -100,7 +100,8 @@ def _check_params(kind: str, n: int, params: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown {kind} index parameter(s) {', '.join(unknown)} (known: {', '.join(allowed) or 'none'})")
+        raise ConfigError(f"unknown {kind} index parameter(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(allowed) or 'none'})")
     out = {**allowed, **{k: v for k, v in params.items() if v is not None}}
     if kind == "hnsw":
         for name in ("m", "ef_construction", "ef_search"):
@@ -281,7 +282,8 @@ class AnnIndex:
         if not file.is_file():
             raise ModelFileError(f"{path}: {_INDEX_FILE} is missing (rebuild with 'metricrec index')")
         if _file_sha256(file) != meta["index_sha256"]:
-            raise ModelFileError(f"{file}: does not match {_META_FILE} (corrupt or half-written; rebuild with 'metricrec index')")
+            raise ModelFileError(f"{file}: does not match {_META_FILE} (corrupt or half-written; "
+                                 "rebuild with 'metricrec index')")
         faiss = _faiss()
         try:
             index = faiss.read_index(str(file))
@@ -295,7 +297,8 @@ class AnnIndex:
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"AnnIndex(kind={self.kind!r}, {self.n_items} x {self.d}, {self.metric}{', ' + params if params else ''})"
+        tail = f", {params}" if params else ""
+        return f"AnnIndex(kind={self.kind!r}, {self.n_items} x {self.d}, {self.metric}{tail})"
 
 
 def _new_index(faiss: Any, kind: str, d: int, p: dict[str, Any], metric: int) -> Any:

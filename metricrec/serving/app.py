@@ -63,8 +63,8 @@ class BodyLimit:
             if not text.isdigit():
                 return await _error(400, "invalid_header", "Content-Length must be a number")(scope, receive, send)
             if int(text) > self.max_bytes:
-                return await _error(413, "body_too_large",
-                                    f"the body has {int(text)} bytes, the limit is {self.max_bytes}")(scope, receive, send)
+                detail = f"the body has {int(text)} bytes, the limit is {self.max_bytes}"
+                return await _error(413, "body_too_large", detail)(scope, receive, send)
         seen = 0
 
         async def limited() -> dict:
@@ -163,7 +163,8 @@ def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise RequestError(400, "malformed_json", f"the body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RequestError(400, "malformed_json", f"the body is not valid JSON ({reason})") from None
 
 
 def _add_error_handlers(app: Any) -> None:

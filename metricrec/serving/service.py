@@ -24,6 +24,9 @@ __all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only
            "model_path"]
 
 
+_FOLD_IN_LOCK = threading.Lock()
+
+
 class RequestError(Exception):
     """A request the service refuses: ``status`` (4xx), a short ``error`` code and a ``detail``."""
 
@@ -115,7 +118,8 @@ class Snapshot:
             "status": "ok", "model": self.path, "model_type": getattr(m, "model_name", type(m).__name__),
             "distance": m.distance, "n_users": int(m.user_embeddings.shape[0]),
             "n_items": int(m.item_embeddings.shape[0]), "factors": int(m.item_embeddings.shape[1]),
-            "loaded_at": _dt.datetime.fromtimestamp(self.loaded_at, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "loaded_at": _dt.datetime.fromtimestamp(self.loaded_at, _dt.timezone.utc).isoformat(
+                timespec="milliseconds"),
             "load_seconds": round(self.load_seconds, 3), "generation": self.generation,
             "index": getattr(index, "kind", None) if index is not None else None, "pid": os.getpid(),
         }
@@ -260,7 +264,8 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
     raws = list(dict.fromkeys(_model_id(check_raw_id(x, "item"), item_map) for x in liked))
     try:
         rows = np.unique(np.asarray(model.item_index(raws), dtype=np.int64))
-        vec = np.asarray(model.fold_in([raws]), dtype=np.float32)
+        with _FOLD_IN_LOCK:  # one at a time: it is parallel itself, and numba's workqueue layer is not re-entrant
+            vec = np.asarray(model.fold_in([raws]), dtype=np.float32)
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
     n_items = model.item_embeddings.shape[0]

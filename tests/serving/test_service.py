@@ -51,7 +51,8 @@ def test_recommend_a_known_user_by_its_raw_id(served):
     r = client.get("/recommend", params={"user": "100", "n": 5})
     assert r.status_code == 200
     body = r.json()
-    assert body["user"] == 100 and len(body["items"]) == 5  # the model's id, typed as the model has it and all(i.startswith("item-") for i in body["items"])
+    assert body["user"] == 100  # the model's id, typed as the model has it
+    assert len(body["items"]) == 5 and all(i.startswith("item-") for i in body["items"])
     assert not set(body["items"]) & _liked(model, 100)
     assert body["scores"] == sorted(body["scores"], reverse=True)
     exact_items, _ = model.recommend_raw([100], N=5)[0]
@@ -170,7 +171,8 @@ def _wait_generation(client, generation: int, timeout: float = 10.0) -> dict:
 def test_reload_while_requests_are_in_flight(tmp_path, tiny_model):
     model_dir = tmp_path / "model"
     tiny_model.save(model_dir)
-    with ServerProcess(model_dir, "--no-warm-up", timeout=60) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with ServerProcess(model_dir, "--no-warm-up", timeout=60) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
         stop, results = threading.Event(), []
         workers = [threading.Thread(target=_hammer, args=(server.url, stop, results)) for _ in range(4)]
         for w in workers:
