@@ -12,10 +12,12 @@ rows a batch touched, never to the size of the table.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
-__all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows"]
+__all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows", "numba_module"]
 
 
 class GradBuffer:
@@ -46,13 +48,30 @@ class GradBuffer:
 _fused = None
 
 
+def numba_module():
+    """numba for the compiled training paths, or None when it is not installed.
+
+    Unless ``NUMBA_THREADING_LAYER`` says otherwise, numba's parallel loops run on its own
+    ``workqueue`` pool instead of OpenMP: OpenMP workers spin while they wait, and on a machine with
+    any other load two spinning pools (numba's and torch's) made the compiled epoch up to 8x slower
+    (benchmarks/results/scale.md); the workqueue pool sleeps. The layer is fixed at numba's first
+    parallel launch in the process, so this must run before it.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+    return numba
+
+
 def _fused_adagrad():
     """The compiled fused AdaGrad step (numba), or None when numba is not installed."""
     global _fused
     if _fused is None:
-        try:
-            import numba
-        except ImportError:
+        numba = numba_module()
+        if numba is None:
             _fused = False
             return None
 

@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .optim import numba_module
+
 __all__ = ["NegativeDraw", "PositiveSet", "UniformSampler", "PopularitySampler", "make_sampler"]
 
 # Above this many (user, item) cells the torch membership test uses binary search instead of a bitmap.
@@ -31,12 +33,8 @@ def _numba_kernels():
     """The compiled membership kernels (numba), or None when numba is not installed."""
     global _kernels
     if _kernels is None:
-        try:
-            import numba
-        except ImportError:
-            _kernels = False
-            return None
-        _kernels = _compile(numba)
+        numba = numba_module()
+        _kernels = False if numba is None else _compile(numba)
     return _kernels or None
 
 

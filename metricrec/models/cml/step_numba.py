@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .step_torch import StepStats, add_covariance_term
-from ...training.optim import GradBuffer
+from ...training.optim import GradBuffer, numba_module
 from ...training.sampling import NegativeDraw
 
 __all__ = ["available", "cml_step_numba"]
@@ -47,7 +47,7 @@ def _compile():
     global _kernels
     if _kernels is not None:
         return _kernels
-    import numba
+    numba = numba_module()
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def pair_pass(U, V, users, pos, negs, margin, n_items, use_rank, w_out, h_out, k_out):
