@@ -140,6 +140,9 @@ class Trainer:
                        GradBuffer(*i.shape, dtype=i.dtype, device=self.device))
         self.history = History()
         self._header_done = False
+        #: Set to a dict to accumulate wall seconds per phase of every epoch (shuffle, pairs,
+        #: sampling, step, exchange, optimiser): what the benchmarks' phase profiles read.
+        self.phase_seconds: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ one epoch
     def run_epoch(self) -> EpochRecord:
@@ -167,11 +170,13 @@ class Trainer:
         return record
 
     def _train_pairs(self) -> tuple[float, dict[str, float]]:
-        cfg, step, par = self.config, self.step, self.parallel
+        cfg, step, par, clock = self.config, self.step, self.parallel, self.phase_seconds
         n_pairs = self.train.nnz
+        t = time.perf_counter()
         dtype = torch.int32 if n_pairs < 2**31 else torch.int64
         order = torch.randperm(n_pairs, generator=self._gen, dtype=dtype).to(self.device)
         total, parts = 0.0, {}
+        t = _tick(clock, "shuffle", t)
         for lo in range(0, n_pairs, self.batch_size):
             idx = order[lo: lo + self.batch_size]
             if par is not None:
@@ -179,15 +184,20 @@ class Trainer:
                     break
                 idx = par.shard(idx)
             users, items = self.pairs(idx)
+            t = _tick(clock, "pairs", t)
             draw = self._sampler.sample(users, cfg.n_negatives, cfg.negative_group)
+            t = _tick(clock, "sampling", t)
             loss, terms = step.batch(users, items, draw, *self._grads)
+            t = _tick(clock, "step", t)
             if par is not None:
                 par.combine(*self._grads)
+                t = _tick(clock, "exchange", t)
             self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
             if self.frozen_items:
                 self._grads[1].pop()  # discard: the items stay as they are (fold-in)
             else:
                 self._opt[1].step_buffer(self._grads[1], max_norm=cfg.max_norm)
+            t = _tick(clock, "optimiser", t)
             total += loss
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + v
@@ -243,6 +253,15 @@ class Trainer:
         r50 = f"{r.valid['recall@50']:.4f}" if r.valid else "-"
         r100 = f"{r.valid['recall@100']:.4f}" if r.valid else "-"
         tqdm.write(f"{r.epoch:>5}  {r.loss:>12.4f}  {r50:>7}  {r100:>7}  {r.seconds:>7.3f}", file=self.stream)
+
+
+def _tick(clock: dict[str, float] | None, phase: str, t0: float) -> float:
+    """Add the seconds since ``t0`` to ``clock[phase]`` (when profiling); return now."""
+    if clock is None:
+        return t0
+    now = time.perf_counter()
+    clock[phase] = clock.get(phase, 0.0) + now - t0
+    return now
 
 
 class _Best:

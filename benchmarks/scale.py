@@ -1,0 +1,316 @@
+"""Scaling: CML's cost per training pair from the ML-1M shape to the ML-20M shape, beside LightFM-WARP.
+
+For each shape (the library's synthetic presets ``ml-1m`` and ``ml-20m``, per-user 60/20/20 split,
+seed 0) the training matrix is generated once and cached as an ``.npz`` in a temporary folder (deleted
+at the end; never committed). Each method then trains in a fresh process on that same file, so its
+peak RSS is its own (data loading included, generation excluded):
+
+- metricrec CML through its public API (``CML.fit_partial``, one epoch per call, d = 100, U = 10,
+  the default batch rule, the numba kernel), seconds per epoch from ``last_epoch_seconds``, then one
+  more epoch with the trainer's phase clock on (shuffle, pairs, sampling, kernel, covariance, optimiser);
+- LightFM-WARP through :class:`benchmarks.peers.LightFMPeer` (d = 100, ``max_sampled`` = 10, the same
+  thread count), one ``fit_partial`` epoch per call.
+
+Then two ``metricrec train`` runs on the ML-1M shape with the same global batch: one process, and
+two gloo ranks on 127.0.0.1 under ``torchrun``; their test metrics, epoch times and the bytes each
+rank puts into collectives per step.
+
+    python -m benchmarks.scale                           # both shapes, 3 epochs each, 2 threads
+    python -m benchmarks.scale --presets ml-1m --epochs 5 --name scale-ml1m
+
+Writes benchmarks/results/<name>.json and <name>.md (default ``scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import scipy.sparse as sp
+import torch
+
+from metricrec.serialization import atomic_write_bytes, atomic_write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+
+
+# ---------------------------------------------------------------------- memory
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# ---------------------------------------------------------------------- data
+def prepare(preset: str, cache: Path) -> dict[str, Any]:
+    """Generate and split ``preset`` once; save the training matrix to ``cache`` (reused if there)."""
+    path = cache / f"{preset}-train.npz"
+    if not path.exists():
+        from metricrec.data.splits import ratio_split
+        from metricrec.data.synthetic import generate
+
+        t0 = time.perf_counter()
+        split = ratio_split(generate(preset=preset, seed=0, with_item_features=False), seed=0)
+        train = sp.csr_matrix(split.train.matrix)
+        del split
+        sp.save_npz(path, train, compressed=False)
+        print(f"{preset}: generated and split in {time.perf_counter() - t0:.1f} s", flush=True)
+    train = sp.load_npz(path)
+    return {"preset": preset, "path": str(path), "train_pairs": int(train.nnz), "n_users": int(train.shape[0]),
+            "n_items": int(train.shape[1])}
+
+
+def _load(path: str) -> sp.csr_matrix:
+    return sp.csr_matrix(sp.load_npz(path))
+
+
+# ---------------------------------------------------------------------- workers (child processes)
+def cml_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Epoch times, a phase profile and peak RSS of CML on one training matrix."""
+    from metricrec import CML
+    from metricrec.models.cml import step_numba, step_torch
+
+    mem = {"imports": peak_rss_mb()}
+    train = _load(args.data)
+    mem["data loaded"] = peak_rss_mb()
+    model = CML(factors=args.factors, n_negatives=args.negatives, batch_size=args.batch_size,
+                num_threads=args.threads, kernel=args.kernel, show_progress=False, verbose=False)
+    seconds = []
+    for epoch in range(args.epochs):
+        model.fit_partial(train, epochs=1)
+        seconds.append(model.last_epoch_seconds)
+        print(f"  CML epoch {epoch + 1}: {seconds[-1]:.2f} s", flush=True)
+        if epoch == 0:
+            mem["setup + first epoch"] = peak_rss_mb()
+    mem["training"] = peak_rss_mb()
+    trainer = model._trainer  # the trainer fit_partial keeps: one more epoch with its phase clock on
+    cov = {"seconds": 0.0}
+    original = step_torch.add_covariance_term
+
+    def timed_cov(*a: Any, **kw: Any) -> float:
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            cov["seconds"] += time.perf_counter() - t0
+
+    step_torch.add_covariance_term = step_numba.add_covariance_term = timed_cov
+    trainer.phase_seconds = {}
+    record = trainer.run_epoch()
+    phases = dict(trainer.phase_seconds)
+    phases["kernel"] = phases.pop("step") - cov["seconds"]
+    phases["covariance"] = cov["seconds"]
+    return {"epoch_seconds": seconds, "profiled_epoch_seconds": record.seconds, "phases_seconds": phases,
+            "batch_size": trainer.batch_size, "kernel": trainer.step.backend, "peak_rss_mb": mem,
+            "rss_now_mb": rss_mb()}
+
+
+def lightfm_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Epoch times and peak RSS of LightFM-WARP on one training matrix."""
+    from .peers import LightFMPeer
+
+    mem = {"imports": peak_rss_mb()}
+    train = _load(args.data)
+    mem["data loaded"] = peak_rss_mb()
+    peer = LightFMPeer(loss="warp", no_components=args.factors, max_sampled=args.negatives,
+                       num_threads=args.threads)
+    seconds = []
+    for epoch in range(args.epochs):
+        seconds.append(peer.partial_fit_epoch(train))
+        print(f"  LightFM-WARP epoch {epoch + 1}: {seconds[-1]:.2f} s", flush=True)
+        if epoch == 0:
+            mem["setup + first epoch"] = peak_rss_mb()
+    mem["training"] = peak_rss_mb()
+    return {"epoch_seconds": seconds, "peak_rss_mb": mem, "rss_now_mb": rss_mb()}
+
+
+def run_worker(kind: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Run a worker in a fresh process (its own peak RSS); returns its JSON result."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--worker", kind, "--data", data["path"], "--out", out,
+           "--epochs", str(args.epochs), "--threads", str(args.threads), "--factors", str(args.factors),
+           "--negatives", str(args.negatives), "--kernel", args.kernel]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    load = os.getloadavg()[0]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    result = json.loads(Path(out).read_text())
+    os.unlink(out)
+    result.update(load_before=load, load_after=os.getloadavg()[0])
+    return result
+
+
+# ---------------------------------------------------------------------- 2 gloo ranks
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gloo_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``metricrec train`` on the ML-1M shape: one process vs two gloo ranks (same global batch)."""
+    common = ["-m", "metricrec", "train", "--synthetic", "ml-1m", "--epochs", str(args.gloo_epochs),
+              "--patience", "0", "--no-progress", "--factors", str(args.factors)]
+    runs = {
+        "one process (2 threads)": [sys.executable, *common, "--threads", str(args.threads), "--out",
+                                    str(work / "single")],
+        "2 gloo ranks (1 thread each)": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                         f"--master_port={_free_port()}", *common, "--threads", "1", "--out",
+                                         str(work / "ddp")],
+    }
+    out: dict[str, Any] = {}
+    for name, cmd in runs.items():
+        print(f"gloo benchmark: {name}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        report = json.loads((Path(cmd[-1]) / "report.json").read_text())
+        out[name] = {"wall_seconds": time.perf_counter() - t0, "median_epoch_seconds": report["median_epoch_seconds"],
+                     "batch_size": report["batch_size_used"], "best_epoch": report["best_epoch"],
+                     "test": {k: report["test"][k] for k in ("recall@10", "recall@50", "ndcg@10", "map@10")},
+                     "parallel": report.get("parallel"),
+                     "peak_rss_mb_rank0": report["environment"].get("peak_rss_mb")}
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def summarise(shapes: dict[str, Any]) -> dict[str, Any]:
+    """Per-pair costs, ratios and targets from the per-shape results."""
+    s: dict[str, Any] = {}
+    for preset, r in shapes.items():
+        n = r["data"]["train_pairs"]
+        for method in ("cml", "lightfm_warp"):
+            if method in r:
+                med = _median(r[method]["epoch_seconds"])
+                r[method]["median_epoch_seconds"] = med
+                r[method]["us_per_pair"] = med / n * 1e6
+        if "cml" in r:
+            r["cml"]["phases_us_per_pair"] = {k: v / n * 1e6 for k, v in r["cml"]["phases_seconds"].items()}
+    if {"ml-1m", "ml-20m"} <= set(shapes):
+        small, big = shapes["ml-1m"], shapes["ml-20m"]
+        s["cml_us_per_pair_ratio_20m_over_1m"] = big["cml"]["us_per_pair"] / small["cml"]["us_per_pair"]
+        s["target_per_pair_ratio_at_most"] = 1.5
+    if "ml-20m" in shapes and "lightfm_warp" in shapes["ml-20m"]:
+        big = shapes["ml-20m"]
+        s["cml_epoch_over_lightfm_epoch_20m"] = big["cml"]["median_epoch_seconds"] / big["lightfm_warp"]["median_epoch_seconds"]
+        s["cml_peak_rss_over_lightfm_20m"] = big["cml"]["peak_rss_mb"]["training"] / big["lightfm_warp"]["peak_rss_mb"]["training"]
+    return s
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as markdown tables."""
+    a = result["settings"]
+    lines = [f"# Scaling to the ML-20M shape ({result['when']}, {a['threads']} threads, d={a['factors']}, "
+             f"U={a['negatives']}, {result['cpus']} CPUs)", "",
+             "| shape | train pairs | users x items | method | median s/epoch | µs/pair | peak RSS MB | epochs (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for preset, r in result["shapes"].items():
+        d = r["data"]
+        for method, label in (("cml", f"metricrec CML ({r.get('cml', {}).get('kernel', '')}, batch "
+                                      f"{r.get('cml', {}).get('batch_size', '')})"), ("lightfm_warp", "LightFM-WARP")):
+            if method in r:
+                m = r[method]
+                lines.append(f"| {preset} | {d['train_pairs']:,} | {d['n_users']:,} x {d['n_items']:,} | {label} | "
+                             f"{m['median_epoch_seconds']:.2f} | {m['us_per_pair']:.3f} | "
+                             f"{m['peak_rss_mb']['training']:.0f} | {', '.join(f'{x:.2f}' for x in m['epoch_seconds'])} |")
+    lines += ["", *[f"- {k}: {v:.3f}" for k, v in result["summary"].items()], ""]
+    lines += _phase_table(result["shapes"])
+    if result.get("gloo"):
+        lines += ["", "## One process vs 2 gloo ranks (ML-1M shape, `metricrec train`, same global batch)", "",
+                  "| run | median s/epoch | batch | R@10 | R@50 | NDCG@10 | bytes/step/rank | collectives/step |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, g in result["gloo"].items():
+            per = (g["parallel"] or {}).get("per_step", {})
+            lines.append(f"| {name} | {g['median_epoch_seconds']:.3f} | {g['batch_size']:,} | {g['test']['recall@10']:.4f} "
+                         f"| {g['test']['recall@50']:.4f} | {g['test']['ndcg@10']:.4f} | "
+                         f"{per.get('bytes', 0) / 1e6:.2f} MB | {per.get('calls', 0):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _phase_table(shapes: dict[str, Any]) -> list[str]:
+    names = ["shuffle", "pairs", "sampling", "kernel", "covariance", "optimiser"]
+    lines = ["CML, one more epoch by phase (µs per training pair) and peak RSS by phase (MB):", "",
+             "| shape | " + " | ".join(names) + " | total | RSS: data | RSS: setup + epoch 1 | RSS: training |",
+             "|---|" + "---|" * (len(names) + 4)]
+    for preset, r in shapes.items():
+        if "cml" not in r:
+            continue
+        ph, mem = r["cml"]["phases_us_per_pair"], r["cml"]["peak_rss_mb"]
+        lines.append(f"| {preset} | " + " | ".join(f"{ph.get(k, 0.0):.3f}" for k in names)
+                     + f" | {sum(ph.values()):.3f} | {mem['data loaded']:.0f} | {mem['setup + first epoch']:.0f} | "
+                     f"{mem['training']:.0f} |")
+    return lines
+
+
+# ---------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="ml-1m,ml-20m")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per method and shape")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--factors", type=int, default=100)
+    p.add_argument("--negatives", type=int, default=10)
+    p.add_argument("--batch-size", type=int, help="CML batch size (default: the library's rule)")
+    p.add_argument("--kernel", default="auto")
+    p.add_argument("--no-lightfm", action="store_true")
+    p.add_argument("--gloo-epochs", type=int, default=10, help="epochs of the 2-rank run (0: skip it)")
+    p.add_argument("--cache", help="folder for the generated training matrices (default: a temporary one)")
+    p.add_argument("--name", default="scale")
+    p.add_argument("--worker", choices=("cml", "lightfm"), help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        result = (cml_worker if args.worker == "cml" else lightfm_worker)(args)
+        Path(args.out).write_text(json.dumps(result))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="metricrec-scale-") as tmp:
+        cache = Path(args.cache or tmp)
+        cache.mkdir(parents=True, exist_ok=True)
+        shapes: dict[str, Any] = {}
+        for preset in args.presets.split(","):
+            data = prepare(preset, cache)
+            print(f"{preset}: {data['train_pairs']:,} training pairs, {data['n_users']:,} x {data['n_items']:,}", flush=True)
+            shapes[preset] = {"data": {k: v for k, v in data.items() if k != "path"}}
+            shapes[preset]["cml"] = run_worker("cml", data, args)
+            if not args.no_lightfm:
+                shapes[preset]["lightfm_warp"] = run_worker("lightfm", data, args)
+        gloo = gloo_run(args, Path(tmp)) if args.gloo_epochs else None
+    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "data", "out")},
+              "shapes": shapes, "summary": summarise(shapes), "gloo": gloo, "torch": torch.__version__,
+              "python": platform.python_version(), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_json(RESULTS / f"{args.name}.json", result)
+    atomic_write_bytes(RESULTS / f"{args.name}.md", markdown(result).encode())
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
