@@ -49,6 +49,12 @@ class TrainingConfig:
     max_norm : float or None
         Radius of the ball the rows are projected into after every update (None: no bound).
     seed : int
+    valid_users : int or None
+        Validation users ranked after each epoch for early stopping: a fixed, seeded sample of this
+        many users with a validation item when there are more (default 2,000; None: all). The full
+        metric set on all users is computed once, at the end, by whoever reports it.
+    eval_every : int
+        Validate every this many epochs (default 1); patience still counts epochs.
     """
 
     epochs: int = 100
@@ -62,9 +68,13 @@ class TrainingConfig:
     sampler_alpha: float = 0.75
     max_norm: float | None = None
     seed: int = 0
+    valid_users: int | None = 2000
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
-        check_positive_int(self, "epochs", "n_negatives", "negative_group")
+        check_positive_int(self, "epochs", "n_negatives", "negative_group", "eval_every")
+        if self.valid_users is not None:
+            check_positive_int(self, "valid_users")
         if self.batch_size is not None:
             check_positive_int(self, "batch_size")
         for name in ("patience", "seed"):

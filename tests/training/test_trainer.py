@@ -221,3 +221,27 @@ def test_the_trainer_drives_any_step_without_knowing_the_model(split):
     assert h.best_epoch == 3
     touched_users = np.flatnonzero(np.diff(train.indptr))
     assert (step.user_emb[touched_users] < 0).all()  # every user with a pair moved against its gradient
+
+
+def test_validation_ranks_a_fixed_sample_of_users_and_can_skip_epochs(split):
+    from metricrec.metrics import evaluate
+
+    calls = []
+    m = _cml(epochs=4, patience=0, valid_users=50, eval_every=2)
+    m.fit(split.train, split.valid, callbacks=[lambda r, t: calls.append((r.epoch, bool(r.valid), t.valid_users))])
+    assert [c[:2] for c in calls] == [(1, False), (2, True), (3, False), (4, True)]
+    sample = calls[0][2]
+    assert sample.size == 50 and all(np.array_equal(c[2], sample) for c in calls)
+    assert (np.diff(split.valid.matrix.indptr)[sample] > 0).all()  # only users with a validation item
+    # the number recorded is Recall@50 over exactly those users
+    best = m.history.epochs[m.history.best_epoch - 1]
+    again = evaluate(m.scorer(), split.valid.matrix, split.train.matrix, ks=(50,), metrics=("recall",), users=sample)
+    assert best.valid["recall@50"] == pytest.approx(again["recall@50"]) and best.valid["n_users"] == 50
+    assert m.history.best_epoch in (2, 4)
+
+
+def test_patience_counts_epochs_when_validation_skips_some(split):
+    m = _cml(epochs=60, patience=4, eval_every=2, learning_rate=0.5).fit(split.train, split.valid)
+    h = m.history
+    if h.stopped_early:
+        assert len(h.epochs) - h.best_epoch == 4
