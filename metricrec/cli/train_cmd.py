@@ -79,12 +79,25 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "batch_size":
             g.add_argument(flag, dest=f.name, type=int, default=None, help="default: n_pairs / 8 within [1000, 50000]")
             continue
+        if f.name == "valid_users":
+            g.add_argument(flag, dest=f.name, type=_int_or_none, default=None, metavar="N|all",
+                           help=f"validation users ranked each epoch for early stopping (default {f.default}; all: every one)")
+            continue
         if f.name in ("max_norm", "init_std"):
             g.add_argument(flag, dest=f.name, type=_float_or_none, default=None, metavar="X|none",
                            help=f"default {f.default}")
             continue
         kind = type(f.default) if f.default is not None else float
         g.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+
+
+def _int_or_none(text: str) -> int | str:
+    if text.strip().lower() in ("all", "none"):
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of users or 'all', got {text!r}") from None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
