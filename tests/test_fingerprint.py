@@ -98,3 +98,60 @@ def test_bad_input_is_refused():
         fingerprint(m.toarray(), users, items)
     with pytest.raises(ValueError, match="user ids: expected 30"):
         fingerprint(m, users[:-1], items)
+
+
+# ---------------------------------------------------------------------- the CLI refuses other data
+def _pairs_csv(path, shift):
+    """30 users x 20 items, 6 items per user; ``shift`` moves every user's items (same ids, same counts)."""
+    lines = ["user,item"] + [f"u{u},i{(u + 3 * k + shift) % 20}" for u in range(30) for k in range(6)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+FAST = ["--epochs", "2", "--batch-size", "64", "--factors", "4", "--no-progress", "--threads", "1", "--kernel", "torch"]
+
+
+def test_evaluate_refuses_a_different_file_of_the_same_shape(tmp_path, monkeypatch, capsys):
+    from metricrec.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    _pairs_csv(tmp_path / "train.csv", 0)
+    _pairs_csv(tmp_path / "other.csv", 1)
+    assert main(["train", "--interactions", "train.csv", "--user-col", "user", "--item-col", "item",
+                 "--out", "run", *FAST]) == 0
+    doc = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert doc["source"]["path"] == str(tmp_path / "train.csv") and doc["args"]["interactions"] == doc["source"]["path"]
+    assert doc["out"] == str(tmp_path / "run") and doc["train_fingerprint"]["n_users"] == 30
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"]["source"]["path"] == str(tmp_path / "train.csv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # data.json holds absolute paths: the run is usable from anywhere
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--interactions", str(tmp_path / "train.csv"),
+                 "--user-col", "user", "--item-col", "item"]) == 0
+    capsys.readouterr()
+    rc = main(["evaluate", "--model", str(tmp_path / "run"), "--interactions", str(tmp_path / "other.csv"),
+               "--user-col", "user", "--item-col", "item"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "other.csv" in err and "is not the data the model was trained on" in err
+    assert "training pairs differ (same counts, different pairs)" in err
+
+
+def test_the_models_own_fingerprint_is_checked_first(tmp_path):
+    import argparse
+    from types import SimpleNamespace
+
+    from metricrec.cli.train_cmd import _data_for_run
+    from metricrec.cli.sources import rebuild
+
+    csv = _pairs_csv(tmp_path / "a.csv", 0)
+    args = rebuild({"interactions": str(csv), "user_col": "user", "item_col": "item"})
+    args.model = "m"
+    m, users, items = _data(30, 20)
+    model = SimpleNamespace(data_fingerprint=fingerprint(m, users, items))
+    with pytest.raises(DataError, match="a.csv.*(training pairs|user ids|item ids)"):
+        _data_for_run(args, {}, model)
+    assert isinstance(args, argparse.Namespace)

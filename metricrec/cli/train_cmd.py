@@ -19,7 +19,9 @@ import torch
 from .. import __version__
 from ..models.cml.model import CML
 from ..models.cml.config import CMLConfig
+from ..fingerprint import check_fingerprint, fingerprint
 from ..metrics import evaluate_part
+from ..models.base import EmbeddingRecommender, load_model
 from ..serialization import atomic_write_json
 from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
@@ -175,7 +177,9 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     wall = time.perf_counter() - t0
     test, eval_s = _score(model, split, "test")
     model.save(out / "model", weights_format=args.weights_format)
-    data_doc = {"source": desc, "args": describe_args(args), "split": _jsonable(split.meta), "sizes": sizes}
+    data_doc = {"source": _absolute_paths(desc), "args": _absolute_paths(describe_args(args)),
+                "split": _jsonable(split.meta), "sizes": sizes, "out": os.path.abspath(out),
+                "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
     atomic_write_json(out / "data.json", data_doc)
     hist = model.history
     report = {
@@ -192,7 +196,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
         "wall_seconds": wall,
         "test": test,
         "test_eval_seconds": eval_s,
-        "features": feature_doc or None,
+        "features": _absolute_paths(feature_doc) or None,
         "parallel": None if parallel is None else {"world_size": parallel.world, "backend": parallel.backend,
                                                    "per_step": parallel.stats.per_step(), "by_op": parallel.stats.by_op},
         "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -255,16 +259,24 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- evaluate
-def _load_run(model_dir: str) -> tuple[CML, dict[str, Any]]:
+def _load_run(model_dir: str) -> tuple[EmbeddingRecommender, dict[str, Any]]:
+    """The model of a run folder (or a model folder / file itself) and the run's ``data.json`` ({} if none)."""
     run = Path(model_dir)
-    model_path = run / "model" if (run / "model").exists() else run
-    model = CML.load(model_path)
-    data_json = run / "data.json"
-    doc = json.loads(data_json.read_text()) if data_json.is_file() else {}
-    return model, doc
+    is_model = (run / "config.json").is_file() or run.suffix == ".npz"
+    model = load_model(run if is_model else run / "model")  # a half-swapped model folder is recovered
+    data_json = (run.parent if is_model else run) / "data.json"
+    if not data_json.is_file():
+        return model, {}
+    try:
+        doc = json.loads(data_json.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{data_json}: not valid JSON ({exc})") from None
+    return model, doc if isinstance(doc, dict) else {}
 
 
-def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: CML) -> Split:
+def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: EmbeddingRecommender) -> Split:
+    """The split to score: from the data flags given, else rebuilt from ``data.json``; refused unless its
+    training part is the model's training data (fingerprints; only the shape for older runs)."""
     has_flags = any(getattr(args, k, None) for k in ("dataset", "interactions", "synthetic", "train"))
     if has_flags:
         data_args = args
@@ -274,12 +286,23 @@ def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: CML) -> 
             data_args.dataset, data_args.synthetic = None, doc["source"]["preset"]
     else:
         raise ValueError(f"{args.model}: no data.json next to the model; give the data flags (e.g. --dataset)")
-    data, _ = load_data(data_args)
+    data, desc = load_data(data_args)
     split = make_split(data_args, data)
-    if split.train.shape != (model.user_embeddings.shape[0], model.item_embeddings.shape[0]):
+    expected = getattr(model, "data_fingerprint", None) or doc.get("train_fingerprint")
+    if expected:
+        actual = fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)
+        check_fingerprint(expected, actual, f"the data ({_source_line(desc)}, training part)")
+    elif split.train.shape != (model.user_embeddings.shape[0], model.item_embeddings.shape[0]):
         raise ValueError(f"the data has shape {split.train.shape} but the model was trained on "
                          f"{model.user_embeddings.shape[0]} users x {model.item_embeddings.shape[0]} items")
     return split
+
+
+def _absolute_paths(desc: dict[str, Any]) -> dict[str, Any]:
+    """``desc`` with the file and folder paths it records made absolute (run metadata outlives the cwd)."""
+    keys = ("path", "data_dir", "interactions", "train", "valid", "test")
+    return {k: os.path.abspath(os.path.expanduser(v)) if k in keys and isinstance(v, str) and v and v != "None" else v
+            for k, v in desc.items()}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
