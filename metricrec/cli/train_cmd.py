@@ -177,9 +177,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     wall = time.perf_counter() - t0
     test, eval_s = _score(model, split, "test")
     model.save(out / "model", weights_format=args.weights_format)
-    data_doc = {"source": _absolute_paths(desc), "args": _absolute_paths(describe_args(args)),
-                "split": _jsonable(split.meta), "sizes": sizes, "out": os.path.abspath(out),
-                "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
+    data_doc = _data_doc(args, desc, split, out)
     atomic_write_json(out / "data.json", data_doc)
     hist = model.history
     report = {
@@ -208,6 +206,14 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     _print_metrics(test, "test")
     print(f"saved model -> {out / 'model'}; report -> {out / 'report.json'}")
     return 0
+
+
+def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path) -> dict[str, Any]:
+    """What ``data.json`` records: the data source and flags (absolute paths), the split, the run folder
+    and the fingerprint of the training part (checked by ``metricrec evaluate``)."""
+    return {"source": _absolute_paths(desc), "args": _absolute_paths(describe_args(args)),
+            "split": _jsonable(split.meta), "sizes": split.sizes(), "out": os.path.abspath(out),
+            "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
 
 
 def _score(model: CML, split: Split, part: str) -> tuple[dict[str, float], float]:
