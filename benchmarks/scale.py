@@ -61,24 +61,45 @@ def rss_mb() -> float:
 # ---------------------------------------------------------------------- data
 def prepare(preset: str, cache: Path) -> dict[str, Any]:
     """Generate and split ``preset`` once; save the training matrix to ``cache`` (reused if there)."""
-    path = cache / f"{preset}-train.npz"
-    if not path.exists():
+    path, valid_path = cache / f"{preset}-train.npz", cache / f"{preset}-valid.npz"
+    if not (path.exists() and valid_path.exists()):
         from metricrec.data.splits import ratio_split
         from metricrec.data.synthetic import generate
 
         t0 = time.perf_counter()
         split = ratio_split(generate(preset=preset, seed=0, with_item_features=False), seed=0)
-        train = sp.csr_matrix(split.train.matrix)
+        sp.save_npz(path, sp.csr_matrix(split.train.matrix), compressed=False)
+        sp.save_npz(valid_path, sp.csr_matrix(split.valid.matrix), compressed=False)
         del split
-        sp.save_npz(path, train, compressed=False)
         print(f"{preset}: generated and split in {time.perf_counter() - t0:.1f} s", flush=True)
     train = sp.load_npz(path)
-    return {"preset": preset, "path": str(path), "train_pairs": int(train.nnz), "n_users": int(train.shape[0]),
+    return {"preset": preset, "path": str(path), "valid_path": str(valid_path), "train_pairs": int(train.nnz), "n_users": int(train.shape[0]),
             "n_items": int(train.shape[1])}
 
 
 def _load(path: str) -> sp.csr_matrix:
     return sp.csr_matrix(sp.load_npz(path))
+
+
+def proposed_batch_size(n_pairs: int, n_users: int, n_items: int) -> int:
+    """The batch rule proposed in docs/scaling.md: an eighth of the pairs within [1,000, cap], the cap
+    50,000 or five times the number of rows (users + items), whichever is larger -- so that a step
+    touches a bounded number of rows per pair (the covariance term and the optimiser cost per
+    distinct row). Unchanged up to ~10k rows (ML-1M: 50,000); 826,185 on the ML-20M shape."""
+    return int(min(max(1_000, n_pairs // 8), max(50_000, 5 * (n_users + n_items))))
+
+
+def valid_recall(scorer: Any, args: argparse.Namespace, train: sp.csr_matrix) -> float:
+    """Valid Recall@50 over a fixed sample of ``--quality-users`` users (train items excluded)."""
+    import numpy as np
+
+    from metricrec.metrics import evaluate
+
+    valid = _load(args.valid)
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if users.size > args.quality_users:
+        users = np.sort(np.random.default_rng(0).choice(users, args.quality_users, replace=False))
+    return float(evaluate(scorer, valid, train, ks=(50,), metrics=("recall",), users=users)["recall@50"])
 
 
 # ---------------------------------------------------------------------- workers (child processes)
@@ -90,17 +111,14 @@ def cml_worker(args: argparse.Namespace) -> dict[str, Any]:
     mem = {"imports": peak_rss_mb()}
     train = _load(args.data)
     mem["data loaded"] = peak_rss_mb()
-    model = CML(factors=args.factors, n_negatives=args.negatives, batch_size=args.batch_size,
-                num_threads=args.threads, kernel=args.kernel, show_progress=False, verbose=False)
-    seconds = []
-    for epoch in range(args.epochs):
-        model.fit_partial(train, epochs=1)
-        seconds.append(model.last_epoch_seconds)
-        print(f"  CML epoch {epoch + 1}: {seconds[-1]:.2f} s", flush=True)
-        if epoch == 0:
-            mem["setup + first epoch"] = peak_rss_mb()
-    mem["training"] = peak_rss_mb()
-    trainer = model._trainer  # the trainer fit_partial keeps: one more epoch with its phase clock on
+    model = CML(factors=args.factors, n_negatives=args.negatives, batch_size=args.batch_size, epochs=args.epochs,
+                patience=0, num_threads=args.threads, kernel=args.kernel, show_progress=False, verbose=False)
+    model.fit(train)  # one trainer, no validation: per-epoch training seconds in the history
+    seconds = [e.seconds for e in model.history.epochs]
+    print("  CML epochs: " + ", ".join(f"{x:.2f} s" for x in seconds), flush=True)
+    mem["setup + training"] = peak_rss_mb()
+    quality = valid_recall(model.scorer(), args, train) if args.valid else None
+    trainer = model._trainer  # the trainer fit keeps: one more epoch with its phase clock on
     cov = {"seconds": 0.0}
     original = step_torch.add_covariance_term
 
@@ -117,9 +135,10 @@ def cml_worker(args: argparse.Namespace) -> dict[str, Any]:
     phases = dict(trainer.phase_seconds)
     phases["kernel"] = phases.pop("step") - cov["seconds"]
     phases["covariance"] = cov["seconds"]
+    mem["phase profile"] = peak_rss_mb()
     return {"epoch_seconds": seconds, "profiled_epoch_seconds": record.seconds, "phases_seconds": phases,
             "batch_size": trainer.batch_size, "kernel": trainer.step.backend, "peak_rss_mb": mem,
-            "rss_now_mb": rss_mb()}
+            "training_peak_rss_mb": mem["setup + training"], "valid_recall@50": quality, "rss_now_mb": rss_mb()}
 
 
 def lightfm_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,21 +154,23 @@ def lightfm_worker(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(args.epochs):
         seconds.append(peer.partial_fit_epoch(train))
         print(f"  LightFM-WARP epoch {epoch + 1}: {seconds[-1]:.2f} s", flush=True)
-        if epoch == 0:
-            mem["setup + first epoch"] = peak_rss_mb()
-    mem["training"] = peak_rss_mb()
-    return {"epoch_seconds": seconds, "peak_rss_mb": mem, "rss_now_mb": rss_mb()}
+    mem["setup + training"] = peak_rss_mb()
+    quality = valid_recall(peer.scorer(), args, train) if args.valid else None
+    return {"epoch_seconds": seconds, "peak_rss_mb": mem, "training_peak_rss_mb": mem["setup + training"],
+            "valid_recall@50": quality, "rss_now_mb": rss_mb()}
 
 
-def run_worker(kind: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def run_worker(kind: str, data: dict[str, Any], args: argparse.Namespace, batch_size: int | None = None) -> dict[str, Any]:
     """Run a worker in a fresh process (its own peak RSS); returns its JSON result."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     cmd = [sys.executable, "-m", "benchmarks.scale", "--worker", kind, "--data", data["path"], "--out", out,
            "--epochs", str(args.epochs), "--threads", str(args.threads), "--factors", str(args.factors),
-           "--negatives", str(args.negatives), "--kernel", args.kernel]
-    if args.batch_size:
-        cmd += ["--batch-size", str(args.batch_size)]
+           "--negatives", str(args.negatives), "--kernel", args.kernel, "--quality-users", str(args.quality_users)]
+    if args.quality_users:
+        cmd += ["--valid", data["valid_path"]]
+    if batch_size or args.batch_size:
+        cmd += ["--batch-size", str(batch_size or args.batch_size)]
     load = os.getloadavg()[0]
     subprocess.run(cmd, check=True, cwd=ROOT)
     result = json.loads(Path(out).read_text())
@@ -195,26 +216,36 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+METHODS = (("cml", "metricrec CML"), ("cml_proposed_rule", "metricrec CML, proposed batch rule"),
+           ("lightfm_warp", "LightFM-WARP"))
+
+
 def summarise(shapes: dict[str, Any]) -> dict[str, Any]:
     """Per-pair costs, ratios and targets from the per-shape results."""
-    s: dict[str, Any] = {}
-    for preset, r in shapes.items():
+    for r in shapes.values():
         n = r["data"]["train_pairs"]
-        for method in ("cml", "lightfm_warp"):
+        for method, _ in METHODS:
             if method in r:
-                med = _median(r[method]["epoch_seconds"])
-                r[method]["median_epoch_seconds"] = med
-                r[method]["us_per_pair"] = med / n * 1e6
-        if "cml" in r:
-            r["cml"]["phases_us_per_pair"] = {k: v / n * 1e6 for k, v in r["cml"]["phases_seconds"].items()}
+                m = r[method]
+                m["median_epoch_seconds"] = _median(m["epoch_seconds"])
+                m["us_per_pair"] = m["median_epoch_seconds"] / n * 1e6
+                if "phases_seconds" in m:
+                    m["phases_us_per_pair"] = {k: v / n * 1e6 for k, v in m["phases_seconds"].items()}
+    s: dict[str, Any] = {}
     if {"ml-1m", "ml-20m"} <= set(shapes):
         small, big = shapes["ml-1m"], shapes["ml-20m"]
-        s["cml_us_per_pair_ratio_20m_over_1m"] = big["cml"]["us_per_pair"] / small["cml"]["us_per_pair"]
-        s["target_per_pair_ratio_at_most"] = 1.5
-    if "ml-20m" in shapes and "lightfm_warp" in shapes["ml-20m"]:
-        big = shapes["ml-20m"]
-        s["cml_epoch_over_lightfm_epoch_20m"] = big["cml"]["median_epoch_seconds"] / big["lightfm_warp"]["median_epoch_seconds"]
-        s["cml_peak_rss_over_lightfm_20m"] = big["cml"]["peak_rss_mb"]["training"] / big["lightfm_warp"]["peak_rss_mb"]["training"]
+        for method in ("cml", "cml_proposed_rule"):
+            if method in big:
+                s[f"{method}: µs/pair ml-20m / ml-1m (target <= 1.5)"] = big[method]["us_per_pair"] / small["cml"]["us_per_pair"]
+    big = shapes.get("ml-20m", {})
+    if "lightfm_warp" in big:
+        lfm = big["lightfm_warp"]
+        for method in ("cml", "cml_proposed_rule"):
+            if method in big:
+                s[f"{method}: s/epoch ml-20m / LightFM-WARP's (target <= 1)"] = (
+                    big[method]["median_epoch_seconds"] / lfm["median_epoch_seconds"])
+                s[f"{method}: peak RSS ml-20m / LightFM-WARP's (target <= 2)"] = (
+                    big[method]["training_peak_rss_mb"] / lfm["training_peak_rss_mb"])
     return s
 
 
@@ -222,18 +253,22 @@ def markdown(result: dict[str, Any]) -> str:
     """The results as markdown tables."""
     a = result["settings"]
     lines = [f"# Scaling to the ML-20M shape ({result['when']}, {a['threads']} threads, d={a['factors']}, "
-             f"U={a['negatives']}, {result['cpus']} CPUs)", "",
-             "| shape | train pairs | users x items | method | median s/epoch | µs/pair | peak RSS MB | epochs (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"U={a['negatives']}, {a['epochs']} epochs each, {result['cpus']} CPUs)", "",
+             "| shape | train pairs | users x items | method | batch | median s/epoch | µs/pair | peak RSS MB "
+             f"| valid R@50 ({a['quality_users']} users) | epochs (s) | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for preset, r in result["shapes"].items():
         d = r["data"]
-        for method, label in (("cml", f"metricrec CML ({r.get('cml', {}).get('kernel', '')}, batch "
-                                      f"{r.get('cml', {}).get('batch_size', '')})"), ("lightfm_warp", "LightFM-WARP")):
-            if method in r:
-                m = r[method]
-                lines.append(f"| {preset} | {d['train_pairs']:,} | {d['n_users']:,} x {d['n_items']:,} | {label} | "
-                             f"{m['median_epoch_seconds']:.2f} | {m['us_per_pair']:.3f} | "
-                             f"{m['peak_rss_mb']['training']:.0f} | {', '.join(f'{x:.2f}' for x in m['epoch_seconds'])} |")
+        for method, label in METHODS:
+            if method not in r:
+                continue
+            m = r[method]
+            q = m.get("valid_recall@50")
+            lines.append(f"| {preset} | {d['train_pairs']:,} | {d['n_users']:,} x {d['n_items']:,} | {label} | "
+                         f"{m.get('batch_size', '-')} | {m['median_epoch_seconds']:.2f} | {m['us_per_pair']:.3f} | "
+                         f"{m['training_peak_rss_mb']:.0f} | {'-' if q is None else f'{q:.4f}'} | "
+                         f"{', '.join(f'{x:.2f}' for x in m['epoch_seconds'])} | "
+                         f"{m['load_before']:.1f} -> {m['load_after']:.1f} |")
     lines += ["", *[f"- {k}: {v:.3f}" for k, v in result["summary"].items()], ""]
     lines += _phase_table(result["shapes"])
     if result.get("gloo"):
@@ -251,15 +286,16 @@ def markdown(result: dict[str, Any]) -> str:
 def _phase_table(shapes: dict[str, Any]) -> list[str]:
     names = ["shuffle", "pairs", "sampling", "kernel", "covariance", "optimiser"]
     lines = ["CML, one more epoch by phase (µs per training pair) and peak RSS by phase (MB):", "",
-             "| shape | " + " | ".join(names) + " | total | RSS: data | RSS: setup + epoch 1 | RSS: training |",
-             "|---|" + "---|" * (len(names) + 4)]
+             "| shape | batch | " + " | ".join(names) + " | total | RSS: imports | RSS: data | RSS: setup + training |",
+             "|---|---|" + "---|" * (len(names) + 4)]
     for preset, r in shapes.items():
-        if "cml" not in r:
-            continue
-        ph, mem = r["cml"]["phases_us_per_pair"], r["cml"]["peak_rss_mb"]
-        lines.append(f"| {preset} | " + " | ".join(f"{ph.get(k, 0.0):.3f}" for k in names)
-                     + f" | {sum(ph.values()):.3f} | {mem['data loaded']:.0f} | {mem['setup + first epoch']:.0f} | "
-                     f"{mem['training']:.0f} |")
+        for method in ("cml", "cml_proposed_rule"):
+            if method not in r:
+                continue
+            ph, mem = r[method]["phases_us_per_pair"], r[method]["peak_rss_mb"]
+            lines.append(f"| {preset} | {r[method]['batch_size']:,} | " + " | ".join(f"{ph.get(k, 0.0):.3f}" for k in names)
+                         + f" | {sum(ph.values()):.3f} | {mem['imports']:.0f} | {mem['data loaded']:.0f} | "
+                         f"{mem['setup + training']:.0f} |")
     return lines
 
 
@@ -277,7 +313,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gloo-epochs", type=int, default=10, help="epochs of the 2-rank run (0: skip it)")
     p.add_argument("--cache", help="folder for the generated training matrices (default: a temporary one)")
     p.add_argument("--name", default="scale")
+    p.add_argument("--proposed-rule", action="store_true",
+                   help="also run CML with the batch rule proposed in docs/scaling.md where it differs")
+    p.add_argument("--quality-users", type=int, default=3000,
+                   help="valid Recall@50 after training on this many sampled users (0: skip)")
     p.add_argument("--worker", choices=("cml", "lightfm"), help=argparse.SUPPRESS)
+    p.add_argument("--valid", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     return p
@@ -299,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset}: {data['train_pairs']:,} training pairs, {data['n_users']:,} x {data['n_items']:,}", flush=True)
             shapes[preset] = {"data": {k: v for k, v in data.items() if k != "path"}}
             shapes[preset]["cml"] = run_worker("cml", data, args)
+            proposed = proposed_batch_size(data["train_pairs"], data["n_users"], data["n_items"])
+            if args.proposed_rule and proposed != shapes[preset]["cml"]["batch_size"]:
+                shapes[preset]["cml_proposed_rule"] = run_worker("cml", data, args, batch_size=proposed)
             if not args.no_lightfm:
                 shapes[preset]["lightfm_warp"] = run_worker("lightfm", data, args)
         gloo = gloo_run(args, Path(tmp)) if args.gloo_epochs else None
