@@ -8,31 +8,35 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Features", "Interactions", "DataWarning"]
+from .ids import IdIndex, canonical_ids
+
+__all__ = ["Features", "Interactions", "DataWarning", "csr_rows"]
 
 
 class DataWarning(UserWarning):
     """Warning about input data that was repaired (duplicates collapsed, rows dropped)."""
 
 
-def _as_id_array(values: Any, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite ids")
-        if np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} contains non-integer float ids")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind == "O":
-        arr = arr.astype(str)
-    return arr
+def csr_rows(matrix: sp.spmatrix | sp.sparray) -> np.ndarray:
+    """Row index of every stored entry of a CSR matrix, in storage order.
+
+    Parameters
+    ----------
+    matrix : scipy.sparse CSR matrix or array, shape (n_rows, n_cols)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (nnz,)
+        ``rows[k]`` is the row of ``matrix.indices[k]`` / ``matrix.data[k]``.
+    """
+    indptr = np.asarray(matrix.indptr, dtype=np.int64)
+    return np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
 
 
 @dataclass(frozen=True)
@@ -166,35 +170,15 @@ class Interactions:
         Duplicated (user, item) pairs collapse to one entry (max weight, latest timestamp) and a
         :class:`DataWarning` says how many were collapsed.
         """
-        users = _as_id_array(users, "users")
-        items = _as_id_array(items, "items")
-        n = users.shape[0]
-        if items.shape[0] != n:
-            raise ValueError(f"users has {n} entries but items has {items.shape[0]}")
-        if weights is None:
-            w = np.ones(n, dtype=np.float64)
-        else:
-            w = np.asarray(weights, dtype=np.float64)
-            if w.shape != (n,):
-                raise ValueError(f"weights must have shape ({n},), got {w.shape}")
-            bad = ~np.isfinite(w)
-            if bad.any():
-                raise ValueError(f"{source}: {int(bad.sum())} weights are NaN or infinite (first at row {int(np.argmax(bad))})")
-            neg = w < 0
-            if neg.any():
-                raise ValueError(f"{source}: {int(neg.sum())} weights are negative (first at row {int(np.argmax(neg))})")
-        ts = None
-        if timestamps is not None:
-            ts = np.asarray(timestamps)
-            if ts.shape != (n,):
-                raise ValueError(f"timestamps must have shape ({n},), got {ts.shape}")
-            if ts.dtype.kind == "f":
-                if not np.all(np.isfinite(ts)):
-                    raise ValueError(f"{source}: timestamps contain NaN or infinite values")
-            ts = ts.astype(np.int64)
-
-        uid, uidx = _index(users, user_ids, "user", source)
-        iid, iidx = _index(items, item_ids, "item", source)
+        uidx_ = IdIndex.from_values(users, name="user") if user_ids is None else None
+        iidx_ = IdIndex.from_values(items, name="item") if item_ids is None else None
+        uid, uidx = uidx_ if uidx_ else _in_universe(users, user_ids, "user", source)
+        iid, iidx = iidx_ if iidx_ else _in_universe(items, item_ids, "item", source)
+        n = uidx.shape[0]
+        if iidx.shape[0] != n:
+            raise ValueError(f"users has {n} entries but items has {iidx.shape[0]}")
+        w = _check_weights(weights, n, source)
+        ts = _check_timestamps(timestamps, n, source)
 
         info: dict[str, Any] = {"source": source, "n_ratings": int(n)}
         if min_weight is not None:
@@ -217,7 +201,7 @@ class Interactions:
             matrix.data[:] = 1.0
         if meta:
             info.update(meta)
-        return cls(matrix, uid, iid, ts, item_features, user_features, info)
+        return cls(matrix, uid.ids, iid.ids, ts, item_features, user_features, info)
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -254,13 +238,23 @@ class Interactions:
         return f"Interactions(n_users={self.n_users}, n_items={self.n_items}, nnz={self.nnz}{extra})"
 
     # ------------------------------------------------------------------ id maps
-    def user_index(self, raw_ids: Any) -> np.ndarray:
-        """Map raw user ids to row indices; raises ``KeyError`` naming the unknown ids."""
-        return _lookup(self.user_ids, raw_ids, "user")
+    @cached_property
+    def user_map(self) -> IdIndex:
+        """Raw user id <-> row index (:class:`~metricrec.data.ids.IdIndex` over ``user_ids``)."""
+        return IdIndex(self.user_ids, name="user")
 
-    def item_index(self, raw_ids: Any) -> np.ndarray:
-        """Map raw item ids to column indices; raises ``KeyError`` naming the unknown ids."""
-        return _lookup(self.item_ids, raw_ids, "item")
+    @cached_property
+    def item_map(self) -> IdIndex:
+        """Raw item id <-> column index (:class:`~metricrec.data.ids.IdIndex` over ``item_ids``)."""
+        return IdIndex(self.item_ids, name="item")
+
+    def user_index(self, raw_ids: Any) -> np.ndarray | int:
+        """Map raw user ids to row indices (``user_map.lookup``); ``KeyError`` names the unknown ids."""
+        return self.user_map.lookup(raw_ids)
+
+    def item_index(self, raw_ids: Any) -> np.ndarray | int:
+        """Map raw item ids to column indices (``item_map.lookup``); ``KeyError`` names the unknown ids."""
+        return self.item_map.lookup(raw_ids)
 
     def mapping(self) -> tuple[dict, dict]:
         """(raw user id -> index, raw item id -> index) dictionaries, as LightFM's ``Dataset.mapping``."""
@@ -282,77 +276,66 @@ class Interactions:
     def to_coo_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user index, item index, weight) arrays of all interactions, row-major order."""
         m = self.matrix
-        rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-        return rows, m.indices.astype(np.int64), m.data.copy()
+        return csr_rows(m), m.indices.astype(np.int64), m.data.copy()
 
 
 # ---------------------------------------------------------------------- helpers
-def _index(raw: np.ndarray, universe: Any, what: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (id universe, index of each raw id in it)."""
-    if universe is None:
-        ids, inverse = np.unique(raw, return_inverse=True)
-        return ids, inverse.astype(np.int64)
-    ids = _as_id_array(universe, f"{what}_ids")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{what}_ids contains duplicate ids")
-    return ids, _lookup(ids, raw, what, source)
+def _in_universe(raw: Any, universe: Any, what: str, source: str) -> tuple[IdIndex, np.ndarray]:
+    """(index of a given id universe, row of each raw id); unknown ids raise ``KeyError``."""
+    index = IdIndex(canonical_ids(universe), name=what)
+    return index, np.asarray(index.lookup(canonical_ids(raw), source=source), dtype=np.int64)
 
 
-def _lookup(universe: np.ndarray, raw_ids: Any, what: str, source: str | None = None) -> np.ndarray:
-    raw = np.asarray(raw_ids)
-    scalar = raw.ndim == 0
-    raw = np.atleast_1d(raw)
-    if universe.dtype.kind in "iu" and raw.dtype.kind in "US":
-        try:
-            raw = raw.astype(np.int64)
-        except ValueError:
-            pass
-    elif universe.dtype.kind in "US" and raw.dtype.kind in "iu":
-        raw = raw.astype(str)
-    order = np.argsort(universe, kind="stable")
-    sorted_u = universe[order]
-    try:
-        pos = np.searchsorted(sorted_u, raw)
-    except TypeError as exc:
-        raise KeyError(f"{what} ids of type {raw.dtype} cannot be compared with ids of type {universe.dtype}") from exc
-    pos = np.clip(pos, 0, max(len(sorted_u) - 1, 0))
-    found = (len(sorted_u) > 0) & (sorted_u[pos] == raw) if len(sorted_u) else np.zeros(raw.shape, bool)
-    if not np.all(found):
-        missing = raw[~found]
-        where = f"{source}: " if source else ""
-        shown = ", ".join(map(str, missing[:5].tolist()))
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise KeyError(f"{where}{len(missing)} unknown {what} id(s): {shown}{more}")
-    out = order[pos].astype(np.int64)
-    return out[0] if scalar else out
+def _check_weights(weights: Any, n: int, source: str) -> np.ndarray:
+    if weights is None:
+        return np.ones(n, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {w.shape}")
+    for bad, what in ((~np.isfinite(w), "NaN or infinite"), (w < 0, "negative")):
+        if bad.any():
+            raise ValueError(f"{source}: {int(bad.sum())} weights are {what} (first at row {int(np.argmax(bad))})")
+    return w
+
+
+def _check_timestamps(timestamps: Any, n: int, source: str) -> np.ndarray | None:
+    if timestamps is None:
+        return None
+    ts = np.asarray(timestamps)
+    if ts.shape != (n,):
+        raise ValueError(f"timestamps must have shape ({n},), got {ts.shape}")
+    if ts.dtype.kind == "f" and not np.all(np.isfinite(ts)):
+        raise ValueError(f"{source}: timestamps contain NaN or infinite values")
+    return ts.astype(np.int64)
 
 
 def _to_csr(
     rows: np.ndarray, cols: np.ndarray, w: np.ndarray, ts: np.ndarray | None, shape: tuple[int, int]
 ) -> tuple[sp.csr_matrix, np.ndarray | None, int]:
     """Canonical CSR from COO arrays; duplicates collapse to (max weight, latest timestamp)."""
-    key = rows.astype(np.int64) * max(shape[1], 1) + cols
-    # Sort by key, then weight, then timestamp so the last entry of each key run holds the maxima.
-    sort_keys = [w, key] if ts is None else [ts, w, key]
-    order = np.lexsort(sort_keys)
-    key_s = key[order]
-    last = np.ones(len(key_s), dtype=bool)
-    if len(key_s):
-        last[:-1] = key_s[1:] != key_s[:-1]
-    n_dup = int(len(key_s) - last.sum())
-    sel = order[last]
-    ts_out = None
-    if ts is not None:
-        ts_out = ts[sel].copy()
-        if n_dup:
-            # latest timestamp per pair, independent of which row carried the max weight
-            starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
-            ts_out = np.maximum.reduceat(ts[order], starts)
-    r, c = rows[sel], cols[sel]
+    n_cols = max(shape[1], 1)
+    key = rows.astype(np.int64) * n_cols + cols
+    order = None if _is_sorted(key) else np.argsort(key)
+    key_s = key if order is None else key[order]
+    starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]]) if len(key_s) else np.zeros(0, np.int64)
+    n_dup = int(len(key_s) - len(starts))
+
+    def per_pair(values: np.ndarray) -> np.ndarray:
+        v = values if order is None else values[order]
+        return np.maximum.reduceat(v, starts) if n_dup else v
+
+    w_out = per_pair(w)
+    ts_out = None if ts is None else per_pair(ts).astype(np.int64)
+    uniq = key_s[starts] if n_dup else key_s
+    r, c = uniq // n_cols, uniq % n_cols
     indptr = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=shape[0]), out=indptr[1:])
-    matrix = sp.csr_matrix(
-        (w[sel].astype(np.float32), c.astype(np.int32), indptr.astype(np.int32) if indptr[-1] < 2**31 else indptr),
-        shape=shape,
-    )
-    return matrix, (None if ts_out is None else ts_out.astype(np.int64)), n_dup
+    small = indptr[-1] < 2**31 and shape[1] < 2**31
+    idx_dtype = np.int32 if small else np.int64
+    matrix = sp.csr_matrix((w_out.astype(np.float32), c.astype(idx_dtype), indptr.astype(idx_dtype)), shape=shape)
+    return matrix, ts_out, n_dup
+
+
+def _is_sorted(key: np.ndarray) -> bool:
+    """Strictly increasing (sorted input with no duplicate) -- the common case of sorted files."""
+    return key.shape[0] < 2 or bool(np.all(key[1:] > key[:-1]))
