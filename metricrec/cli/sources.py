@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from ..data.datasets import DownloadError, available_datasets, load_dataset
+from ..data.delimited import plain_suffix
 from ..data.features import describe_features, filter_min_count, read_item_features
 from ..data.interactions import Features, Interactions
 from ..data.readers import read_interactions
@@ -83,7 +84,9 @@ def load_item_features(args: argparse.Namespace, data: Interactions) -> tuple[Fe
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            feats = read_item_features(choice, data.item_ids, min_count=min_count)
+            # the file's header names the columns (item, feature, optional value): never guessed
+            feats = read_item_features(choice, data.item_ids, min_count=min_count, item_col="item",
+                                       feature_col="feature", value_col="value")
         for w in caught:  # shown now and kept in the report: never silent
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         desc = {"source": "file", "path": str(choice), "warnings": [str(w.message) for w in caught]}
@@ -95,6 +98,24 @@ def _col(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _file_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Reader arguments of ``--interactions FILE`` (see :func:`metricrec.data.readers.read_interactions`).
+
+    A ``.inter`` file names its fields in its typed header, so the default ``--user-col 0 --item-col 1``
+    are not passed for it (its ``user_id``/``item_id``/``rating``/``timestamp`` fields are used).
+    """
+    kw: dict[str, Any] = {"user_col": _col(args.user_col), "item_col": _col(args.item_col),
+                          "rating_col": _col(args.rating_col), "timestamp_col": _col(args.timestamp_col),
+                          "min_rating": args.min_rating}
+    if plain_suffix(args.interactions) == ".inter":
+        for key, default in (("user_col", 0), ("item_col", 1)):
+            if kw[key] == default:
+                kw[key] = None
+    if args.sep:
+        kw["sep"] = args.sep.encode().decode("unicode_escape")
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def describe_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,12 +147,7 @@ def load_data(args: argparse.Namespace, *, fallback_synthetic: bool = False) -> 
         data = generate(preset=args.synthetic, seed=0)
         return data, {"kind": "synthetic", "preset": args.synthetic}
     if args.interactions:
-        sep = args.sep.encode().decode("unicode_escape") if args.sep else None
-        kw: dict[str, Any] = {"user_col": _col(args.user_col), "item_col": _col(args.item_col),
-                              "rating_col": _col(args.rating_col), "timestamp_col": _col(args.timestamp_col),
-                              "min_rating": args.min_rating}
-        if sep:
-            kw["sep"] = sep
+        kw = _file_kwargs(args)
         data = read_interactions(args.interactions, **kw)
         return data, {"kind": "file", "path": args.interactions, **{k: v for k, v in kw.items() if v is not None}}
     try:

@@ -9,15 +9,15 @@
 
 from __future__ import annotations
 
-import csv
-import math
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from .delimited import Column, read_columns
+from .ids import IdIndex, canonical_ids
 from .interactions import DataWarning, Features
 
 __all__ = [
@@ -79,22 +79,28 @@ def describe_features(features: Features) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- CSV reader
-def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int = 1,
-                       delimiter: str = ",") -> Features:
+def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int = 1, delimiter: str = ",",
+                       header: bool | None = None, item_col: Column = 0, feature_col: Column = 1,
+                       value_col: Column = 2) -> Features:
     """Read ``item,feature[,value]`` rows into features aligned with ``item_ids``.
 
     Parameters
     ----------
     path : path-like
-        CSV file; one row per (item, feature) pair. ``value`` defaults to 1 (multi-hot); give it for
-        dense columns (e.g. ``42,year,1995``). An optional header ``item,feature[,value]`` is
-        skipped; blank lines are ignored.
+        CSV file (plain or ``.gz``/``.bz2``/``.zst``), read like every other text file
+        (:mod:`metricrec.data.delimited`); one row per (item, feature) pair. ``value`` defaults to 1
+        (multi-hot); give it for dense columns (e.g. ``42,year,1995``). Rows may have 2 or 3 fields;
+        blank lines are ignored; feature names and values are stripped of spaces, item ids are not.
     item_ids : numpy.ndarray, shape (n_items,)
-        The raw item ids of the model's columns (``Interactions.item_ids``); int ids match their
-        decimal text.
+        The raw item ids of the model's columns (``Interactions.item_ids``). The file's ids are
+        matched by :class:`~metricrec.data.ids.IdIndex` (``"7"`` is item 7, ``"007"`` is not).
     min_count : int, default 1
         Keep only features present on at least this many items (see :func:`filter_min_count`).
     delimiter : str, default ","
+    header : bool or None
+        ``None``: the first line is a header iff a column is given by name (never guessed).
+    item_col, feature_col, value_col : int or str
+        Field index or header name of each column; the value column may be absent.
 
     Returns
     -------
@@ -106,8 +112,9 @@ def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int
     FileNotFoundError
         No such file.
     ValueError
-        A malformed row, an empty feature name, a value that is not a number or is NaN/infinite
-        (each naming the file and line), or no usable row at all (an empty feature set).
+        A row with a wrong field count, an empty item id or feature name, a value that is not a
+        number or is NaN/infinite (each naming the file and line), a header without a named column,
+        or no usable row at all (an empty feature set).
 
     Warns
     -----
@@ -115,105 +122,92 @@ def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int
         Counted, one warning each: rows for items not in ``item_ids`` (dropped), duplicate
         (item, feature) rows (the last value is kept), items left without any feature.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature file not found: {path}")
-    items: list[str] = []
-    feats: list[str] = []
-    values: list[float] = []
-    lines: list[int] = []
-    seen_row = False
-    with path.open(newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter=delimiter), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) not in (2, 3):
-                raise ValueError(f"{path}, line {lineno}: expected 'item,feature[,value]', got {len(row)} fields")
-            cells = [c.strip() for c in row]
-            first, seen_row = not seen_row, True
-            if first and cells[0].lower() in ("item", "item_id", "itemid") \
-                    and cells[1].lower() in ("feature", "features", "tag", "name"):
-                continue  # header (only as the first non-blank row)
-            if not cells[0]:
-                raise ValueError(f"{path}, line {lineno}: empty item id")
-            if not cells[1]:
-                raise ValueError(f"{path}, line {lineno}: empty feature name for item {cells[0]!r}")
-            value = 1.0
-            if len(cells) == 3 and cells[2] != "":
-                try:
-                    value = float(cells[2])
-                except ValueError:
-                    raise ValueError(f"{path}, line {lineno}: value {cells[2]!r} is not a number") from None
-                if not math.isfinite(value):
-                    raise ValueError(f"{path}, line {lineno}: value {cells[2]!r} is NaN or infinite")
-            items.append(cells[0])
-            feats.append(cells[1])
-            values.append(value)
-            lines.append(lineno)
-    if not items:
-        raise ValueError(f"{path}: no feature rows (an empty feature set)")
-
-    rows = _match_items(np.asarray(items), np.asarray(item_ids))
-    unknown = rows < 0
+    rows = _feature_rows(path, delimiter, header, {"item": item_col, "feature": feature_col, "value": value_col})
+    items, feats, values, lines = rows
+    index = IdIndex(np.asarray(item_ids), name="item")
+    row = np.asarray(index.lookup(canonical_ids(items), missing="mask"))
+    unknown = row < 0
     if unknown.any():
-        shown = ", ".join(repr(x) for x in list(dict.fromkeys(np.asarray(items)[unknown].tolist()))[:5])
-        warnings.warn(f"{path}: {int(unknown.sum())} rows for {len(set(np.asarray(items)[unknown].tolist()))} unknown "
-                      f"item id(s) dropped (e.g. {shown}; first at line {lines[int(np.argmax(unknown))]})",
-                      DataWarning, stacklevel=2)
-    known = ~unknown
-    if not known.any():
+        bad = items[unknown]
+        shown = ", ".join(repr(x) for x in list(dict.fromkeys(bad.tolist()))[:5])
+        warnings.warn(f"{path}: {int(unknown.sum())} rows for {np.unique(bad).size} unknown item id(s) dropped "
+                      f"(e.g. {shown}; first at line {lines[int(np.argmax(unknown))]})", DataWarning, stacklevel=2)
+    if unknown.all():
         raise ValueError(f"{path}: none of the {len(items)} rows names a known item (an empty feature set)")
-    rows = rows[known]
-    names, cols = np.unique(np.asarray(feats)[known], return_inverse=True)
-    vals = np.asarray(values, dtype=np.float64)[known]
-    # duplicates: keep the last value of each (item, feature) pair
-    key = rows * len(names) + cols.reshape(-1)
-    _, last_rev = np.unique(key[::-1], return_index=True)
-    last = len(key) - 1 - last_rev
-    n_dup = len(key) - len(last)
-    if n_dup:
-        warnings.warn(f"{path}: {n_dup} duplicate (item, feature) rows; the last value of each pair is kept",
-                      DataWarning, stacklevel=2)
-    n_items = len(item_ids)
-    matrix = sp.csr_matrix((vals[last].astype(np.float32), (rows[last], cols.reshape(-1)[last])),
-                           shape=(n_items, len(names)))
-    features = Features(matrix, names)
+    features = _assemble(path, row[~unknown], feats[~unknown], values[~unknown], len(index))
     if min_count > 1:
         features = filter_min_count(features, min_count)
     n_empty = int((np.diff(features.matrix.indptr) == 0).sum())
     if n_empty:
         extra = f" after keeping features on >= {min_count} items" if min_count > 1 else ""
-        warnings.warn(f"{path}: {n_empty} of {n_items} items have no feature{extra} "
+        warnings.warn(f"{path}: {n_empty} of {len(index)} items have no feature{extra} "
                       "(their feature vector is empty)", DataWarning, stacklevel=2)
     return features
 
 
-def _match_items(raw: np.ndarray, universe: np.ndarray) -> np.ndarray:
-    """Index of every raw id (text) in ``universe``; -1 where it is unknown."""
-    uniq, inverse = np.unique(raw, return_inverse=True)
-    if universe.dtype.kind in "iu":
-        # int ids: match the integer value of the text ("007" is item 7); non-integers are unknown
-        keys = np.asarray(universe, dtype=np.int64)
-        parsed = np.array([_int_or_none(t) for t in uniq.tolist()], dtype=object)
-        ok = np.array([v is not None for v in parsed], dtype=bool)
-        query = np.where(ok, parsed, 0).astype(np.int64)
-    else:
-        keys = np.asarray(universe).astype(str)
-        ok = np.ones(uniq.shape[0], dtype=bool)
-        query = uniq
-    order = np.argsort(keys, kind="stable")
-    sorted_k = keys[order]
-    if sorted_k.size == 0:
-        return np.full(raw.shape[0], -1, dtype=np.int64)
-    pos = np.clip(np.searchsorted(sorted_k, query), 0, sorted_k.size - 1)
-    found = ok & (sorted_k[pos] == query)
-    return np.where(found, order[pos], -1).astype(np.int64)[inverse.reshape(-1)]
+def _feature_rows(path: str | Path, sep: str, header: bool | None,
+                  columns: dict[str, Column]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(item id text, feature name, value, line) of every non-blank row, in file order."""
+    t = read_columns(path, columns, sep=sep, header=header, optional={"value"}, ragged={2, 3},
+                     allow_empty=True)
+
+    def strings(role: str) -> np.ndarray:
+        col = t.columns[role]
+        main = [] if col is None else col.to_pylist()
+        k = t.index.get(role)
+        extra = [f[k] if k is not None and k < len(f) else "" for _, f in t.other_rows]
+        return np.array(main + extra if col is not None else [""] * t.n_rows + extra, dtype=object)
+
+    lines = np.concatenate([t.lines(), np.array([n for n, _ in t.other_rows], dtype=np.int64)])
+    order = np.argsort(lines, kind="stable")
+    items, feats, values = (strings(r)[order] for r in ("item", "feature", "value"))
+    lines = lines[order]
+    feats = np.array([f.strip() for f in feats.tolist()], dtype=object)
+    values = np.array([v.strip() for v in values.tolist()], dtype=object)
+    keep = (items != "") | (feats != "") | (values != "")  # blank lines
+    items, feats, values, lines = items[keep], feats[keep], values[keep], lines[keep]
+    if not len(items):
+        raise ValueError(f"{path}: no feature rows (an empty feature set)")
+    for bad, what in ((items == "", "empty item id"), (feats == "", "empty feature name")):
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(f"{path}, line {lines[k]}: {what}" + (f" for item {items[k]!r}" if items[k] else ""))
+    return items.astype(str), feats.astype(str), _values(path, values, lines), lines
 
 
-def _int_or_none(text: str) -> int | None:
+def _values(path: str | Path, text: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Feature values: empty -> 1.0; anything else must be a finite number (error names the line)."""
+    filled = np.where(text == "", "1", text).astype(str)
     try:
-        return int(text)
+        values = filled.astype(np.float64)
     except ValueError:
-        return None
+        k = next(k for k, v in enumerate(filled.tolist()) if not _is_float(v))
+        raise ValueError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is not a number") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is NaN or infinite")
+    return values
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _assemble(path: str | Path, rows: np.ndarray, feats: np.ndarray, vals: np.ndarray, n_items: int) -> Features:
+    """Features from known (row, name, value) triples; duplicate pairs keep their last value (warned)."""
+    names, cols = np.unique(feats, return_inverse=True)
+    cols = cols.reshape(-1)
+    key = rows * len(names) + cols
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    last = len(key) - 1 - last_rev
+    n_dup = len(key) - len(last)
+    if n_dup:
+        warnings.warn(f"{path}: {n_dup} duplicate (item, feature) rows; the last value of each pair is kept",
+                      DataWarning, stacklevel=3)
+    matrix = sp.csr_matrix((vals[last].astype(np.float32), (rows[last], cols[last])), shape=(n_items, len(names)))
+    return Features(matrix, names)

@@ -1,22 +1,25 @@
-"""Readers that turn interaction files and DataFrames into :class:`~metricrec.interactions.Interactions`.
+"""Readers that turn interaction files and DataFrames into :class:`~metricrec.data.interactions.Interactions`.
 
-All readers share one rule set: ids are int64 when every id of a column is an integer and strings
-otherwise; ratings must be finite numbers; bad input raises ``ValueError`` naming the file, the 1-based
-line (or row) and what was wrong; duplicated (user, item) pairs collapse with a ``DataWarning`` that
-names the source. Delimited text is parsed with whole-text string operations and vectorised numpy
-conversion (no per-line Python parsing), so a MovieLens-1M sized file (1M lines) loads in about a second.
+All readers share one rule set: ids follow :func:`metricrec.data.ids.canonical_ids` (int64 when
+every id of a column is canonical integer text, otherwise the exact strings); ratings must be finite
+numbers; bad input raises ``ValueError`` naming the file and the 1-based line (or row) and what was
+wrong; duplicated (user, item) pairs collapse with a ``DataWarning`` that names the source. Text files
+go through pyarrow's CSV parser (:mod:`metricrec.data.delimited`: compression, quoting, BOM,
+multi-character separators, the header rule), parquet files through ``pyarrow.parquet``.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from .columns import DelimitedColumns, read_delimited_columns
+from .delimited import Column, plain_suffix
+from .ids import arrow_to_numpy, canonical_ids
 from .interactions import Interactions
 
 __all__ = [
@@ -29,249 +32,17 @@ __all__ = [
     "read_interactions",
 ]
 
-Column = int | str | None
-
-# Header words that mark a first line as a header even when ids are strings.
-_HEADER_WORDS = {
-    "user", "item", "user_id", "item_id", "userid", "itemid", "movieid", "movie_id",
-    "rating", "timestamp", "time", "score", "weight", "u", "i",
-}
+Ids = Sequence | np.ndarray | None
 
 
-@dataclass(frozen=True)
-class DelimitedColumns:
-    """Raw columns of a delimited file, before any id indexing.
-
-    Attributes
-    ----------
-    users, items : numpy.ndarray, shape (n,)
-        Raw ids: int64 when every id of the column is an integer, otherwise str. With
-        ``ids_as_str=True`` they are always the raw strings.
-    ratings : numpy.ndarray of float64 or None, shape (n,)
-    timestamps : numpy.ndarray of int64 or None, shape (n,)
-    lines : numpy.ndarray of int64, shape (n,)
-        1-based line number of each row in the file (for error messages).
-    """
-
-    users: np.ndarray
-    items: np.ndarray
-    ratings: np.ndarray | None
-    timestamps: np.ndarray | None
-    lines: np.ndarray
-
-
-def _decode(data: bytes, encoding: str, path: str) -> str:
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(
-            f"{path}, line {line}: cannot decode bytes as {encoding} ({exc.reason}); pass encoding=..."
-        ) from None
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _resolve_col(col: Column, header: list[str] | None, n_fields: int, what: str, path: str) -> int | None:
-    if col is None:
-        return None
-    if isinstance(col, str):
-        if header is None:
-            raise ValueError(f"{path}: {what}={col!r} is a column name but the file has no header line")
-        names = [h.strip() for h in header]
-        if col not in names:
-            raise ValueError(f"{path}: {what}={col!r} is not a column of the header {names}")
-        return names.index(col)
-    idx = int(col)
-    if not -n_fields <= idx < n_fields:
-        raise ValueError(f"{path}: {what}={col} is out of range, lines have {n_fields} fields")
-    return idx % n_fields
-
-
-def _first_bad(values: list[str], convert: Any) -> int:
-    """Index of the first value ``convert`` rejects (slow path, only after a failed bulk conversion)."""
-    for k, v in enumerate(values):
-        try:
-            convert(v)
-        except ValueError:
-            return k
-    return -1
-
-
-def _fast_parse(raw: list[str], dtype: type) -> np.ndarray | None:
-    """numpy's C parser over the joined fields; None when a field holding spaces, nothing or a
-    non-number changes the count (the callers then fall back to a checked conversion)."""
-    try:
-        out = np.fromstring(" ".join(raw), dtype=dtype, sep=" ")
-    except ValueError:
-        return None
-    return out if out.shape[0] == len(raw) else None
-
-
-def _parse_int(raw: list[str]) -> np.ndarray | None:
-    """int64 array of the strings, or None when one is not an integer."""
-    out = _fast_parse(raw, np.int64)
-    if out is not None:
-        return out
-    try:
-        return np.fromiter(map(int, raw), dtype=np.int64, count=len(raw))
-    except (ValueError, OverflowError):
-        return None
-
-
-def _parse_float(raw: list[str]) -> np.ndarray | None:
-    """float64 array of the strings (NaN kept), or None when one is not a number."""
-    out = _fast_parse(raw, np.float64)
-    if out is not None:
-        return out
-    try:
-        return np.array(raw, dtype=str).astype(np.float64)
-    except ValueError:
-        return None
-
-
-def _to_ids(raw: list[str], as_str: bool) -> np.ndarray:
-    if not as_str:
-        ints = _parse_int(raw)
-        if ints is not None:
-            return ints
-    return np.array(raw, dtype=str)
-
-
-def read_delimited_columns(
-    path: str | os.PathLike,
-    *,
-    user_col: Column = 0,
-    item_col: Column = 1,
-    rating_col: Column = None,
-    timestamp_col: Column = None,
-    sep: str = ",",
-    header: bool | None = None,
-    encoding: str = "utf-8",
-    ids_as_str: bool = False,
-    allow_empty: bool = False,
-) -> DelimitedColumns:
-    """Parse a delimited text file into raw columns (no id indexing, no thresholding).
-
-    Parameters are as in :func:`read_delimited`; ``ids_as_str=True`` keeps ids as the raw strings
-    (used when ids must later be matched against another id universe); ``allow_empty=True`` returns
-    empty columns for a file with no interaction lines instead of raising.
-
-    Returns
-    -------
-    DelimitedColumns
-    """
-    path = str(path)
-    if not sep:
-        raise ValueError("sep must be a non-empty string")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"interaction file not found: {path}")
-    with open(path, "rb") as fh:
-        text = _decode(fh.read(), encoding, path)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    lines = text.split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        if allow_empty:
-            return _empty_columns(rating_col is not None, timestamp_col is not None)
-        raise ValueError(f"{path}: file is empty (no interaction lines)")
-
-    first = lines[0].split(sep)
-    n_fields = len(first)
-    names_given = any(isinstance(c, str) for c in (user_col, item_col, rating_col, timestamp_col))
-    if header is None:
-        header = _infer_header(first, lines[1].split(sep) if len(lines) > 1 else None,
-                               (user_col, item_col, rating_col, timestamp_col), names_given)
-    head = first if header else None
-    start = 1 if header else 0
-    body = lines[start:]
-    if not body and allow_empty:
-        return _empty_columns(rating_col is not None, timestamp_col is not None)
-    if not body:
-        raise ValueError(f"{path}: file has a header line but no interaction lines")
-
-    cols = {
-        what: _resolve_col(c, head, n_fields, what, path)
-        for what, c in (("user_col", user_col), ("item_col", item_col),
-                        ("rating_col", rating_col), ("timestamp_col", timestamp_col))
-    }
-    counts = np.fromiter(map(str.count, body, itertools.repeat(sep)), dtype=np.int64, count=len(body))
-    bad = np.flatnonzero(counts != n_fields - 1)
-    if bad.size:
-        k = int(bad[0])
-        got = int(counts[k]) + 1
-        what = "blank line" if not body[k].strip() else f"{got} fields"
-        raise ValueError(
-            f"{path}, line {k + start + 1}: expected {n_fields} fields separated by {sep!r}, got {what} "
-            f"({bad.size} bad line(s) in total)"
-        )
-    fields = sep.join(body).split(sep)
-    line_no = np.arange(start + 1, start + 1 + len(body), dtype=np.int64)
-
-    def column(idx: int) -> list[str]:
-        return fields[idx::n_fields]
-
-    users = _to_ids(column(cols["user_col"]), ids_as_str)
-    items = _to_ids(column(cols["item_col"]), ids_as_str)
-    for name, arr in (("user", users), ("item", items)):
-        empty = np.flatnonzero(np.char.str_len(arr.astype(str)) == 0) if arr.dtype.kind == "U" else []
-        if len(empty):
-            raise ValueError(f"{path}, line {int(line_no[empty[0]])}: empty {name} id")
-
-    def numbers(idx: int, what: str) -> np.ndarray:
-        """A column as finite floats; the first bad field is reported with its line."""
-        raw = column(idx)
-        values = _parse_float(raw)
-        if values is None:
-            k = _first_bad(raw, float)
-            raise ValueError(f"{path}, line {int(line_no[k])}: {what} {raw[k]!r} is not a number")
-        nonfinite = np.flatnonzero(~np.isfinite(values))
-        if nonfinite.size:
-            k = int(nonfinite[0])
-            raise ValueError(f"{path}, line {int(line_no[k])}: {what} {raw[k]!r} is NaN or infinite")
-        return values
-
-    ratings = numbers(cols["rating_col"], "rating") if cols["rating_col"] is not None else None
-    timestamps = None
-    if cols["timestamp_col"] is not None:
-        timestamps = _parse_int(column(cols["timestamp_col"]))
-        if timestamps is None:
-            timestamps = np.floor(numbers(cols["timestamp_col"], "timestamp")).astype(np.int64)
-    return DelimitedColumns(users, items, ratings, timestamps, line_no)
-
-
-def _empty_columns(ratings: bool, timestamps: bool) -> DelimitedColumns:
-    return DelimitedColumns(
-        np.zeros(0, dtype=str), np.zeros(0, dtype=str),
-        np.zeros(0) if ratings else None, np.zeros(0, dtype=np.int64) if timestamps else None,
-        np.zeros(0, dtype=np.int64),
+def _build(cols: DelimitedColumns, path: Any, min_rating: float | None, binary: bool, user_ids: Ids,
+           item_ids: Ids, source: str | None, what: str = "a rating column (rating_col)") -> Interactions:
+    if min_rating is not None and cols.ratings is None:
+        raise ValueError(f"{path}: min_rating={min_rating} needs {what}")
+    return Interactions.from_arrays(
+        cols.users, cols.items, cols.ratings, cols.timestamps, min_weight=min_rating, binary=binary,
+        user_ids=user_ids, item_ids=item_ids, source=source or str(path),
     )
-
-
-def _infer_header(first: list[str], second: list[str] | None, cols: Sequence[Column], names_given: bool) -> bool:
-    """A first line is a header when columns are named, or when its rating/id fields are non-numeric."""
-    if names_given:
-        return True
-    user_col, item_col, rating_col, timestamp_col = cols
-    for c in (rating_col, timestamp_col):
-        if c is not None and -len(first) <= int(c) < len(first):
-            return not _is_number(first[int(c)])
-    id_fields = [first[int(c)] for c in (user_col, item_col) if -len(first) <= int(c) < len(first)]
-    if any(f.strip().lower() in _HEADER_WORDS for f in id_fields):
-        return True
-    if second is not None and len(second) == len(first):
-        # ids numeric on line 2 but not on line 1 -> line 1 is a header
-        nxt = [second[int(c)] for c in (user_col, item_col) if -len(second) <= int(c) < len(second)]
-        return any(not _is_number(a) and _is_number(b) for a, b in zip(id_fields, nxt))
-    return False
 
 
 def read_delimited(
@@ -286,8 +57,9 @@ def read_delimited(
     min_rating: float | None = None,
     binary: bool = True,
     encoding: str = "utf-8",
-    user_ids: Sequence | np.ndarray | None = None,
-    item_ids: Sequence | np.ndarray | None = None,
+    quoting: bool = True,
+    user_ids: Ids = None,
+    item_ids: Ids = None,
     source: str | None = None,
 ) -> Interactions:
     """Read a delimited text file of (user, item[, rating][, timestamp]) lines.
@@ -295,19 +67,24 @@ def read_delimited(
     Parameters
     ----------
     path : str or path-like
+        Plain text or ``.gz`` / ``.bz2`` / ``.zst`` compressed.
     user_col, item_col, rating_col, timestamp_col : int or str or None
         Column index (0-based, negative allowed) or header name. ``rating_col``/``timestamp_col``
         ``None`` means the file has no such column (every line is a positive).
     sep : str, default ","
         Field separator; may have several characters (``"::"`` for MovieLens-1M).
     header : bool or None
-        ``None`` infers it: the first line is a header when columns are given by name, or when its
-        rating/timestamp field (else its id fields) is non-numeric.
+        Whether the first line is a header. ``None`` (default): the file has a header iff a column is
+        given by name -- decided from the arguments, never guessed from the data. A header that does
+        not name a requested column is a ``ValueError`` listing the header's columns.
     min_rating : float, optional
         Keep only lines whose rating is >= this value (ids below it stay in the id universe).
     binary : bool, default True
         Store 1.0 instead of the rating.
     encoding : str, default "utf-8"
+        A UTF-8 byte-order mark is skipped.
+    quoting : bool, default True
+        Fields may be quoted (``"a,b"``); ``False`` reads ``"`` as an ordinary character.
     user_ids, item_ids : array-like, optional
         A fixed id universe; an id outside it is an error (``KeyError``).
     source : str, optional
@@ -317,82 +94,91 @@ def read_delimited(
     -------
     Interactions
         Matrix of shape (n_users, n_items); ``meta["n_ratings"]`` counts the lines read.
+
+    Raises
+    ------
+    ValueError
+        Bad lines (wrong field count, empty id, non-numeric or NaN rating/timestamp), naming the
+        file and the 1-based line; an empty file; a header without a requested column.
     """
     cols = read_delimited_columns(
         path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-        sep=sep, header=header, encoding=encoding,
+        sep=sep, header=header, encoding=encoding, quoting=quoting,
     )
-    if min_rating is not None and cols.ratings is None:
-        raise ValueError(f"{path}: min_rating={min_rating} needs a rating column (rating_col)")
-    return Interactions.from_arrays(
-        cols.users, cols.items, cols.ratings, cols.timestamps,
-        min_weight=min_rating, binary=binary, user_ids=user_ids, item_ids=item_ids,
-        source=source or str(path),
-    )
-
-
-def _inter_header(path: str, encoding: str) -> list[str]:
-    with open(path, "rb") as fh:
-        first = fh.readline()
-    if not first.strip():
-        raise ValueError(f"{path}: file is empty (expected a typed header such as 'user_id:token')")
-    return [f.split(":", 1)[0].strip() for f in _decode(first, encoding, path).rstrip("\r\n").split("\t")]
+    return _build(cols, path, min_rating, binary, user_ids, item_ids, source)
 
 
 def read_inter(
     path: str | os.PathLike,
     *,
-    user_field: str = "user_id",
-    item_field: str = "item_id",
-    rating_field: str | None = "rating",
-    timestamp_field: str | None = "timestamp",
+    user_field: Column = "user_id",
+    item_field: Column = "item_id",
+    rating_field: Column = "rating",
+    timestamp_field: Column = "timestamp",
     min_rating: float | None = None,
     binary: bool = True,
     encoding: str = "utf-8",
-    user_ids: Sequence | np.ndarray | None = None,
-    item_ids: Sequence | np.ndarray | None = None,
+    user_ids: Ids = None,
+    item_ids: Ids = None,
     source: str | None = None,
 ) -> Interactions:
     """Read a RecBole-style atomic ``.inter`` file (tab separated, typed header ``name:type``).
 
-    Columns are found by field name (the ``:token``/``:float`` type suffix is ignored). The rating
-    and timestamp fields are optional: when absent from the header they are not read.
+    Parameters
+    ----------
+    path : path-like
+        Plain or compressed (``.inter.gz``).
+    user_field, item_field : str or int
+        Header field names (the ``:token``/``:float`` type suffix is ignored) or column indices.
+    rating_field, timestamp_field : str or int or None
+        Optional fields: when the header has no such field they are not read; ``None`` skips them.
+    min_rating, binary, encoding, user_ids, item_ids, source
+        As in :func:`read_delimited`.
 
     Returns
     -------
     Interactions
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"interaction file not found: {path}")
-    names = _inter_header(path, encoding)
-
-    def find(field: str | None, required: bool) -> int | None:
-        if field is None:
-            return None
-        if field in names:
-            return names.index(field)
-        if required:
-            raise ValueError(f"{path}: field {field!r} not in the header fields {names}")
-        return None
-
-    ucol, icol = find(user_field, True), find(item_field, True)
-    rcol, tcol = find(rating_field, False), find(timestamp_field, False)
-    if min_rating is not None and rcol is None:
-        raise ValueError(f"{path}: min_rating={min_rating} needs a rating field, header has {names}")
-    return read_delimited(
-        path, user_col=ucol, item_col=icol, rating_col=rcol, timestamp_col=tcol, sep="\t", header=True,
-        min_rating=min_rating, binary=binary, encoding=encoding, user_ids=user_ids, item_ids=item_ids,
-        source=source,
+    cols = read_delimited_columns(
+        path, user_col=user_field, item_col=item_field, rating_col=rating_field, timestamp_col=timestamp_field,
+        sep="\t", header=True, encoding=encoding, quoting=False, optional=frozenset({"rating", "timestamp"}),
+        rename=lambda name: name.split(":", 1)[0].strip(),
     )
+    return _build(cols, path, min_rating, binary, user_ids, item_ids, source, "a rating field in the header")
 
 
-def _require_pandas(extra: str) -> Any:
+def _require_pandas() -> Any:
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(f"this reader needs pandas: pip install metricrec[{extra}]") from None
+        raise ImportError("from_dataframe needs pandas: pip install metricrec[pandas]") from None
     return pd
+
+
+def _numbers(values: np.ndarray, what: str, where: str) -> np.ndarray:
+    """float64 copy of a numeric column; the first non-number or infinite value is reported by row."""
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        k = next(k for k, v in enumerate(values.tolist()) if not _is_number(v))
+        raise ValueError(f"{where}: column {what!r} row {k}: {values.tolist()[k]!r} is not a number") from None
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise ValueError(f"{where}: column {what!r} row {int(bad[0])}: {out[bad[0]].item()!r} is NaN or infinite")
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_min_rating(min_rating: float | None, rating_col: Any, where: str) -> None:
+    if min_rating is not None and rating_col is None:
+        raise ValueError(f"{where}: min_rating={min_rating} needs rating_col")
 
 
 def from_dataframe(
@@ -404,8 +190,8 @@ def from_dataframe(
     min_rating: float | None = None,
     *,
     binary: bool = True,
-    user_ids: Sequence | np.ndarray | None = None,
-    item_ids: Sequence | np.ndarray | None = None,
+    user_ids: Ids = None,
+    item_ids: Ids = None,
     source: str = "dataframe",
 ) -> Interactions:
     """Build :class:`Interactions` from a pandas DataFrame with one row per interaction.
@@ -414,7 +200,8 @@ def from_dataframe(
     ----------
     df : pandas.DataFrame, n rows
     user_col, item_col : str
-        Id columns (ints or strings; a float column of whole numbers is read as int).
+        Id columns: ints, strings or a mix, by :func:`~metricrec.data.ids.canonical_ids` (``"1"`` and
+        ``1`` are one id); a float column of whole numbers is read as int.
     rating_col, timestamp_col : str, optional
     min_rating, binary, user_ids, item_ids, source
         As in :func:`read_delimited`.
@@ -427,118 +214,136 @@ def from_dataframe(
         NaN/missing values in an id, rating or timestamp column (naming the column and row label),
         or a non-numeric rating.
     """
-    pd = _require_pandas("pandas")
+    pd = _require_pandas()
     wanted = {"user_col": user_col, "item_col": item_col, "rating_col": rating_col, "timestamp_col": timestamp_col}
     for arg, col in wanted.items():
         if col is not None and col not in df.columns:
             raise KeyError(f"{source}: {arg}={col!r} is not a column; columns are {list(df.columns)}")
     if len(df) == 0:
         raise ValueError(f"{source}: the DataFrame has no rows")
-    arrays: dict[str, np.ndarray | None] = {}
+    _check_min_rating(min_rating, rating_col, source)
+    arrays: dict[str, np.ndarray | None] = dict.fromkeys(wanted)
     for arg, col in wanted.items():
         if col is None:
-            arrays[arg] = None
             continue
-        series = df[col]
-        missing = np.flatnonzero(pd.isna(series).to_numpy())
+        missing = np.flatnonzero(pd.isna(df[col]).to_numpy())
         if missing.size:
-            label = df.index[missing[0]]
-            raise ValueError(
-                f"{source}: column {col!r} has {missing.size} missing/NaN value(s), first at row {label!r}"
-            )
-        values = series.to_numpy()
+            raise ValueError(f"{source}: column {col!r} has {missing.size} missing/NaN value(s), "
+                             f"first at row {df.index[missing[0]]!r}")
+        values = df[col].to_numpy()
         if arg in ("rating_col", "timestamp_col"):
-            try:
-                values = values.astype(np.float64)
-            except (TypeError, ValueError):
-                k = _first_bad(list(values), float)
-                raise ValueError(
-                    f"{source}: column {col!r} row {df.index[k]!r}: {values[k]!r} is not a number"
-                ) from None
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                raise ValueError(f"{source}: column {col!r} row {df.index[bad[0]]!r} is infinite")
-            if arg == "timestamp_col":
-                values = np.floor(values).astype(np.int64)
-        elif values.dtype.kind == "O":
-            kinds = {type(v) for v in values[:1000]}
-            if all(issubclass(k, (int, np.integer)) for k in kinds) and all(
-                isinstance(v, (int, np.integer)) for v in values
-            ):
-                values = values.astype(np.int64)
-            else:
-                values = values.astype(str)
-        arrays[arg] = values
-    if min_rating is not None and arrays["rating_col"] is None:
-        raise ValueError(f"{source}: min_rating={min_rating} needs rating_col")
+            values = _numbers(values, col, source)
+        arrays[arg] = np.floor(values).astype(np.int64) if arg == "timestamp_col" else values
     return Interactions.from_arrays(
-        arrays["user_col"], arrays["item_col"], arrays["rating_col"], arrays["timestamp_col"],
-        min_weight=min_rating, binary=binary, user_ids=user_ids, item_ids=item_ids, source=source,
+        canonical_ids(arrays["user_col"]), canonical_ids(arrays["item_col"]), arrays["rating_col"],
+        arrays["timestamp_col"], min_weight=min_rating, binary=binary, user_ids=user_ids, item_ids=item_ids,
+        source=source,
     )
+
+
+def _parquet_column(table: pa.Table, name: str, role: str, path: str) -> np.ndarray:
+    col = table.column(name)
+    if col.null_count:
+        k = int(np.argmax(arrow_to_numpy(pc.is_null(col))))
+        raise ValueError(f"{path}: column {name!r} has {col.null_count} missing value(s), first at row {k}")
+    if role in ("user", "item"):
+        return canonical_ids(col)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values = _numbers(np.asarray(arrow_to_numpy(col), dtype=object), name, path)
+    else:
+        values = _numbers(arrow_to_numpy(col), name, path)
+    return np.floor(values).astype(np.int64) if role == "timestamp" else values
 
 
 def read_parquet(
     path: str | os.PathLike,
-    user_col: str,
-    item_col: str,
-    rating_col: str | None = None,
-    timestamp_col: str | None = None,
+    user_col: Column,
+    item_col: Column,
+    rating_col: Column = None,
+    timestamp_col: Column = None,
     min_rating: float | None = None,
     *,
     binary: bool = True,
-    user_ids: Sequence | np.ndarray | None = None,
-    item_ids: Sequence | np.ndarray | None = None,
+    user_ids: Ids = None,
+    item_ids: Ids = None,
     source: str | None = None,
 ) -> Interactions:
-    """Read a parquet file with one row per interaction (needs ``metricrec[parquet]``).
+    """Read a parquet file with one row per interaction (through ``pyarrow.parquet``).
 
-    Only the named columns are read. Checks and results as in :func:`from_dataframe`.
+    Parameters
+    ----------
+    path : path-like
+    user_col, item_col, rating_col, timestamp_col : str or int or None
+        Column names (or positions in the file's schema); only these columns are read.
+    min_rating, binary, user_ids, item_ids, source
+        As in :func:`read_delimited`; ids follow the same rule (string columns by
+        :func:`~metricrec.data.ids.canonical_ids`, integer columns as int64).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        No such file; not a parquet file; a missing column (listing the columns); null values,
+        non-numeric or NaN ratings (naming the column and 0-based row).
     """
-    pd = _require_pandas("parquet")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("reading parquet needs pyarrow: pip install metricrec[parquet]") from None
+    import pyarrow.parquet as pq
+
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"parquet file not found: {path}")
-    import pyarrow.parquet as pq
-
-    available = pq.read_schema(path).names
-    cols = [c for c in (user_col, item_col, rating_col, timestamp_col) if c is not None]
-    for c in cols:
-        if c not in available:
-            raise KeyError(f"{path}: column {c!r} not in the parquet file; columns are {available}")
-    df = pd.read_parquet(path, columns=list(dict.fromkeys(cols)))
-    return from_dataframe(
-        df, user_col, item_col, rating_col, timestamp_col, min_rating,
-        binary=binary, user_ids=user_ids, item_ids=item_ids, source=source or path,
+    _check_min_rating(min_rating, rating_col, path)
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path}: not a readable parquet file ({exc})") from None
+    spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": timestamp_col}
+    chosen: dict[str, str] = {}
+    for role, col in spec.items():
+        if col is None:
+            continue
+        if isinstance(col, str) and col not in names or not isinstance(col, str) and not -len(names) <= col < len(names):
+            raise ValueError(f"{path}: no column {col!r} ({role}) in the parquet file; its columns are {names}")
+        chosen[role] = col if isinstance(col, str) else names[col]
+    table = pq.read_table(path, columns=list(dict.fromkeys(chosen.values())))
+    got = {role: _parquet_column(table, name, role, path) for role, name in chosen.items()}
+    return Interactions.from_arrays(
+        got["user"], got["item"], got.get("rating"), got.get("timestamp"), min_weight=min_rating, binary=binary,
+        user_ids=user_ids, item_ids=item_ids, source=source or path,
     )
 
 
-def read_interactions(path: str | os.PathLike, **kw: Any) -> Interactions:
-    """Read an interaction file, choosing the reader from its suffix.
+_INTER_KEYS = {"user_col": "user_field", "item_col": "item_field", "rating_col": "rating_field",
+               "timestamp_col": "timestamp_field"}
 
-    ``.inter`` -> :func:`read_inter`; ``.parquet``/``.pq`` -> :func:`read_parquet` (``user_col`` and
-    ``item_col`` required); ``.tsv`` -> tab separated and ``.csv`` -> comma separated
-    :func:`read_delimited`; any other suffix needs an explicit ``sep``. Keyword arguments go to the reader.
+
+def read_interactions(path: str | os.PathLike, **kw: Any) -> Interactions:
+    """Read an interaction file, choosing the reader from its suffix (under ``.gz``/``.bz2``/``.zst``).
+
+    ``.inter`` -> :func:`read_inter` (``user_col``... are accepted as ``user_field``...; ``None``
+    keeps the reader's default field); ``.parquet``/``.pq`` -> :func:`read_parquet` (``user_col`` and
+    ``item_col`` required; ``sep`` is ignored); ``.tsv`` -> tab separated and ``.csv`` -> comma
+    separated :func:`read_delimited`; any other suffix needs an explicit ``sep``. Keyword arguments
+    go to the reader.
     """
-    suffix = Path(path).suffix.lower()
+    suffix = plain_suffix(path)
     if suffix == ".inter":
+        kw.pop("sep", None)
+        for old, new in _INTER_KEYS.items():
+            value = kw.pop(old, None)
+            if value is not None:
+                kw[new] = value
         return read_inter(path, **kw)
     if suffix in (".parquet", ".pq"):
-        missing = [k for k in ("user_col", "item_col") if k not in kw]
+        kw.pop("sep", None)
+        missing = [k for k in ("user_col", "item_col") if kw.get(k) is None]
         if missing:
-            raise ValueError(f"{path}: reading parquet needs the column names {missing}")
+            raise ValueError(f"{path}: reading parquet needs the columns {missing}")
         return read_parquet(path, **kw)
-    if "sep" not in kw:
-        if suffix == ".tsv":
-            kw["sep"] = "\t"
-        elif suffix == ".csv":
-            kw["sep"] = ","
-        else:
+    if kw.get("sep") is None:
+        kw.pop("sep", None)
+        if suffix not in (".tsv", ".csv"):
             raise ValueError(
                 f"{path}: cannot tell the field separator from the suffix {suffix!r}; pass sep=... "
                 "(e.g. sep='::' for MovieLens-1M .dat files, sep='\\t' for tab separated)"
             )
+        kw["sep"] = "\t" if suffix == ".tsv" else ","
     return read_delimited(path, **kw)

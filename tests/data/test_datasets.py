@@ -174,3 +174,25 @@ def test_ml100k_rated_item_without_features_warns(tmp_path):
         x = load_dataset("ml-100k", tmp_path)
     assert x.item_ids.tolist() == [242, 555]
     assert x.item_features.matrix[1].nnz == 0 and x.item_features.matrix[0].nnz == 2
+
+
+def test_movielens_side_file_errors_name_file_and_line(tmp_path):
+    folder = write_ml100k(tmp_path)
+    good = (folder / "u.item").read_bytes()
+    (folder / "u.item").write_bytes(good.replace(b"|0|1|0\n", b"|0|2|0\n"))
+    with pytest.raises(ValueError, match=r"u\.item, line 2: genre flags must be 0 or 1"):
+        load_dataset("ml-100k", tmp_path)
+    (folder / "u.item").write_bytes(good.replace(b"|0|1|0\n", b"|0|1\n"))
+    with pytest.raises(ValueError, match=r"u\.item, line 2: expected 8 fields separated by '\|', got 7"):
+        load_dataset("ml-100k", tmp_path)
+    folder = write_ml1m(tmp_path)
+    (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::57::16::70072\n")
+    with pytest.raises(ValueError, match=r"users\.dat, line 2: unknown age code 57"):
+        read_ml1m_users(folder / "users.dat")
+    folder = write_ml1m(tmp_path)
+    (folder / "ratings.dat").write_text("1::1193::5::978300760\n01::661::3::978302109\n")
+    with pytest.raises(ValueError, match=r"ratings\.dat, line 2: user id '01' is not an integer"):
+        load_dataset("ml-1m", tmp_path)
+    (folder / "ratings.dat").write_text("1::1193::five::978300760\n")
+    with pytest.raises(ValueError, match=r"ratings\.dat, line 1: rating 'five' is not a number"):
+        load_dataset("ml-1m", tmp_path)

@@ -142,15 +142,42 @@ def _write(tmp_path, text, name="feats.csv"):
 
 
 def test_read_item_features_multi_hot_values_header_and_int_ids(tmp_path):
-    p = _write(tmp_path, "item,feature,value\n10,genre=Drama\n10,year,1.5\n7,genre=Drama,\n\n007,genre=Comedy\n")
+    p = _write(tmp_path, "item,feature,value\n10,genre=Drama\n10,year,1.5\n7,genre=Drama,\n\n7, genre=Comedy \n")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing to repair here ("007" is item 7)
-        f = read_item_features(p, np.array([7, 10]))
+        warnings.simplefilter("error")  # nothing to repair here
+        f = read_item_features(p, np.array([7, 10]), item_col="item", feature_col="feature", value_col="value")
     assert f.names.tolist() == ["genre=Comedy", "genre=Drama", "year"]
     assert f.matrix.toarray().tolist() == [[1, 1, 0], [0, 1, 1.5]]
     with pytest.warns(DataWarning, match="1 of 3 items have no feature"):
-        f = read_item_features(p, np.array([7, 10, 12]))
+        f = read_item_features(p, np.array([7, 10, 12]), header=True)  # header skipped, columns by position
     assert f.matrix.toarray().tolist() == [[1, 1, 0], [0, 1, 1.5], [0, 0, 0]]
+
+
+def test_zero_padded_item_ids_are_not_the_integer(tmp_path):
+    p = _write(tmp_path, "007,a\n7,b\n")
+    with pytest.warns(DataWarning, match=r"1 rows for 1 unknown item id\(s\) dropped \(e\.g\. '007'; first at line 1\)"):
+        f = read_item_features(p, np.array([7, 8]))
+    assert f.names.tolist() == ["b"] and f.matrix.toarray().tolist() == [[1], [0]]
+    g = read_item_features(p, np.array(["007", "7"]))
+    assert g.matrix.toarray().tolist() == [[1, 0], [0, 1]]
+
+
+def test_header_is_never_guessed_and_names_must_exist(tmp_path):
+    p = _write(tmp_path, "item,feature\n1,a\n")
+    with pytest.warns(DataWarning, match="unknown item id.*'item'"):  # positional: the first line is data
+        f = read_item_features(p, np.array([1]))
+    assert f.names.tolist() == ["a"]
+    with pytest.raises(ValueError, match=r"feats\.csv: the header has no column 'item_id'.*\['item', 'feature'\]"):
+        read_item_features(p, np.array([1]), item_col="item_id", feature_col="feature")
+
+
+def test_feature_file_bom_quotes_and_gzip(tmp_path):
+    import gzip
+
+    p = tmp_path / "f.csv.gz"
+    p.write_bytes(gzip.compress('\ufeffitem,feature\n"a,1",x\nb,"y, z"\n'.encode()))
+    f = read_item_features(p, np.array(["a,1", "b"]), item_col="item", feature_col="feature", value_col="value")
+    assert f.names.tolist() == ["x", "y, z"] and f.matrix.toarray().tolist() == [[1, 0], [0, 1]]
 
 
 def test_read_item_features_string_ids_and_min_count(tmp_path):
@@ -191,8 +218,10 @@ def test_nan_value_is_an_error_naming_file_and_line(tmp_path):
 def test_malformed_rows_are_errors_naming_the_line(tmp_path):
     with pytest.raises(ValueError, match="line 2: value 'high' is not a number"):
         read_item_features(_write(tmp_path, "1,a\n1,b,high\n"), np.array([1]))
-    with pytest.raises(ValueError, match="line 1: expected 'item,feature"):
+    with pytest.raises(ValueError, match="line 1: expected 2 or 3 fields separated by ',', got 4 fields"):
         read_item_features(_write(tmp_path, "1,a,1,2\n", "f2.csv"), np.array([1]))
+    with pytest.raises(ValueError, match="line 3: expected 2 or 3 fields separated by ',', got 1 fields"):
+        read_item_features(_write(tmp_path, "1,a\n1,b,2\nx\n", "f4.csv"), np.array([1]))
     with pytest.raises(ValueError, match="line 2: empty feature name"):
         read_item_features(_write(tmp_path, "1,a\n1, \n", "f3.csv"), np.array([1]))
 
@@ -201,7 +230,7 @@ def test_empty_feature_sets_are_errors(tmp_path):
     with pytest.raises(ValueError, match="no feature rows"):
         read_item_features(_write(tmp_path, ""), np.array([1]))
     with pytest.raises(ValueError, match="no feature rows"):
-        read_item_features(_write(tmp_path, "item,feature\n\n", "h.csv"), np.array([1]))
+        read_item_features(_write(tmp_path, "item,feature\n\n", "h.csv"), np.array([1]), header=True)
     with pytest.warns(DataWarning, match="unknown"):
         with pytest.raises(ValueError, match="none of the 1 rows names a known item"):
             read_item_features(_write(tmp_path, "5,a\n", "u.csv"), np.array([1]))

@@ -88,7 +88,35 @@ def test_empty_parts_round_trip(tmp_path):
     assert back.valid.nnz == 0 and back.test.nnz == 0 and back.train.nnz == split.train.nnz
 
 
-def test_unwritable_ids(tmp_path):
-    _, split = make_split(["a,b", "c"], ["x"], seed=0)
-    with pytest.raises(ValueError, match="contains ','"):
-        write_split(split, tmp_path)
+def test_ids_with_commas_and_quotes_round_trip_quoted(tmp_path):
+    full, split = make_split(['a,b', 'say "hi"', "c"], ["x", "007", "7"], seed=0)
+    paths = write_split(split, tmp_path)
+    assert '"a,b"' in paths["train"].read_text() + paths["valid"].read_text() + paths["test"].read_text()
+    back = read(paths, universe=full)
+    for name in ("train", "valid", "test"):
+        assert (getattr(back, name).matrix != getattr(split, name).matrix).nnz == 0
+    _, nl = make_split(["a\nb"], ["x"], seed=0)
+    with pytest.raises(ValueError, match="line break"):
+        write_split(nl, tmp_path / "nl")
+
+
+def test_zero_padded_ids_do_not_match_integers(tmp_path):
+    (tmp_path / "tr.csv").write_text("user,item\n7,1\n8,1\n")
+    (tmp_path / "va.csv").write_text("user,item\n007,1\n7,1\n")
+    (tmp_path / "te.csv").write_text("user,item\n8,01\n")
+    with pytest.warns(DataWarning) as rec:
+        s = read_split(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv")
+    assert s.meta["n_unknown"]["valid"] == {"pairs": 1, "users": 1, "items": 0}
+    assert s.meta["n_unknown"]["test"] == {"pairs": 1, "users": 0, "items": 1}
+    assert s.valid.matrix.toarray().tolist() == [[1], [0]]
+    assert any("va.csv: dropped 1 of 2" in str(w.message) for w in rec)
+
+
+def test_headerless_files_by_position_and_named_header_required(tmp_path):
+    for name, text in (("tr.csv", "1,10\n2,11\n"), ("va.csv", "1,11\n"), ("te.csv", "2,10\n")):
+        (tmp_path / name).write_text(text)
+    files = [tmp_path / n for n in ("tr.csv", "va.csv", "te.csv")]
+    s = read_split(*files, user_col=0, item_col=1)
+    assert s.sizes() == {"train": 2, "valid": 1, "test": 1} and s.train.user_ids.tolist() == [1, 2]
+    with pytest.raises(ValueError, match=r"tr\.csv: the header has no column 'user'.*\['1', '10'\]"):
+        read_split(*files)

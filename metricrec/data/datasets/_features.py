@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from ..ids import IdIndex
 from ..interactions import DataWarning, Features
 
 
@@ -32,11 +33,8 @@ def multi_hot(
     Features
         Shape (n, n_features), columns are the sorted distinct names of the kept rows.
     """
-    order = np.argsort(universe, kind="stable")
-    sorted_u = universe[order]
-    pos = np.clip(np.searchsorted(sorted_u, row_ids), 0, max(len(sorted_u) - 1, 0))
-    hit = (sorted_u[pos] == row_ids) if len(sorted_u) else np.zeros(len(row_ids), bool)
-    target = order[pos]
+    target = np.asarray(IdIndex(universe).lookup(row_ids, missing="mask"))
+    hit = target >= 0
     lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
     rows = np.repeat(np.where(hit, target, -1), lengths)
     flat = np.array([n for row in names for n in row], dtype=str)

@@ -10,8 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from ..delimited import read_columns
+from ..ids import arrow_to_numpy
 from ..interactions import Features, Interactions
 
 __all__ = ["CITEULIKE_FILES", "read_count_lists", "read_item_tags", "load_citeulike_a"]
@@ -40,41 +44,33 @@ def read_count_lists(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    text = path.read_bytes().decode("ascii", errors="replace").replace("\r\n", "\n")
-    lines = text.split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise ValueError(f"{path}: file is empty")
-    n_tokens = np.fromiter(map(len, map(str.split, lines)), dtype=np.int64, count=len(lines))
+    t = read_columns(path, {"line": 0}, sep="\x1f", header=False, quoting=False, what="lines")
+    text = pc.utf8_trim_whitespace(t.columns["line"])
+    blank = arrow_to_numpy(pc.equal(pc.utf8_length(text), 0))
+    if blank.any():
+        raise ValueError(f"{path}, line {t.line(int(np.argmax(blank)))}: blank line (expected 'n v_1 ... v_n')")
+    tokens = pc.split_pattern_regex(text, r"\s+")
+    n_tokens = arrow_to_numpy(pc.list_value_length(tokens)).astype(np.int64)
+    flat = pc.list_flatten(tokens)
     try:
-        tokens = np.fromstring(" ".join(lines), dtype=np.int64, sep=" ")
-        ok = tokens.shape[0] == n_tokens.sum()
-    except ValueError:
-        ok = False
-    if not ok:
-        for k, line in enumerate(lines, start=1):
-            for tok in line.split():
-                try:
-                    int(tok)
-                except ValueError:
-                    raise ValueError(f"{path}, line {k}: {tok!r} is not an integer") from None
-        raise ValueError(f"{path}: could not parse the integers")  # pragma: no cover - defensive
-    empty = np.flatnonzero(n_tokens == 0)
-    if empty.size:
-        raise ValueError(f"{path}, line {int(empty[0]) + 1}: blank line (expected 'n v_1 ... v_n')")
-    starts = np.concatenate([[0], np.cumsum(n_tokens)[:-1]])
-    declared = tokens[starts]
+        values = arrow_to_numpy(pc.cast(flat, pa.int64()))
+    except pa.ArrowInvalid:
+        ok = arrow_to_numpy(pc.match_substring_regex(flat, r"^[+-]?[0-9]+$"))
+        k = int(np.argmin(ok))
+        line = int(np.searchsorted(np.cumsum(n_tokens), k, side="right"))
+        raise ValueError(f"{path}, line {t.line(line)}: {flat[k].as_py()!r} is not an integer") from None
+    starts = np.concatenate([[0], np.cumsum(n_tokens)[:-1]]).astype(np.int64)
+    declared = values[starts]
     bad = np.flatnonzero(declared != n_tokens - 1)
     if bad.size:
         k = int(bad[0])
         raise ValueError(
-            f"{path}, line {k + 1}: the count says {int(declared[k])} values but the line has {int(n_tokens[k]) - 1}"
+            f"{path}, line {t.line(k)}: the count says {int(declared[k])} values but the line has {int(n_tokens[k]) - 1}"
         )
-    is_value = np.ones(tokens.shape[0], dtype=bool)
+    is_value = np.ones(values.shape[0], dtype=bool)
     is_value[starts] = False
-    rows = np.repeat(np.arange(len(lines), dtype=np.int64), n_tokens - 1)
-    return rows, tokens[is_value], len(lines)
+    rows = np.repeat(np.arange(t.n_rows, dtype=np.int64), n_tokens - 1)
+    return rows, values[is_value], t.n_rows
 
 
 def read_item_tags(path: Path, n_items: int | None = None, min_count: int = 1) -> Features:

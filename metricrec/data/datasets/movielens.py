@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..columns import float_column, id_column, int_column
+from ..delimited import TextTable, read_columns
+from ..ids import IdIndex, canonical_ids
 from ..interactions import Interactions
-from ..readers import read_delimited_columns
 from ._features import multi_hot
 from .download import Archive
 
@@ -42,37 +44,46 @@ _ML1M_OCCUPATIONS = (
 _TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
+def _table(path: Path, sep: str, columns: dict[str, int], fields: int) -> TextTable:
+    """Columns of a MovieLens file (ISO-8859-1, no header, no quoting, exactly ``fields`` per line)."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"MovieLens file not found: {path}")
-    text = path.read_bytes().decode("iso-8859-1").replace("\r\n", "\n")
-    lines = text.split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+    return read_columns(path, columns, sep=sep, header=False, encoding="iso-8859-1", quoting=False,
+                        fields=fields, what="lines")
 
 
-def _split(line: str, sep: str, n: int, path: Path, lineno: int) -> list[str]:
-    fields = line.split(sep)
-    if len(fields) != n:
-        raise ValueError(f"{path}, line {lineno}: expected {n} fields separated by {sep!r}, got {len(fields)}")
-    return fields
+def _ints(t: TextTable, role: str, what: str) -> np.ndarray:
+    """A column of integers (canonical integer text); the first other value is reported by line."""
+    values = id_column(t, role, what)
+    if values.dtype.kind != "i":
+        texts = values.tolist()
+        k = next(k for k, v in enumerate(texts) if canonical_ids([v]).dtype.kind != "i")
+        raise ValueError(f"{t.path}, line {t.line(k)}: {what} {texts[k]!r} is not an integer")
+    return values
 
 
-def _int(value: str, what: str, path: Path, lineno: int) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{path}, line {lineno}: {what} {value!r} is not an integer") from None
+def _strings(t: TextTable, role: str) -> list[str]:
+    return t.columns[role].to_pylist()
 
 
 def _decade(year: int | None) -> list[str]:
     return [] if year is None else [f"year={year // 10 * 10}s"]
 
 
-def _age_group(age: int) -> str:
+def _age_groups(ages: np.ndarray) -> list[str]:
     edges = np.array([18, 25, 35, 45, 50, 56])
-    return list(_AGE_GROUPS.values())[int(np.searchsorted(edges, age, side="right"))]
+    names = list(_AGE_GROUPS.values())
+    return [names[k] for k in np.searchsorted(edges, ages, side="right")]
+
+
+def _release_years(t: TextTable, path: Path) -> list[int | None]:
+    years: list[int | None] = []
+    for k, date in enumerate(_strings(t, "date")):
+        date = date.strip()
+        if date and not date[-4:].isdigit():
+            raise ValueError(f"{path}, line {t.line(k)}: release year {date[-4:]!r} is not an integer")
+        years.append(int(date[-4:]) if date else None)
+    return years
 
 
 def read_ml100k_items(path: Path, genre_path: Path) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
@@ -86,30 +97,28 @@ def read_ml100k_items(path: Path, genre_path: Path) -> tuple[np.ndarray, np.ndar
         Per item: ``genre=<name>`` for each flag set (names from ``u.genre``) and ``year=<decade>s``
         from the release date (absent when the date is empty).
     """
-    genres = [_split(l, "|", 2, genre_path, k + 1)[0] for k, l in enumerate(_lines(genre_path))]
-    ids, titles, feats = [], [], []
-    for k, line in enumerate(_lines(path), start=1):
-        f = _split(line, "|", 5 + len(genres), path, k)
-        ids.append(_int(f[0], "item id", path, k))
-        titles.append(f[1])
-        flags = f[5:]
-        if any(x not in ("0", "1") for x in flags):
-            raise ValueError(f"{path}, line {k}: genre flags must be 0 or 1, got {flags}")
-        date = f[2].strip()
-        year = _int(date[-4:], "release year", path, k) if date else None
-        feats.append([f"genre={g}" for g, x in zip(genres, flags) if x == "1"] + _decade(year))
-    return np.array(ids, dtype=np.int64), np.array(titles, dtype=str), feats
+    genres = _strings(_table(genre_path, "|", {"name": 0}, 2), "name")
+    flag_cols = {f"g{k}": 5 + k for k in range(len(genres))}
+    t = _table(path, "|", {"id": 0, "title": 1, "date": 2, **flag_cols}, 5 + len(genres))
+    ids = _ints(t, "id", "item id")
+    flags = np.stack([np.asarray(_strings(t, c), dtype=str) for c in flag_cols], axis=1) if genres \
+        else np.zeros((t.n_rows, 0), dtype=str)
+    bad = np.flatnonzero(~np.isin(flags, ["0", "1"]).all(axis=1))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(f"{path}, line {t.line(k)}: genre flags must be 0 or 1, got {flags[k].tolist()}")
+    feats = [[f"genre={g}" for g, x in zip(genres, row) if x == "1"] + _decade(year)
+             for row, year in zip(flags.tolist(), _release_years(t, path))]
+    return ids, np.array(_strings(t, "title"), dtype=str), feats
 
 
 def read_ml100k_users(path: Path) -> tuple[np.ndarray, list[list[str]]]:
     """Parse ``u.user`` (``id|age|gender|occupation|zip``) into ids and age-group/gender/occupation features."""
-    ids, feats = [], []
-    for k, line in enumerate(_lines(path), start=1):
-        f = _split(line, "|", 5, path, k)
-        ids.append(_int(f[0], "user id", path, k))
-        age = _int(f[1], "age", path, k)
-        feats.append([f"age={_age_group(age)}", f"gender={f[2]}", f"occupation={f[3]}"])
-    return np.array(ids, dtype=np.int64), feats
+    t = _table(path, "|", {"id": 0, "age": 1, "gender": 2, "occupation": 3}, 5)
+    ids, ages = _ints(t, "id", "user id"), _ints(t, "age", "age")
+    feats = [[f"age={a}", f"gender={g}", f"occupation={o}"]
+             for a, g, o in zip(_age_groups(ages), _strings(t, "gender"), _strings(t, "occupation"))]
+    return ids, feats
 
 
 def read_ml1m_movies(path: Path) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
@@ -118,59 +127,52 @@ def read_ml1m_movies(path: Path) -> tuple[np.ndarray, np.ndarray, list[list[str]
     Returns ids (int64), titles (str) and per-movie features ``genre=<name>`` and ``year=<decade>s``
     (the year is the trailing ``(1995)`` of the title).
     """
-    ids, titles, feats = [], [], []
-    for k, line in enumerate(_lines(path), start=1):
-        head, sep, genres = line.rpartition("::")
-        mid, sep2, title = head.partition("::")
-        if not sep or not sep2:
-            raise ValueError(f"{path}, line {k}: expected 'MovieID::Title::Genres'")
-        ids.append(_int(mid, "movie id", path, k))
-        titles.append(title)
+    t = _table(path, "::", {"id": 0, "title": 1, "genres": 2}, 3)
+    ids, titles = _ints(t, "id", "movie id"), _strings(t, "title")
+    feats = []
+    for title, genres in zip(titles, _strings(t, "genres")):
         m = _TITLE_YEAR.search(title)
-        year = int(m.group(1)) if m else None
-        feats.append([f"genre={g}" for g in genres.split("|") if g] + _decade(year))
-    return np.array(ids, dtype=np.int64), np.array(titles, dtype=str), feats
+        feats.append([f"genre={g}" for g in genres.split("|") if g] + _decade(int(m.group(1)) if m else None))
+    return ids, np.array(titles, dtype=str), feats
 
 
 def read_ml1m_users(path: Path) -> tuple[np.ndarray, list[list[str]]]:
     """Parse ``users.dat`` (``UserID::Gender::Age::Occupation::Zip``) into ids and demographic features."""
-    ids, feats = [], []
-    for k, line in enumerate(_lines(path), start=1):
-        f = _split(line, "::", 5, path, k)
-        ids.append(_int(f[0], "user id", path, k))
-        age, occ = _int(f[2], "age code", path, k), _int(f[3], "occupation code", path, k)
-        if age not in _AGE_GROUPS:
-            raise ValueError(f"{path}, line {k}: unknown age code {age} (expected one of {list(_AGE_GROUPS)})")
-        if not 0 <= occ < len(_ML1M_OCCUPATIONS):
-            raise ValueError(f"{path}, line {k}: unknown occupation code {occ}")
-        feats.append([f"age={_AGE_GROUPS[age]}", f"gender={f[1]}", f"occupation={_ML1M_OCCUPATIONS[occ]}"])
-    return np.array(ids, dtype=np.int64), feats
+    t = _table(path, "::", {"id": 0, "gender": 1, "age": 2, "occupation": 3}, 5)
+    ids, ages, occs = _ints(t, "id", "user id"), _ints(t, "age", "age code"), _ints(t, "occupation", "occupation code")
+    for bad, what, allowed in ((~np.isin(ages, list(_AGE_GROUPS)), "age code", f"one of {list(_AGE_GROUPS)}"),
+                               ((occs < 0) | (occs >= len(_ML1M_OCCUPATIONS)), "occupation code",
+                                f"0..{len(_ML1M_OCCUPATIONS) - 1}")):
+        if bad.any():
+            k = int(np.argmax(bad))
+            value = (ages if what == "age code" else occs)[k]
+            raise ValueError(f"{path}, line {t.line(k)}: unknown {what} {value} (expected {allowed})")
+    feats = [[f"age={_AGE_GROUPS[a]}", f"gender={g}", f"occupation={_ML1M_OCCUPATIONS[o]}"]
+             for a, g, o in zip(ages.tolist(), _strings(t, "gender"), occs.tolist())]
+    return ids, feats
 
 
 def _build(
     name: str, ratings_path: Path, sep: str, min_rating: float | None,
     items: tuple[np.ndarray, np.ndarray, list[list[str]]], users: tuple[np.ndarray, list[list[str]]],
 ) -> Interactions:
-    cols = read_delimited_columns(ratings_path, user_col=0, item_col=1, rating_col=2, timestamp_col=3,
-                                  sep=sep, header=False, encoding="iso-8859-1")
-    for what, raw in (("user", cols.users), ("item", cols.items)):
-        if raw.dtype.kind != "i":
-            raise ValueError(f"{ratings_path}: {what} ids must be integers")
-    user_ids, item_ids = np.unique(cols.users), np.unique(cols.items)
+    t = _table(ratings_path, sep, {"user": 0, "item": 1, "rating": 2, "timestamp": 3}, 4)
+    users_raw, items_raw = _ints(t, "user", "user id"), _ints(t, "item", "item id")
+    user_map, u = IdIndex.from_values(users_raw, name="user")
+    item_map, i = IdIndex.from_values(items_raw, name="item")
     threshold = DEFAULT_MIN_RATING if min_rating is None else float(min_rating)
     item_ids_f, titles, item_feats = items
     user_ids_f, user_feats = users
     inter = Interactions.from_arrays(
-        cols.users, cols.items, cols.ratings, cols.timestamps, min_weight=threshold,
-        user_ids=user_ids, item_ids=item_ids,
-        item_features=multi_hot(item_ids, item_ids_f, item_feats, f"{name} items"),
-        user_features=multi_hot(user_ids, user_ids_f, user_feats, f"{name} users"),
+        u, i, float_column(t, "rating", "rating"), int_column(t, "timestamp", "timestamp"),
+        min_weight=threshold, user_ids=np.arange(len(user_map)), item_ids=np.arange(len(item_map)),
         source=str(ratings_path),
     )
     meta = dict(inter.meta)
     meta.update(dataset=name, n_positives=inter.nnz, data_dir=str(ratings_path.parent))
-    return Interactions(inter.matrix, inter.user_ids, inter.item_ids, inter.timestamps,
-                        inter.item_features, inter.user_features, meta)
+    return Interactions(inter.matrix, user_map.ids, item_map.ids, inter.timestamps,
+                        multi_hot(item_map.ids, item_ids_f, item_feats, f"{name} items"),
+                        multi_hot(user_map.ids, user_ids_f, user_feats, f"{name} users"), meta)
 
 
 def load_ml100k(folder: Path, min_rating: float | None = None) -> Interactions:
