@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from .interactions import Interactions
+from .interactions import Interactions, csr_rows
 
 __all__ = ["Split", "ratio_split", "leave_k_out", "temporal_split"]
 
@@ -74,8 +74,7 @@ def _check_ratios(ratios: Any) -> tuple[float, float, float]:
 
 def _rows(data: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """(row index of each stored interaction, number of interactions per user)."""
-    counts = np.diff(data.matrix.indptr).astype(np.int64)
-    return np.repeat(np.arange(data.n_users, dtype=np.int64), counts), counts
+    return csr_rows(data.matrix), np.diff(data.matrix.indptr).astype(np.int64)
 
 
 def _positions(rows: np.ndarray, indptr: np.ndarray, *sort_keys: np.ndarray) -> np.ndarray:
@@ -91,7 +90,7 @@ def _build(data: Interactions, code: np.ndarray, meta: dict[str, Any]) -> Split:
     """Split ``data`` by a part code per stored interaction (CSR order is kept in every part)."""
     m = data.matrix
     n_users = data.n_users
-    rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(m.indptr))
+    rows = csr_rows(m)
     parts = []
     for value, name in ((_TRAIN, "train"), (_VALID, "valid"), (_TEST, "test")):
         mask = code == value

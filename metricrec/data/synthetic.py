@@ -133,100 +133,84 @@ def generate(
         Unknown preset, missing or non-positive sizes, parameters out of range, or an
         ``n_interactions`` that the per-user bounds cannot reach.
     """
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        p_users, p_items, p_inter, p_clusters, p_min = PRESETS[preset]
-        n_users = p_users if n_users is None else n_users
-        n_items = p_items if n_items is None else n_items
-        n_interactions = p_inter if n_interactions is None else n_interactions
-        n_clusters = p_clusters if n_clusters is None else n_clusters
-        min_user_interactions = p_min if min_user_interactions is None else min_user_interactions
-    for name, value in (("n_users", n_users), ("n_items", n_items), ("n_interactions", n_interactions)):
-        if value is None:
-            raise ValueError(f"{name} is required when no preset is given")
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    n_users, n_items, n_interactions = int(n_users), int(n_items), int(n_interactions)  # type: ignore[arg-type]
-    n_clusters = 10 if n_clusters is None else int(n_clusters)
-    min_user = 5 if min_user_interactions is None else int(min_user_interactions)
-    _check_params(
+    n_users, n_items, n_interactions, n_clusters, min_user = _sizes(
+        preset, n_users, n_items, n_interactions, n_clusters, min_user_interactions
+    )
+    cap = _check_params(
         n_users, n_items, n_interactions, n_clusters, min_user, popularity_exponent, activity_sigma,
         cluster_affinity, max_user_fraction, tags_per_cluster, tags_per_item, tag_noise, weighted_rounds,
     )
-    cap = max(min_user, int(math.floor(max_user_fraction * n_items)))
-    if n_interactions < n_users * min_user or n_interactions > n_users * cap:
-        raise ValueError(
-            f"n_interactions={n_interactions} is outside [{n_users * min_user}, {n_users * cap}] allowed by "
-            f"n_users={n_users}, min_user_interactions={min_user} and at most {cap} items per user"
-        )
-
     rng = np.random.default_rng(seed)
     user_cluster = rng.permutation(np.arange(n_users) % n_clusters).astype(np.int64)
     item_cluster = rng.permutation(np.arange(n_items) % n_clusters).astype(np.int64)
     ranks = rng.permutation(n_items) + 1.0
     item_weight = ranks ** -float(popularity_exponent)
     target = _activity(rng, n_users, n_interactions, activity_sigma, min_user, cap)
-
     # Own-cluster quota: Binomial(target, affinity), at most max_user_fraction of the cluster.
     cluster_cap = np.floor(max_user_fraction * np.bincount(item_cluster, minlength=n_clusters)).astype(np.int64)
     n_own = np.minimum(rng.binomial(target, cluster_affinity), cluster_cap[user_cluster])
     keys, n_uniform = _sample_pairs(
         rng, item_cluster, item_weight, n_clusters, user_cluster, n_own, target - n_own, weighted_rounds
     )
+    matrix, ts = _to_matrix(rng, keys, n_users, n_items)
+    features = (_item_features(rng, item_cluster, n_clusters, tags_per_cluster, tags_per_item, tag_noise)
+                if with_item_features else None)
+    meta: dict[str, Any] = {
+        "source": "synthetic" if preset is None else f"synthetic:{preset}", "preset": preset, "seed": int(seed),
+        "n_ratings": int(len(keys)), "n_duplicates": 0, "n_clusters": n_clusters,
+        "popularity_exponent": float(popularity_exponent), "activity_sigma": float(activity_sigma),
+        "cluster_affinity": float(cluster_affinity), "min_user_interactions": min_user,
+        "max_user_interactions": cap, "target_interactions": n_interactions, "n_uniform_fill": int(n_uniform),
+        "shortfall": int(n_interactions - len(keys)), "user_cluster": user_cluster,
+        "item_cluster": item_cluster, "item_weight": item_weight, "user_target": target,
+    }
+    return Interactions(matrix=matrix, user_ids=np.arange(n_users, dtype=np.int64),
+                        item_ids=np.arange(n_items, dtype=np.int64), timestamps=ts, item_features=features,
+                        meta=meta)
+
+
+# ---------------------------------------------------------------------- helpers
+def _sizes(
+    preset: str | None, n_users: int | None, n_items: int | None, n_interactions: int | None,
+    n_clusters: int | None, min_user: int | None,
+) -> tuple[int, int, int, int, int]:
+    """(n_users, n_items, n_interactions, n_clusters, min_user_interactions): explicit values over the preset's."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        given = (n_users, n_items, n_interactions, n_clusters, min_user)
+        n_users, n_items, n_interactions, n_clusters, min_user = (
+            p if g is None else g for p, g in zip(PRESETS[preset], given)
+        )
+    for name, value in (("n_users", n_users), ("n_items", n_items), ("n_interactions", n_interactions)):
+        if value is None:
+            raise ValueError(f"{name} is required when no preset is given")
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return (int(n_users), int(n_items), int(n_interactions),  # type: ignore[arg-type]
+            10 if n_clusters is None else int(n_clusters), 5 if min_user is None else int(min_user))
+
+
+def _to_matrix(rng: np.random.Generator, keys: np.ndarray, n_users: int, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Binary CSR of the pair keys ``user * n_items + item`` and their timestamps (CSR order)."""
     users = keys // n_items
     ts = _timestamps(rng, users, n_users)
     order = np.argsort(keys, kind="stable")
     keys, ts = keys[order], ts[order]
-    counts = np.bincount(users, minlength=n_users)
     indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
+    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
     idx_dtype = np.int32 if len(keys) < 2**31 else np.int64
-    matrix = sp.csr_matrix(
-        (np.ones(len(keys), dtype=np.float32), (keys % n_items).astype(idx_dtype), indptr.astype(idx_dtype)),
-        shape=(n_users, n_items),
-    )
-
-    features = None
-    if with_item_features:
-        features = _item_features(rng, item_cluster, n_clusters, tags_per_cluster, tags_per_item, tag_noise)
-
-    meta: dict[str, Any] = {
-        "source": "synthetic" if preset is None else f"synthetic:{preset}",
-        "preset": preset,
-        "seed": int(seed),
-        "n_ratings": int(len(keys)),
-        "n_duplicates": 0,
-        "n_clusters": n_clusters,
-        "popularity_exponent": float(popularity_exponent),
-        "activity_sigma": float(activity_sigma),
-        "cluster_affinity": float(cluster_affinity),
-        "min_user_interactions": min_user,
-        "max_user_interactions": cap,
-        "target_interactions": n_interactions,
-        "n_uniform_fill": int(n_uniform),
-        "shortfall": int(n_interactions - len(keys)),
-        "user_cluster": user_cluster,
-        "item_cluster": item_cluster,
-        "item_weight": item_weight,
-        "user_target": target,
-    }
-    return Interactions(
-        matrix=matrix,
-        user_ids=np.arange(n_users, dtype=np.int64),
-        item_ids=np.arange(n_items, dtype=np.int64),
-        timestamps=ts,
-        item_features=features,
-        meta=meta,
-    )
+    matrix = sp.csr_matrix((np.ones(len(keys), dtype=np.float32), (keys % n_items).astype(idx_dtype),
+                            indptr.astype(idx_dtype)), shape=(n_users, n_items))
+    return matrix, ts
 
 
-# ---------------------------------------------------------------------- helpers
 def _check_params(
     n_users: int, n_items: int, n_interactions: int, n_clusters: int, min_user: int, exponent: float,
     sigma: float, affinity: float, max_fraction: float, tags_per_cluster: int, tags_per_item: int,
     tag_noise: float, weighted_rounds: int,
-) -> None:
+) -> int:
+    """Check the parameters; return the per-user cap ``max(min_user, floor(max_fraction * n_items))``."""
     if not 1 <= n_clusters <= min(n_users, n_items):
         raise ValueError(f"n_clusters must be in [1, min(n_users, n_items)={min(n_users, n_items)}], got {n_clusters}")
     if min_user < 1:
@@ -249,6 +233,13 @@ def _check_params(
         raise ValueError(f"tag_noise must be in [0, 1], got {tag_noise}")
     if weighted_rounds < 1:
         raise ValueError(f"weighted_rounds must be >= 1, got {weighted_rounds}")
+    cap = max(min_user, int(math.floor(max_fraction * n_items)))
+    if n_interactions < n_users * min_user or n_interactions > n_users * cap:
+        raise ValueError(
+            f"n_interactions={n_interactions} is outside [{n_users * min_user}, {n_users * cap}] allowed by "
+            f"n_users={n_users}, min_user_interactions={min_user} and at most {cap} items per user"
+        )
+    return cap
 
 
 def _activity(rng: np.random.Generator, n_users: int, total: int, sigma: float, lo: int, hi: int) -> np.ndarray:
