@@ -10,16 +10,15 @@ interleaved (CML, LightFM, CML, ...) so that background load hits both alike; th
     python -m benchmarks.speed --negatives 20 --epochs 5
 
 Writes benchmarks/results/<name>.json and <name>.md (``--name`` defaults to ``speed``). Also reports
-where one more CML epoch's time goes (sampling / kernel / optimiser), from a profile of that epoch.
+where one more CML epoch's time goes (shuffle / sampling / kernel step / optimiser), from the
+library trainer's phase clock.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
 import platform
-import pstats
 import statistics
 import sys
 import time
@@ -36,31 +35,18 @@ from .common import RESULTS, write_json, write_text
 
 SEED_REFERENCE_SECONDS = 120.0  # the reference TensorFlow CML's seconds per epoch on this data
 
-# (phase, path fragment, function name) of the trainer's pieces, as they appear in a profile.
-_PHASES = (("sampling", "sampling", "sample"), ("kernel", "step", "batch"), ("optimiser", "optim", "step_buffer"))
-
-
 def cml_epoch_breakdown(peer: CMLPeer, train: sp.csr_matrix) -> dict[str, float]:
-    """Train one more epoch under :mod:`cProfile` and split its seconds by phase.
+    """Train one more epoch with the trainer's phase clock on and split its seconds by phase.
 
     Returns
     -------
     dict
-        Wall seconds spent in negative sampling, the model's step (the fused kernel), the row-sparse
-        optimiser, ``other`` (shuffle, batch gathers, bookkeeping) and ``total`` (the epoch's own
-        ``last_epoch_seconds``). The profiler adds a little to ``other``.
+        Wall seconds per phase of the library's trainer (``shuffle``, ``pairs``, ``sampling``,
+        ``step`` = the fused kernel, ``optimiser``), ``other`` (what the clock does not cover, e.g.
+        the model's end-of-epoch work) and ``total`` (the epoch's ``last_epoch_seconds``).
     """
-    prof = cProfile.Profile()
-    prof.enable()
-    total = peer.partial_fit_epoch(train)
-    prof.disable()
-    stats = pstats.Stats(prof).stats  # (file, line, function) -> (calls, ..., inline s, cumulative s, callers)
-    out: dict[str, float] = {}
-    for phase, fragment, func in _PHASES:
-        out[phase] = sum(v[3] for (path, _, name), v in stats.items() if name == func and fragment in path)
-    out["other"] = max(0.0, total - sum(out.values()))
-    out["total"] = total
-    return out
+    total, phases = peer.profiled_epoch(train)
+    return {**phases, "other": max(0.0, total - sum(phases.values())), "total": total}
 
 
 def interleaved_epochs(cml: CMLPeer, lightfm: Any, train: sp.csr_matrix, epochs: int) -> tuple[list[float], list[float]]:

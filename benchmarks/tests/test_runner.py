@@ -78,3 +78,14 @@ def test_run_peer_popularity_one_epoch(split):
 def test_make_peer_rejects_unknown_methods():
     with pytest.raises(ValueError, match="unknown method"):
         make_peer("nope")
+
+
+def test_cml_peer_profiled_epoch_splits_the_epoch_into_phases(split):
+    peer = CMLPeer(num_threads=1, kernel="torch", **CML_SETTING)
+    with pytest.raises(RuntimeError, match="train one epoch first"):
+        peer.profiled_epoch(split.train.matrix)
+    peer.partial_fit_epoch(split.train.matrix)
+    seconds, phases = peer.profiled_epoch(split.train.matrix)
+    assert {"sampling", "step", "optimiser"} <= set(phases)
+    assert 0 < sum(phases.values()) <= seconds
+    assert peer.model._trainer.phase_seconds is None  # the clock is off again
