@@ -15,21 +15,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .delimited import Column, TextTable, read_columns
-from .ids import arrow_to_numpy, canonical_ids
+from .ids import arrow_to_numpy, canonical_ids, canonical_or_arrow
 
 __all__ = ["DelimitedColumns", "float_column", "id_column", "int_column", "read_delimited_columns"]
 
 _FLOAT = r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)$"
 
 
-def id_column(t: TextTable, role: str, what: str) -> np.ndarray:
-    """Ids of a column by :func:`~metricrec.data.ids.canonical_ids`; an empty id is an error."""
+def id_column(t: TextTable, role: str, what: str, *, arrow_strings: bool = False) -> np.ndarray | pa.ChunkedArray:
+    """Ids of a column by :func:`~metricrec.data.ids.canonical_ids`; an empty id is an error.
+
+    With ``arrow_strings=True`` string ids stay a pyarrow array (see
+    :func:`~metricrec.data.ids.canonical_or_arrow`)."""
     col = t.columns[role]
     if t.n_rows and pc.min(pc.utf8_length(col)).as_py() == 0:
         k = int(np.argmax(arrow_to_numpy(pc.utf8_length(col)) == 0))
         blank = all(c is None or c[k].as_py() == "" for c in t.columns.values())
         raise ValueError(f"{t.path}, line {t.line(k)}: " + ("blank line" if blank else f"empty {what} id"))
-    return canonical_ids(col)
+    return canonical_or_arrow(col) if arrow_strings else canonical_ids(col)
 
 
 def float_column(t: TextTable, role: str, what: str) -> np.ndarray:
@@ -64,16 +67,17 @@ class DelimitedColumns:
 
     Attributes
     ----------
-    users, items : numpy.ndarray, shape (n,)
-        Raw ids by :func:`~metricrec.data.ids.canonical_ids` (int64 or str).
+    users, items : numpy.ndarray or pyarrow.ChunkedArray, shape (n,)
+        Raw ids by :func:`~metricrec.data.ids.canonical_ids` (int64 or str; string ids are a pyarrow
+        array only when read with ``arrow_strings=True``).
     ratings : numpy.ndarray of float64 or None, shape (n,)
     timestamps : numpy.ndarray of int64 or None, shape (n,)
     first_line : int
         1-based line of the first row (rows are consecutive lines).
     """
 
-    users: np.ndarray
-    items: np.ndarray
+    users: np.ndarray | pa.ChunkedArray
+    items: np.ndarray | pa.ChunkedArray
     ratings: np.ndarray | None
     timestamps: np.ndarray | None
     first_line: int = 1
@@ -98,12 +102,15 @@ def read_delimited_columns(
     allow_empty: bool = False,
     optional: frozenset[str] = frozenset(),
     rename: Callable[[str], str] | None = None,
+    arrow_strings: bool = False,
 ) -> DelimitedColumns:
     """Parse an interaction file into raw columns (no id indexing, no thresholding).
 
     Parameters are those of :func:`read_columns` and :func:`metricrec.data.readers.read_delimited`;
     ``allow_empty=True`` returns empty columns for a file without interaction lines; roles in
-    ``optional`` (``"rating"``, ``"timestamp"``) absent from the file give ``None`` columns.
+    ``optional`` (``"rating"``, ``"timestamp"``) absent from the file give ``None`` columns;
+    ``arrow_strings=True`` keeps string ids as pyarrow arrays (the readers pass them on to
+    :meth:`~metricrec.data.ids.IdIndex.from_values` without building per-value numpy strings).
 
     Returns
     -------
@@ -113,7 +120,8 @@ def read_delimited_columns(
     t = read_columns(path, {k: v for k, v in spec.items() if v is not None}, sep=sep, header=header,
                      encoding=encoding, quoting=quoting, allow_empty=allow_empty, what="interaction lines",
                      optional=optional, rename=rename)
-    users, items = id_column(t, "user", "user"), id_column(t, "item", "item")
+    users = id_column(t, "user", "user", arrow_strings=arrow_strings)
+    items = id_column(t, "item", "item", arrow_strings=arrow_strings)
     ratings = float_column(t, "rating", "rating") if t.columns.get("rating") is not None else None
     timestamps = int_column(t, "timestamp", "timestamp") if t.columns.get("timestamp") is not None else None
     return DelimitedColumns(users, items, ratings, timestamps, t.first_line)

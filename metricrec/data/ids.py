@@ -13,6 +13,7 @@ is that integer's canonical text, an integer finds a string id equal to its deci
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -21,19 +22,42 @@ import pyarrow.compute as pc
 
 from ..errors import UnknownIdError  # re-exported: the library's one unknown-id error
 
-__all__ = ["IdIndex", "UnknownIdError", "canonical_ids"]
+__all__ = ["IdIndex", "UnknownIdError", "arrow_to_numpy", "canonical_ids", "canonical_or_arrow"]
 
 _CANONICAL = r"^(0|-?[1-9][0-9]*)$"  # exactly the texts str(int) produces: not "-0"
 _INT64_DIGITS = 19  # 9223372036854775807 has 19 digits: longer or equal texts need an exact check
 _SPAN_FACTOR = 4  # dense-range fast path of from_values: id span at most this many times the count
-
-
+_CANONICAL_TEXT = re.compile(_CANONICAL)
 
 
 def arrow_to_numpy(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """numpy copy/view of an Arrow array or chunked array (works on pyarrow >= 12, where
-    ``ChunkedArray.to_numpy`` takes no ``zero_copy_only``). The result may be read-only."""
-    return arr.to_numpy() if isinstance(arr, pa.ChunkedArray) else arr.to_numpy(zero_copy_only=False)
+    """numpy view/copy of an Arrow array or chunked array; the result may be read-only.
+
+    Null-free numeric and boolean arrays are viewed straight from their data buffer: pyarrow's
+    ``to_numpy`` imports pandas when it is installed (a second or so on first use), and
+    ``ChunkedArray.to_numpy`` has no ``zero_copy_only`` before pyarrow 13. Strings become a numpy
+    str array (through Python strings); other types use ``to_numpy``.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
+    if pa.types.is_boolean(arr.type) and not arr.null_count:
+        return arrow_to_numpy(arr.cast(pa.uint8())).view(bool)
+    kind = "i" if pa.types.is_signed_integer(arr.type) else "u" if pa.types.is_unsigned_integer(arr.type) \
+        else "f" if pa.types.is_floating(arr.type) else None
+    if (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) and not arr.null_count:
+        return np.array(arr.to_pylist(), dtype=str)
+    if kind is None or arr.null_count:
+        return arr.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(f"{kind}{arr.type.bit_width // 8}")
+    if len(arr) == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset:arr.offset + len(arr)]
+
+
+def _str_array(values: np.ndarray) -> pa.Array:
+    """Arrow strings from a numpy str array, through Python strings (pyarrow's numpy-str path imports
+    pandas when it is installed)."""
+    return pa.array(values.tolist(), type=pa.string())
 
 
 # ---------------------------------------------------------------------- the id rule
@@ -42,7 +66,7 @@ def _arrow_strings(values: Any) -> pa.Array | pa.ChunkedArray:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         arr = values
     else:
-        arr = pa.array(np.asarray(values, dtype=str), type=pa.string())
+        arr = _str_array(np.asarray(values, dtype=str))
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
     if arr.null_count:
@@ -55,12 +79,12 @@ def _parse_canonical(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nd
     ok = arrow_to_numpy(pc.match_substring_regex(arr, _CANONICAL)).astype(bool)
     long = np.flatnonzero(ok & (arrow_to_numpy(pc.utf8_length(arr)) >= _INT64_DIGITS))
     if long.size:  # near the int64 bounds: check exactly (rare, so a Python loop is fine)
-        texts = pc.take(arr, pa.array(long)).to_pylist()
+        texts = pc.take(arr, pa.array(long.tolist(), type=pa.int64())).to_pylist()
         ok[long] = [-(2**63) <= int(t) < 2**63 for t in texts]
     if ok.all():
         return ok, arrow_to_numpy(pc.cast(arr, pa.int64()))
     flat = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    safe = pc.if_else(pa.array(ok), flat, pa.scalar("0", type=flat.type))
+    safe = pc.if_else(pa.array(ok.tolist(), type=pa.bool_()), flat, pa.scalar("0", type=flat.type))
     return ok, arrow_to_numpy(pc.cast(safe, pa.int64()))
 
 
@@ -116,29 +140,40 @@ def canonical_ids(values: Any) -> np.ndarray:
     TypeError
         Values that are neither str nor int.
     """
+    out = canonical_or_arrow(values)
+    return out if isinstance(out, np.ndarray) else np.asarray(arrow_to_numpy(out), dtype=str)
+
+
+def canonical_or_arrow(values: Any) -> np.ndarray | pa.Array | pa.ChunkedArray:
+    """:func:`canonical_ids`, except that Arrow string input that is not all canonical integers is
+    returned as the Arrow array itself (no per-value numpy strings: faster and smaller for big files;
+    :meth:`IdIndex.from_values` and :meth:`IdIndex.lookup` accept it)."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         if pa.types.is_integer(values.type) and not values.null_count:
             return _numeric_ids(arrow_to_numpy(values))
         arr = _arrow_strings(values)
-    else:
-        raw = np.asarray(values)
-        if raw.ndim != 1:
-            raise ValueError(f"ids must be one-dimensional, got shape {raw.shape}")
-        if raw.dtype.kind in "iufb":
-            return _numeric_ids(raw)
-        if raw.dtype.kind == "O":
-            if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in raw.tolist()) \
-                    and raw.size:
-                try:
-                    return np.array(raw.tolist(), dtype=np.int64)
-                except OverflowError:
-                    pass
-            raw = _object_to_str(raw)
-        arr = _arrow_strings(raw.astype(str) if raw.dtype.kind == "S" else raw)
-    ok, ints = _parse_canonical(arr)
-    if ok.all():
-        return ints
-    return np.asarray(arrow_to_numpy(arr), dtype=str)
+        if len(arr) and not _CANONICAL_TEXT.match(arr[0].as_py()):
+            return arr  # one non-canonical value decides: the exact strings, no full scan needed
+        ok, ints = _parse_canonical(arr)
+        return ints if ok.all() else arr
+    raw = np.asarray(values)
+    if raw.ndim != 1:
+        raise ValueError(f"ids must be one-dimensional, got shape {raw.shape}")
+    if raw.dtype.kind in "iufb":
+        return _numeric_ids(raw)
+    if raw.dtype.kind == "O":
+        if raw.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                            for v in raw.tolist()):
+            try:
+                return np.array(raw.tolist(), dtype=np.int64)
+            except OverflowError:
+                pass
+        raw = _object_to_str(raw)
+    raw = raw.astype(str) if raw.dtype.kind == "S" else raw
+    if raw.size and not _CANONICAL_TEXT.match(str(raw[0])):
+        return raw
+    ok, ints = _parse_canonical(_arrow_strings(raw))
+    return ints if ok.all() else raw
 
 
 # ---------------------------------------------------------------------- the index
@@ -241,14 +276,15 @@ class IdIndex:
         rows : numpy.ndarray of int64, shape (n,)
             ``index.ids[rows]`` equals the canonical values.
         """
-        values = canonical_ids(raw)
-        if values.dtype.kind == "i":
+        values = canonical_or_arrow(raw)
+        if isinstance(values, np.ndarray) and values.dtype.kind == "i":
             ids, rows = _unique_ints(values)
         else:
-            arr = pa.array(values, type=pa.string())
-            ids = np.sort(np.asarray(arrow_to_numpy(pc.unique(arr)), dtype=str))
-            rows = arrow_to_numpy(pc.index_in(arr, value_set=pa.array(ids, type=pa.string())))
-            rows = rows.astype(np.int64)
+            arr = values if not isinstance(values, np.ndarray) else _str_array(values)
+            uniq = pc.unique(arr)
+            uniq = pc.take(uniq, pc.sort_indices(uniq))  # UTF-8 byte order = code-point order (numpy's)
+            ids = arrow_to_numpy(uniq)
+            rows = arrow_to_numpy(pc.index_in(arr, value_set=uniq)).astype(np.int64)
         return cls(ids, name=name), rows
 
     def __len__(self) -> int:
@@ -298,7 +334,7 @@ class IdIndex:
     def _rows(self, query: np.ndarray) -> np.ndarray:
         ok = np.ones(query.shape[0], dtype=bool)
         if self.kind == "int" and query.dtype.kind == "U":
-            ok, query = _parse_canonical(pa.array(query, type=pa.string()))
+            ok, query = _parse_canonical(_str_array(query))
         elif self.kind == "str" and query.dtype.kind == "i":
             query = query.astype(str)
         if len(self) == 0 or query.shape[0] == 0:

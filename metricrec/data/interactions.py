@@ -315,12 +315,15 @@ def _to_csr(
     """Canonical CSR from COO arrays; duplicates collapse to (max weight, latest timestamp)."""
     n_cols = max(shape[1], 1)
     key = rows.astype(np.int64) * n_cols + cols
-    order = None if _is_sorted(key) else np.argsort(key)
-    key_s = key if order is None else key[order]
+    same = ts is None and len(w) > 0 and bool(np.all(w == w[0]))  # nothing to carry: sort the keys alone
+    order = None if same or _is_sorted(key) else np.argsort(key)
+    key_s = np.sort(key) if same else key if order is None else key[order]
     starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]]) if len(key_s) else np.zeros(0, np.int64)
     n_dup = int(len(key_s) - len(starts))
 
     def per_pair(values: np.ndarray) -> np.ndarray:
+        if same:
+            return np.full(len(starts), values[0], dtype=values.dtype)
         v = values if order is None else values[order]
         return np.maximum.reduceat(v, starts) if n_dup else v
 

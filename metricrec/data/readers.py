@@ -103,7 +103,7 @@ def read_delimited(
     """
     cols = read_delimited_columns(
         path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-        sep=sep, header=header, encoding=encoding, quoting=quoting,
+        sep=sep, header=header, encoding=encoding, quoting=quoting, arrow_strings=True,
     )
     return _build(cols, path, min_rating, binary, user_ids, item_ids, source)
 
@@ -142,7 +142,7 @@ def read_inter(
     cols = read_delimited_columns(
         path, user_col=user_field, item_col=item_field, rating_col=rating_field, timestamp_col=timestamp_field,
         sep="\t", header=True, encoding=encoding, quoting=False, optional=frozenset({"rating", "timestamp"}),
-        rename=lambda name: name.split(":", 1)[0].strip(),
+        rename=lambda name: name.split(":", 1)[0].strip(), arrow_strings=True,
     )
     return _build(cols, path, min_rating, binary, user_ids, item_ids, source, "a rating field in the header")
 
