@@ -9,6 +9,8 @@ import warnings
 from .. import __version__
 from . import data_cmd, recommend_cmd, train_cmd
 from . import index_cmd, serve_cmd
+from . import report_cmd, tune_cmd
+from .config_file import add_config_arguments, parse_with_config
 from .sources import quiet_warnings_to_stderr
 
 
@@ -19,17 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"metricrec {__version__}")
     p.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,recommend}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,recommend,index,serve,tune,report}")
     data_cmd.register(sub)
     train_cmd.register(sub)
     recommend_cmd.register(sub)
     index_cmd.register(sub); serve_cmd.register(sub)  # noqa: E702
+    tune_cmd.register(sub); report_cmd.register(sub)  # noqa: E702
+    add_config_arguments(p)  # --config FILE on every subcommand
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_with_config(parser, argv)
+    except ValueError as exc:  # --config FILE unreadable, or a key or value its subcommand refuses
+        print(f"metricrec: error: {exc}", file=sys.stderr)
+        return 2
     quiet_warnings_to_stderr()
     warnings.simplefilter("default")
     try:

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
     train.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
                        help="under torchrun: give up when another rank is silent this long (default %(default)g)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when stderr is not a terminal)")
     train.add_argument("--no-fallback", action="store_true",
                        help="fail instead of using synthetic data when --dataset files cannot be found or downloaded")
     train.set_defaults(func=cmd_train)
@@ -166,7 +167,8 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
         note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
              f"{feature_doc['n_rows_with_features']:,} of {feature_doc['n_rows']:,} items | "
              f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
-    model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel, show_progress=not args.no_progress)
+    model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
+                show_progress=not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     model.fit(split.train, split.valid if sizes["valid"] else None, item_features=features)
     if parallel is not None and parallel.rank != 0:

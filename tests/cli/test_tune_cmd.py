@@ -1,0 +1,127 @@
+"""`--config FILE` for every subcommand, and `metricrec tune` end to end: run, resume, best.json."""
+
+import json
+
+import pytest
+
+from metricrec.cli.config_file import parse_with_config
+from metricrec.cli.main import build_parser, main
+
+
+# ---------------------------------------------------------------------- --config FILE
+def _parse(argv):
+    return parse_with_config(build_parser(), argv)
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"factors": 8, "learning-rate": 0.05, "no_progress": True, "use_rank_weight": False,
+                               "feature_hidden": [16, 8], "max_norm": None, "synthetic": "small", "split-seed": 3}))
+    args = _parse(["train", "--config", str(cfg), "--factors", "12", "--split-seed", "4"])
+    assert args.factors == 12 and args.split_seed == 4  # given on the command line
+    assert args.learning_rate == 0.05 and args.no_progress is True and args.use_rank_weight is False
+    assert args.feature_hidden == (16, 8) and args.max_norm == "none" and args.synthetic == "small"
+    plain = _parse(["train", "--synthetic", "small"])  # a fresh parser: nothing carried over
+    assert plain.factors is None and plain.no_progress is False
+
+
+def test_config_file_toml_and_flag_names(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('factors = 8\n"no-rank-weight" = true\nsplit = "leave-k-out"\n')
+    args = _parse(["train", "--config", str(cfg), "--synthetic", "small"])
+    assert args.factors == 8 and args.use_rank_weight is False and args.split == "leave-k-out"
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"factorz": 3}, ["'factorz'", "not a flag of 'metricrec train'"]),
+    ({"factors": "x"}, ["'factors'", "invalid int value"]),
+    ({"split": "nope"}, ["'split'", "invalid choice"]),
+    ({"no_progress": "yes"}, ["'no_progress'", "true or false"]),
+    ([1, 2], ["expected an object"]),
+])
+def test_config_file_errors_are_one_line_naming_key_and_file(tmp_path, capsys, doc, words):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(doc))
+    assert main(["train", "--config", str(cfg), "--synthetic", "small"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(cfg) in err
+    for w in words:
+        assert w in err
+
+
+def test_config_file_missing_or_invalid(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "none.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{")
+    assert main(["train", "--config", str(tmp_path / "x.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_every_subcommand_takes_a_config_file(tmp_path):
+    cfg = tmp_path / "t.json"
+    cfg.write_text(json.dumps({"trials": 7, "pruner": "none", "synthetic": "small"}))
+    args = _parse(["tune", "--config", str(cfg)])
+    assert args.trials == 7 and args.pruner == "none" and args.synthetic == "small"
+
+
+# ---------------------------------------------------------------------- metricrec tune
+FAST = ["--synthetic", "small", "--epochs", "2", "--factors", "8", "--threads", "1", "--kernel", "torch"]
+
+
+def _tune(tmp_path, trials, *extra):
+    return main(["tune", *FAST, "--trials", str(trials), "--storage", f"sqlite:///{tmp_path / 'db' / 'tune.db'}",
+                 "--study-name", "s", "--out", str(tmp_path / "out"), *extra])
+
+
+def test_tune_resumes_its_study_and_best_json_trains(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    assert _tune(tmp_path, 2) == 0
+    first = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert [t["number"] for t in first["trials"]] == [0, 1] and first["states"] == {"COMPLETE": 2}
+    assert "factors" not in first["identity"]["params"]  # fixed by --factors
+
+    # a run killed mid-trial leaves it RUNNING: the next run marks it FAIL and does not count it
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'db' / 'tune.db'}")
+    study.ask()
+    capsys.readouterr()
+    assert _tune(tmp_path, 3) == 0
+    captured = capsys.readouterr()
+    assert "marked FAIL (left RUNNING by an interrupted run): trial 2\n" in captured.err
+    assert "running 1 more" in captured.err
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    numbers = [t["number"] for t in doc["trials"]]
+    assert numbers == [0, 1, 2, 3] and doc["states"] == {"COMPLETE": 3, "FAIL": 1}
+    params = [tuple(sorted(t["params"].items())) for t in doc["trials"] if t["state"] == "COMPLETE"]
+    assert len(set(params)) == 3  # the resumed sampler did not draw the first run's points again
+    for t in doc["trials"]:
+        if t["state"] == "COMPLETE":
+            assert t["seconds"] > 0 and t["epochs"] == 2 and 0 <= t["value"] <= 1
+    assert doc["best"]["value"] == max(t["value"] for t in doc["trials"] if t["value"] is not None)
+
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["factors"] == 8 and best["margin"] == doc["best"]["params"]["margin"]
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "out" / "best.json"), "--synthetic", "small", "--out", str(run),
+                 "--no-progress", "--threads", "1", "--kernel", "torch"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    for k, v in doc["best"]["params"].items():
+        assert report["config"][k] == v
+    assert f"--config {tmp_path / 'out' / 'best.json'}" in captured.out
+
+
+def test_tune_refuses_a_study_made_on_other_data(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    assert _tune(tmp_path, 1, "--pruner", "none") == 0
+    capsys.readouterr()
+    assert _tune(tmp_path, 2, "--pruner", "none", "--split-seed", "5") == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("metricrec: error: study 's' in sqlite:///") and "another train_fingerprint" in last
+
+
+def test_tune_help_documents_the_search_space(capsys):
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    out = capsys.readouterr().out
+    for name in ("margin", "learning_rate", "n_negatives", "batch_size", "cov_weight", "factors", "negative_group"):
+        assert name in out
+    assert "[0.25, 2.5]" in out and "--storage" in out and "--trials" in out
