@@ -1,0 +1,111 @@
+"""One trial of ``metricrec tune``: a CML fit on the training part, judged on the validation part.
+
+The trial's value is the best validation Recall@50 of its fit (the epoch early stopping keeps; the
+trainer's per-epoch validation -- on a fixed sample of users when there are many, see
+``TrainingConfig.valid_users``). The test part is never looked at. After every validated epoch
+the best value so far is reported to Optuna (``trial.report(value, epoch)``); when the pruner says
+the trial is behind, the epoch callback stops the fit and the trial ends as PRUNED.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ..data.splits import Split
+from ..errors import ConfigError, TrainingDivergedError
+from ..models.cml.config import CMLConfig
+from ..models.cml.model import CML
+from ..training.history import EpochRecord
+from .space import Param, suggest
+
+__all__ = ["Objective", "PruningCallback", "METRIC"]
+
+#: The per-epoch validation metric a trial reports and maximises.
+METRIC = "recall@50"
+
+
+class PruningCallback:
+    """Trainer callback: report each epoch's best-so-far validation metric; stop when pruned.
+
+    Parameters
+    ----------
+    trial : optuna.Trial
+    metric : str
+        Key of ``record.valid`` to report.
+
+    Attributes
+    ----------
+    pruned_at : int or None
+        The epoch after which the pruner stopped the fit (None: not pruned).
+    best : float
+        The best value reported so far.
+    """
+
+    def __init__(self, trial: Any, metric: str = METRIC) -> None:
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None
+        self.best = float("-inf")
+
+    def __call__(self, record: EpochRecord, trainer: Any) -> bool:
+        """Report ``record``'s metric (epochs without validation are skipped); True stops training."""
+        value = record.valid.get(self.metric) if record.valid else None
+        if value is None:
+            return False
+        self.best = max(self.best, float(value))
+        self.trial.report(self.best, record.epoch)
+        if self.trial.should_prune():
+            self.pruned_at = record.epoch
+            return True
+        return False
+
+
+class Objective:
+    """The function a study maximises: ``objective(trial) -> best valid Recall@50``.
+
+    Parameters
+    ----------
+    split : Split
+        Train part to fit on, valid part to judge on (test is not used).
+    base : CMLConfig
+        Settings every trial shares (the fixed flags); the drawn parameters replace its fields.
+    space : sequence of Param
+    model_kw : dict, optional
+        Passed to :class:`CML` (``device``, ``num_threads``, ``kernel``).
+    fit_kw : dict, optional
+        Passed to ``CML.fit`` (``item_features``).
+    """
+
+    def __init__(self, split: Split, base: CMLConfig, space: Sequence[Param], *, model_kw: dict[str, Any] | None = None,
+                 fit_kw: dict[str, Any] | None = None) -> None:
+        if split.valid.nnz == 0:
+            raise ConfigError("tuning needs a validation part: the split's valid part is empty")
+        self.split, self.base, self.space = split, base, tuple(space)
+        self.model_kw, self.fit_kw = dict(model_kw or {}), dict(fit_kw or {})
+
+    def config_for(self, params: dict[str, Any]) -> CMLConfig:
+        """The full configuration of a trial with ``params``."""
+        return self.base.replace(**params)
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        config = self.config_for(suggest(trial, self.space))
+        model = CML(config, show_progress=False, verbose=False, **self.model_kw)
+        prune = PruningCallback(trial)
+        t0 = time.perf_counter()
+        try:
+            model.fit(self.split.train, self.split.valid, callbacks=[prune], **self.fit_kw)
+        except TrainingDivergedError as exc:  # a FAIL trial; the study goes on
+            trial.set_user_attr("failed_because", str(exc))
+            raise
+        hist = model.history
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("train_seconds", hist.train_seconds)
+        trial.set_user_attr("epochs", len(hist.epochs))
+        trial.set_user_attr("best_epoch", hist.best_epoch)
+        if prune.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {prune.pruned_at} (best {METRIC} {prune.best:.4f})")
+        if prune.best == float("-inf"):
+            raise ConfigError("no epoch was validated: raise --epochs or lower --eval-every")
+        return prune.best
