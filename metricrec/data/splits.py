@@ -112,7 +112,7 @@ def ratio_split(
     min_positives: int = 5,
     drop_small_users: bool = False,
 ) -> Split:
-    """The CML paper's per-user random split (PROTOCOL.md).
+    """The CML paper's per-user random split (docs/protocol.md).
 
     Each user's items are shuffled with a seeded generator (see the module comment for the exact
     definition); of a user's ``n`` items, train gets the first ``int(ratios[0] * n)``, valid the

@@ -122,6 +122,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         self._user: torch.Tensor | None = None
         self._item: torch.Tensor | None = None
         self._trainer: Trainer | None = None
+        self._rng_state: torch.Tensor | None = None
 
     def _kernel_choices(self) -> tuple[str, ...]:
         return CHOICES if self.backends is None else ("auto", *self.backends)
@@ -228,14 +229,19 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
 
     @contextlib.contextmanager
     def _training_context(self) -> Iterator[None]:
-        """The caller's thread count and RNG untouched; the model's own RNG seeded."""
+        """The caller's thread count and RNG untouched; the model's own RNG seeded at the start of
+        a fit and carried from one ``fit_partial`` call to the next."""
         old_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            with torch.random.fork_rng(devices=[]):  # e.g. CML+F's dropout: seeded
-                torch.manual_seed(self.config.seed)
+            with torch.random.fork_rng(devices=[]):  # e.g. CML+F's dropout: seeded, and continued
+                if self._trainer is not None and self._rng_state is not None:  # by fit_partial
+                    torch.set_rng_state(self._rng_state)
+                else:
+                    torch.manual_seed(self.config.seed)
                 yield
+                self._rng_state = torch.get_rng_state()
         finally:
             torch.set_num_threads(old_threads)
 
@@ -247,7 +253,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         self._item = (torch.randn(n_items, cfg.factors, generator=gen) * std).to(self.device)
         clip_rows(self._user, cfg.max_norm)
         clip_rows(self._item, cfg.max_norm)
-        self._trainer = None
+        self._trainer, self._rng_state = None, None
 
     def _fit_data(self, user_items: Any, valid: Any) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
         train = as_matrix(user_items, "user_items")
