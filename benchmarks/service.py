@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -80,11 +81,24 @@ async def _load(url: str, users: list[str], clients: int, requests: int, duratio
             "max_ms": round(float(ms.max()), 2)}
 
 
+def _cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one when ``pid`` is None; Linux for a child)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_server(model_dir: Path, users: list[str], args: argparse.Namespace, label: str) -> list[dict]:
     rows = []
     with ServerProcess(model_dir, timeout=120, log_dir=model_dir.parent) as server:
         for clients in args.clients:
+            server_cpu, client_cpu = _cpu_seconds(server.proc.pid), _cpu_seconds()
             r = asyncio.run(_load(server.url, users, clients, args.requests, args.duration, seed=clients))
+            n = r["requests"] + 50  # with the warm-up requests
+            r["server_cpu_ms_per_request"] = round((_cpu_seconds(server.proc.pid) - server_cpu) / n * 1000, 2)
+            r["client_cpu_ms_per_request"] = round((_cpu_seconds() - client_cpu) / n * 1000, 2)
             r["retrieval"] = label
             rows.append(r)
             print(f"  {label}, {clients:>2} clients: {r}", flush=True)
@@ -101,11 +115,15 @@ def markdown(result: dict) -> str:
              f"Model: CML d={m['factors']}, {m['epochs']} epochs on the {m['data']}: {m['n_users']:,} users x "
              f"{m['n_items']:,} items. Server: `python -m metricrec serve` on 127.0.0.1 (uvicorn, one process); "
              "load generator: one asyncio + httpx process on the same machine.", "",
-             "| retrieval | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| retrieval | clients | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms | "
+             "server CPU ms/req | client CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         lines.append(f"| {r['retrieval']} | {r['clients']} | {r['requests']} | {r['errors']} | "
-                     f"{r['requests_per_s']:,.0f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |")
+                     f"{r['requests_per_s']:,.0f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                     f"{r['server_cpu_ms_per_request']} | {r['client_cpu_ms_per_request']} |")
+    lines += ["", "CPU ms/req: CPU time the server process and the load generator spent per request (user + "
+              "system), independent of how busy the machine was; on an idle machine with C cores the "
+              "throughput ceiling is about C x 1000 / (server + client CPU ms)."]
     return "\n".join(lines) + "\n"
 
 
