@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .delimited import Column, TextTable, read_columns
-from .ids import arrow_to_numpy, canonical_ids, canonical_or_arrow
+from .id_text import arrow_to_numpy
+from .ids import canonical_ids, canonical_or_arrow
 
 __all__ = ["DelimitedColumns", "float_column", "id_column", "int_column", "read_delimited_columns"]
 

@@ -13,7 +13,6 @@ is that integer's canonical text, an integer finds a string id equal to its deci
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -21,101 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UnknownIdError  # re-exported: the library's one unknown-id error
+from .id_text import (CANONICAL_TEXT, arrow_strings, arrow_to_numpy, numeric_ids, object_to_str, parse_canonical,
+                      str_array)
 
-__all__ = ["IdIndex", "UnknownIdError", "arrow_to_numpy", "canonical_ids", "canonical_or_arrow"]
+__all__ = ["IdIndex", "UnknownIdError", "canonical_ids", "canonical_or_arrow"]
 
-_CANONICAL = r"^(0|-?[1-9][0-9]*)$"  # exactly the texts str(int) produces: not "-0"
-_INT64_DIGITS = 19  # 9223372036854775807 has 19 digits: longer or equal texts need an exact check
 _SPAN_FACTOR = 4  # dense-range fast path of from_values: id span at most this many times the count
-_CANONICAL_TEXT = re.compile(_CANONICAL)
-
-
-def arrow_to_numpy(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """numpy view/copy of an Arrow array or chunked array; the result may be read-only.
-
-    Null-free numeric and boolean arrays are viewed straight from their data buffer: pyarrow's
-    ``to_numpy`` imports pandas when it is installed (a second or so on first use), and
-    ``ChunkedArray.to_numpy`` has no ``zero_copy_only`` before pyarrow 13. Strings become a numpy
-    str array (through Python strings); other types use ``to_numpy``.
-    """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
-    if pa.types.is_boolean(arr.type) and not arr.null_count:
-        return arrow_to_numpy(arr.cast(pa.uint8())).view(bool)
-    kind = "i" if pa.types.is_signed_integer(arr.type) else "u" if pa.types.is_unsigned_integer(arr.type) \
-        else "f" if pa.types.is_floating(arr.type) else None
-    if (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) and not arr.null_count:
-        return np.array(arr.to_pylist(), dtype=str)
-    if kind is None or arr.null_count:
-        return arr.to_numpy(zero_copy_only=False)
-    dtype = np.dtype(f"{kind}{arr.type.bit_width // 8}")
-    if len(arr) == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset:arr.offset + len(arr)]
-
-
-def _str_array(values: np.ndarray) -> pa.Array:
-    """Arrow strings from a numpy str array, through Python strings (pyarrow's numpy-str path imports
-    pandas when it is installed)."""
-    return pa.array(values.tolist(), type=pa.string())
-
-
-# ---------------------------------------------------------------------- the id rule
-def _arrow_strings(values: Any) -> pa.Array | pa.ChunkedArray:
-    """Arrow string array of ``values`` (str-like numpy arrays, lists of str, Arrow arrays)."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        arr = values
-    else:
-        arr = _str_array(np.asarray(values, dtype=str))
-    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    if arr.null_count:
-        raise ValueError(f"{arr.null_count} ids are missing (null)")
-    return arr
-
-
-def _parse_canonical(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of canonical integer texts that fit in int64, their int64 values; 0 elsewhere)."""
-    ok = arrow_to_numpy(pc.match_substring_regex(arr, _CANONICAL)).astype(bool)
-    long = np.flatnonzero(ok & (arrow_to_numpy(pc.utf8_length(arr)) >= _INT64_DIGITS))
-    if long.size:  # near the int64 bounds: check exactly (rare, so a Python loop is fine)
-        texts = pc.take(arr, pa.array(long.tolist(), type=pa.int64())).to_pylist()
-        ok[long] = [-(2**63) <= int(t) < 2**63 for t in texts]
-    if ok.all():
-        return ok, arrow_to_numpy(pc.cast(arr, pa.int64()))
-    flat = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    safe = pc.if_else(pa.array(ok.tolist(), type=pa.bool_()), flat, pa.scalar("0", type=flat.type))
-    return ok, arrow_to_numpy(pc.cast(safe, pa.int64()))
-
-
-def _object_to_str(arr: np.ndarray) -> np.ndarray:
-    """Object array of str / int values -> str array (ints as decimal text)."""
-    out = []
-    for v in arr.tolist():
-        if isinstance(v, str):
-            out.append(v)
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            out.append(str(int(v)))
-        elif isinstance(v, float) and v.is_integer():
-            out.append(str(int(v)))
-        else:
-            raise TypeError(f"ids must be str or int, got {type(v).__name__} {v!r}")
-    return np.array(out, dtype=str)
-
-
-def _numeric_ids(arr: np.ndarray) -> np.ndarray:
-    """Integer or float numpy ids -> int64 (or str for unsigned ids beyond int64)."""
-    if arr.dtype.kind == "b":
-        raise TypeError("ids must be str or int, got bool")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("ids contain NaN or infinite values")
-        if np.any(arr != np.round(arr)) or np.any(np.abs(arr) >= 2.0**63):
-            raise ValueError("ids contain non-integer (or too large) float values")
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-        return arr.astype(str)
-    return arr.astype(np.int64)
 
 
 def canonical_ids(values: Any) -> np.ndarray:
@@ -150,17 +60,17 @@ def canonical_or_arrow(values: Any) -> np.ndarray | pa.Array | pa.ChunkedArray:
     :meth:`IdIndex.from_values` and :meth:`IdIndex.lookup` accept it)."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         if pa.types.is_integer(values.type) and not values.null_count:
-            return _numeric_ids(arrow_to_numpy(values))
-        arr = _arrow_strings(values)
-        if len(arr) and not _CANONICAL_TEXT.match(arr[0].as_py()):
+            return numeric_ids(arrow_to_numpy(values))
+        arr = arrow_strings(values)
+        if len(arr) and not CANONICAL_TEXT.match(arr[0].as_py()):
             return arr  # one non-canonical value decides: the exact strings, no full scan needed
-        ok, ints = _parse_canonical(arr)
+        ok, ints = parse_canonical(arr)
         return ints if ok.all() else arr
     raw = np.asarray(values)
     if raw.ndim != 1:
         raise ValueError(f"ids must be one-dimensional, got shape {raw.shape}")
     if raw.dtype.kind in "iufb":
-        return _numeric_ids(raw)
+        return numeric_ids(raw)
     if raw.dtype.kind == "O":
         if raw.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
                             for v in raw.tolist()):
@@ -168,11 +78,11 @@ def canonical_or_arrow(values: Any) -> np.ndarray | pa.Array | pa.ChunkedArray:
                 return np.array(raw.tolist(), dtype=np.int64)
             except OverflowError:
                 pass
-        raw = _object_to_str(raw)
+        raw = object_to_str(raw)
     raw = raw.astype(str) if raw.dtype.kind == "S" else raw
-    if raw.size and not _CANONICAL_TEXT.match(str(raw[0])):
+    if raw.size and not CANONICAL_TEXT.match(str(raw[0])):
         return raw
-    ok, ints = _parse_canonical(_arrow_strings(raw))
+    ok, ints = parse_canonical(arrow_strings(raw))
     return ints if ok.all() else raw
 
 
@@ -181,8 +91,8 @@ def _as_query(raw: Any) -> tuple[np.ndarray, bool]:
     """(1-D query array: int64 or str, whether the input was a scalar)."""
     if isinstance(raw, (pa.Array, pa.ChunkedArray)):
         if pa.types.is_integer(raw.type) and not raw.null_count:
-            return _numeric_ids(arrow_to_numpy(raw)), False
-        return np.asarray(arrow_to_numpy(_arrow_strings(raw)), dtype=str), False
+            return numeric_ids(arrow_to_numpy(raw)), False
+        return np.asarray(arrow_to_numpy(arrow_strings(raw)), dtype=str), False
     if isinstance(raw, (int, np.integer)) and not isinstance(raw, (bool, np.bool_)):
         return (np.array([raw], dtype=np.int64) if -(2**63) <= int(raw) < 2**63
                 else np.array([str(int(raw))])), True
@@ -194,9 +104,9 @@ def _as_query(raw: Any) -> tuple[np.ndarray, bool]:
     if arr.ndim != 1:
         raise ValueError(f"ids must be one-dimensional, got shape {arr.shape}")
     if arr.dtype.kind in "iufb":
-        return _numeric_ids(arr), scalar
+        return numeric_ids(arr), scalar
     if arr.dtype.kind == "O":
-        return _object_to_str(arr), scalar
+        return object_to_str(arr), scalar
     return arr.astype(str), scalar
 
 
@@ -235,9 +145,9 @@ class IdIndex:
         if arr.ndim != 1:
             raise ValueError(f"{name} ids must be one-dimensional, got shape {arr.shape}")
         if arr.dtype.kind == "O":
-            arr = canonical_ids(arr) if all(not isinstance(v, str) for v in arr.tolist()) else _object_to_str(arr)
+            arr = canonical_ids(arr) if all(not isinstance(v, str) for v in arr.tolist()) else object_to_str(arr)
         if arr.dtype.kind in "iu":
-            arr = _numeric_ids(arr)
+            arr = numeric_ids(arr)
         elif arr.dtype.kind in "US":
             arr = arr.astype(str)
         else:
@@ -280,7 +190,7 @@ class IdIndex:
         if isinstance(values, np.ndarray) and values.dtype.kind == "i":
             ids, rows = _unique_ints(values)
         else:
-            arr = values if not isinstance(values, np.ndarray) else _str_array(values)
+            arr = values if not isinstance(values, np.ndarray) else str_array(values)
             uniq = pc.unique(arr)
             uniq = pc.take(uniq, pc.sort_indices(uniq))  # UTF-8 byte order = code-point order (numpy's)
             ids = arrow_to_numpy(uniq)
@@ -334,7 +244,7 @@ class IdIndex:
     def _rows(self, query: np.ndarray) -> np.ndarray:
         ok = np.ones(query.shape[0], dtype=bool)
         if self.kind == "int" and query.dtype.kind == "U":
-            ok, query = _parse_canonical(_str_array(query))
+            ok, query = parse_canonical(str_array(query))
         elif self.kind == "str" and query.dtype.kind == "i":
             query = query.astype(str)
         if len(self) == 0 or query.shape[0] == 0:
@@ -421,8 +331,9 @@ def _unique_ints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if span > _SPAN_FACTOR * values.size + 1_000_000:
         ids, inverse = np.unique(values, return_inverse=True)
         return ids, inverse.reshape(-1).astype(np.int64)
-    offset = values - lo
-    present = np.zeros(span, dtype=bool)
+    base = min(lo, 0) if hi < _SPAN_FACTOR * values.size + 1_000_000 else lo  # ids >= 0: index directly
+    offset = values if base == 0 else values - base
+    present = np.zeros(hi - base + 1, dtype=bool)
     present[offset] = True
     rank = np.cumsum(present, dtype=np.int64) - 1
-    return np.flatnonzero(present).astype(np.int64) + lo, rank[offset]
+    return np.flatnonzero(present).astype(np.int64) + base, rank[offset]

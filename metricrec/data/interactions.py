@@ -174,34 +174,58 @@ class Interactions:
         iidx_ = IdIndex.from_values(items, name="item") if item_ids is None else None
         uid, uidx = uidx_ if uidx_ else _in_universe(users, user_ids, "user", source)
         iid, iidx = iidx_ if iidx_ else _in_universe(items, item_ids, "item", source)
+        return cls.from_rows(uid, uidx, iid, iidx, weights, timestamps, min_weight=min_weight, binary=binary,
+                             item_features=item_features, user_features=user_features, source=source, meta=meta,
+                             stacklevel=3)
+
+    @classmethod
+    def from_rows(
+        cls,
+        user_map: IdIndex,
+        user_rows: np.ndarray,
+        item_map: IdIndex,
+        item_rows: np.ndarray,
+        weights: Sequence | np.ndarray | None = None,
+        timestamps: Sequence | np.ndarray | None = None,
+        *,
+        min_weight: float | None = None,
+        binary: bool = True,
+        item_features: Features | None = None,
+        user_features: Features | None = None,
+        source: str = "arrays",
+        meta: Mapping[str, Any] | None = None,
+        stacklevel: int = 2,
+    ) -> "Interactions":
+        """Build interactions from already indexed ids: ``user_map.ids[user_rows[k]]`` is the raw user of
+        interaction ``k`` (what :meth:`IdIndex.from_values` returns). Other parameters as in
+        :meth:`from_arrays`, which calls this; readers use it to free each id column once indexed.
+        """
+        uidx, iidx = np.asarray(user_rows, dtype=np.int64), np.asarray(item_rows, dtype=np.int64)
         n = uidx.shape[0]
         if iidx.shape[0] != n:
             raise ValueError(f"users has {n} entries but items has {iidx.shape[0]}")
+        for rows, index, what in ((uidx, user_map, "user"), (iidx, item_map, "item")):
+            if n and (rows.min() < 0 or rows.max() >= len(index)):
+                raise ValueError(f"{source}: {what} rows must be in 0..{len(index) - 1}")
         w = _check_weights(weights, n, source)
         ts = _check_timestamps(timestamps, n, source)
-
         info: dict[str, Any] = {"source": source, "n_ratings": int(n)}
         if min_weight is not None:
-            keep = w >= float(min_weight)
+            keep = (w if w is not None else np.ones(n)) >= float(min_weight)
             info["min_rating"] = float(min_weight)
-            uidx, iidx, w = uidx[keep], iidx[keep], w[keep]
-            if ts is not None:
-                ts = ts[keep]
-
-        matrix, ts, n_dup = _to_csr(uidx, iidx, w, ts, (len(uid), len(iid)))
+            uidx, iidx = uidx[keep], iidx[keep]
+            w = None if w is None else w[keep]
+            ts = None if ts is None else ts[keep]
+        matrix, ts, n_dup = _to_csr(uidx, iidx, w, ts, (len(user_map), len(item_map)), binary)
         if n_dup:
-            warnings.warn(
-                f"{source}: {n_dup} duplicate (user, item) pairs collapsed into one "
-                "(max weight, latest timestamp)",
-                DataWarning,
-                stacklevel=2,
-            )
+            warnings.warn(f"{source}: {n_dup} duplicate (user, item) pairs collapsed into one "
+                          "(max weight, latest timestamp)", DataWarning, stacklevel=stacklevel)
         info["n_duplicates"] = int(n_dup)
         if binary:
             matrix.data[:] = 1.0
         if meta:
             info.update(meta)
-        return cls(matrix, uid.ids, iid.ids, ts, item_features, user_features, info)
+        return cls(matrix, user_map.ids, item_map.ids, ts, item_features, user_features, info)
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -286,9 +310,10 @@ def _in_universe(raw: Any, universe: Any, what: str, source: str) -> tuple[IdInd
     return index, np.asarray(index.lookup(canonical_ids(raw), source=source), dtype=np.int64)
 
 
-def _check_weights(weights: Any, n: int, source: str) -> np.ndarray:
+def _check_weights(weights: Any, n: int, source: str) -> np.ndarray | None:
+    """Finite, non-negative float64 weights; ``None`` (all 1) stays ``None``."""
     if weights is None:
-        return np.ones(n, dtype=np.float64)
+        return None
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n,):
         raise ValueError(f"weights must have shape ({n},), got {w.shape}")
@@ -310,20 +335,22 @@ def _check_timestamps(timestamps: Any, n: int, source: str) -> np.ndarray | None
 
 
 def _to_csr(
-    rows: np.ndarray, cols: np.ndarray, w: np.ndarray, ts: np.ndarray | None, shape: tuple[int, int]
+    rows: np.ndarray, cols: np.ndarray, w: np.ndarray | None, ts: np.ndarray | None, shape: tuple[int, int],
+    binary: bool = False,
 ) -> tuple[sp.csr_matrix, np.ndarray | None, int]:
-    """Canonical CSR from COO arrays; duplicates collapse to (max weight, latest timestamp)."""
+    """Canonical CSR from COO arrays; duplicates collapse to (max weight, latest timestamp).
+    ``w`` None means every weight is 1."""
+    if ts is None and (w is None or binary or (len(w) and bool(np.all(w == w[0])))):
+        return _structure_csr(rows, cols, 1.0 if w is None or binary or not len(w) else float(w[0]), shape)
+    w = np.ones(len(rows)) if w is None else w
     n_cols = max(shape[1], 1)
     key = rows.astype(np.int64) * n_cols + cols
-    same = ts is None and len(w) > 0 and bool(np.all(w == w[0]))  # nothing to carry: sort the keys alone
-    order = None if same or _is_sorted(key) else np.argsort(key)
-    key_s = np.sort(key) if same else key if order is None else key[order]
+    order = None if _is_sorted(key) else np.argsort(key)
+    key_s = key if order is None else key[order]
     starts = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]]) if len(key_s) else np.zeros(0, np.int64)
     n_dup = int(len(key_s) - len(starts))
 
     def per_pair(values: np.ndarray) -> np.ndarray:
-        if same:
-            return np.full(len(starts), values[0], dtype=values.dtype)
         v = values if order is None else values[order]
         return np.maximum.reduceat(v, starts) if n_dup else v
 
@@ -337,6 +364,17 @@ def _to_csr(
     idx_dtype = np.int32 if small else np.int64
     matrix = sp.csr_matrix((w_out.astype(np.float32), c.astype(idx_dtype), indptr.astype(idx_dtype)), shape=shape)
     return matrix, ts_out, n_dup
+
+
+def _structure_csr(rows: np.ndarray, cols: np.ndarray, value: float,
+                   shape: tuple[int, int]) -> tuple[sp.csr_matrix, None, int]:
+    """CSR of the distinct pairs, all ``value``: scipy's O(nnz) COO -> CSR, duplicates summed then reset."""
+    idx = np.int32 if max(shape) < 2**31 and len(rows) < 2**31 else np.int64
+    m = sp.coo_matrix((np.ones(len(rows), dtype=np.float32), (rows.astype(idx), cols.astype(idx))), shape=shape)
+    m = m.tocsr()
+    m.sum_duplicates()
+    m.data[:] = value
+    return m, None, int(len(rows) - m.nnz)
 
 
 def _is_sorted(key: np.ndarray) -> bool:

@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .columns import DelimitedColumns, read_delimited_columns
-from .delimited import Column, plain_suffix
-from .ids import arrow_to_numpy, canonical_ids
+from .columns import DelimitedColumns, float_column, id_column, int_column, read_delimited_columns
+from .delimited import Column, TextTable, plain_suffix, read_columns
+from .id_text import arrow_to_numpy
+from .ids import IdIndex, canonical_ids
 from .interactions import Interactions
 
 __all__ = [
@@ -35,14 +36,27 @@ __all__ = [
 Ids = Sequence | np.ndarray | None
 
 
-def _build(cols: DelimitedColumns, path: Any, min_rating: float | None, binary: bool, user_ids: Ids,
-           item_ids: Ids, source: str | None, what: str = "a rating column (rating_col)") -> Interactions:
-    if min_rating is not None and cols.ratings is None:
-        raise ValueError(f"{path}: min_rating={min_rating} needs {what}")
-    return Interactions.from_arrays(
-        cols.users, cols.items, cols.ratings, cols.timestamps, min_weight=min_rating, binary=binary,
-        user_ids=user_ids, item_ids=item_ids, source=source or str(path),
-    )
+def _build(t: TextTable, min_rating: float | None, binary: bool, user_ids: Ids, item_ids: Ids,
+           source: str | None, what: str = "a rating column (rating_col)") -> Interactions:
+    """Interactions from the string columns of a file, freeing each column as soon as it is indexed."""
+    src = source or t.path
+    if min_rating is not None and t.columns.get("rating") is None:
+        raise ValueError(f"{t.path}: min_rating={min_rating} needs {what}")
+    maps = {}
+    for role, given in (("user", user_ids), ("item", item_ids)):
+        raw = id_column(t, role, role, arrow_strings=True)
+        if given is None:
+            maps[role] = IdIndex.from_values(raw, name=role)
+        else:
+            index = IdIndex(canonical_ids(given), name=role)
+            maps[role] = index, np.asarray(index.lookup(raw, source=src), dtype=np.int64)
+        t.columns[role] = None  # free the text column (the largest part of a big file) right away
+        del raw
+    ratings = float_column(t, "rating", "rating") if t.columns.get("rating") is not None else None
+    timestamps = int_column(t, "timestamp", "timestamp") if t.columns.get("timestamp") is not None else None
+    (umap, urows), (imap, irows) = maps["user"], maps["item"]
+    return Interactions.from_rows(umap, urows, imap, irows, ratings, timestamps, min_weight=min_rating,
+                                  binary=binary, source=src, stacklevel=4)
 
 
 def read_delimited(
@@ -101,11 +115,10 @@ def read_delimited(
         Bad lines (wrong field count, empty id, non-numeric or NaN rating/timestamp), naming the
         file and the 1-based line; an empty file; a header without a requested column.
     """
-    cols = read_delimited_columns(
-        path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-        sep=sep, header=header, encoding=encoding, quoting=quoting, arrow_strings=True,
-    )
-    return _build(cols, path, min_rating, binary, user_ids, item_ids, source)
+    spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": timestamp_col}
+    t = read_columns(path, {k: v for k, v in spec.items() if v is not None}, sep=sep, header=header,
+                     encoding=encoding, quoting=quoting, what="interaction lines")
+    return _build(t, min_rating, binary, user_ids, item_ids, source)
 
 
 def read_inter(
@@ -139,12 +152,11 @@ def read_inter(
     -------
     Interactions
     """
-    cols = read_delimited_columns(
-        path, user_col=user_field, item_col=item_field, rating_col=rating_field, timestamp_col=timestamp_field,
-        sep="\t", header=True, encoding=encoding, quoting=False, optional=frozenset({"rating", "timestamp"}),
-        rename=lambda name: name.split(":", 1)[0].strip(), arrow_strings=True,
-    )
-    return _build(cols, path, min_rating, binary, user_ids, item_ids, source, "a rating field in the header")
+    spec = {"user": user_field, "item": item_field, "rating": rating_field, "timestamp": timestamp_field}
+    t = read_columns(path, {k: v for k, v in spec.items() if v is not None}, sep="\t", header=True,
+                     encoding=encoding, quoting=False, optional={"rating", "timestamp"}, what="interaction lines",
+                     rename=lambda name: name.split(":", 1)[0].strip())
+    return _build(t, min_rating, binary, user_ids, item_ids, source, "a rating field in the header")
 
 
 def _require_pandas() -> Any:

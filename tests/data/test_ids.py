@@ -73,6 +73,10 @@ def test_from_values_sorted_universe_and_rows():
     assert nums.kind == "int" and nums.ids.tolist() == [-5, 10, 30] and rows.tolist() == [2, 1, 2, 0]
     sparse, rows = IdIndex.from_values(np.array([10**15, 3, 10**15]))  # not the dense-range path
     assert sparse.ids.tolist() == [3, 10**15] and rows.tolist() == [1, 0, 1]
+    offset, rows = IdIndex.from_values(np.array([10**12 + 5, 10**12 + 1, 10**12 + 5]))  # dense, far from 0
+    assert offset.ids.tolist() == [10**12 + 1, 10**12 + 5] and rows.tolist() == [1, 0, 1]
+    neg, rows = IdIndex.from_values(np.array([3, -2, 3, 0]))
+    assert neg.ids.tolist() == [-2, 0, 3] and rows.tolist() == [2, 0, 2, 1]
     huge, rows = IdIndex.from_values([BIG, "1"])
     assert huge.kind == "str" and huge.ids.tolist() == ["1", BIG] and rows.tolist() == [1, 0]
 

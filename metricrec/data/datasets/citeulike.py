@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from ..delimited import read_columns
-from ..ids import arrow_to_numpy
+from ..id_text import arrow_to_numpy
 from ..interactions import Features, Interactions
 
 __all__ = ["CITEULIKE_FILES", "read_count_lists", "read_item_tags", "load_citeulike_a"]
