@@ -48,7 +48,16 @@ ROOT = RESULTS.parent.parent
 
 # ---------------------------------------------------------------------- memory
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
+    """Peak resident set size of this process so far (MB): ``VmHWM``, the high-water mark of this
+    process's own memory. (``ru_maxrss`` is no good here: Linux carries the parent's peak over
+    fork and exec, so every worker would report the data generator's peak.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
