@@ -1,4 +1,5 @@
-"""The `metricrec` command: parse, dispatch, and turn input errors into one clear line."""
+"""The `metricrec` command: parse, dispatch, and end every failure as one line and a documented exit
+status (:mod:`metricrec.cli.boundary`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from . import data_cmd, recommend_cmd, train_cmd
 from . import index_cmd, serve_cmd
 from . import report_cmd, tune_cmd
 from .config_file import add_config_arguments, parse_with_config
+from .boundary import EPILOG, OneLineParser, add_debug_flags, run_guarded
 from .sources import quiet_warnings_to_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="metricrec",
         description="Collaborative Metric Learning recommenders: data, training, evaluation, recommendations.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"metricrec {__version__}")
-    p.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,recommend,index,serve,tune,report}")
     data_cmd.register(sub)
     train_cmd.register(sub)
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     index_cmd.register(sub); serve_cmd.register(sub)  # noqa: E702
     tune_cmd.register(sub); report_cmd.register(sub)  # noqa: E702
     add_config_arguments(p)  # --config FILE on every subcommand
+    add_debug_flags(p)  # --debug (alias --traceback) before or after the subcommand
     return p
 
 
@@ -40,17 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_warnings_to_stderr()
     warnings.simplefilter("default")
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("metricrec: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, OSError, ImportError, TypeError, IndexError, FloatingPointError) as exc:
-        if args.traceback:
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"metricrec: error: {msg}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover
