@@ -8,8 +8,9 @@ Two layouts:
 A directory is built beside its final place and swapped in whole, a single file written to a temp
 name and renamed: a crash at any moment leaves the old complete model or the new one, never a mix
 (see :mod:`metricrec._atomic`; its writers are re-exported here and are the package's only way of
-writing files). Loading never unpickles anything (``np.load(..., allow_pickle=False)``) and refuses
-files that are not metricrec models with :class:`ModelFormatError`.
+writing files). Loading never unpickles anything, allocates nothing a file asks for before checking
+it against the file and the model's document (:mod:`metricrec._array_files`), and refuses files
+that are not metricrec models with :class:`ModelFormatError`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ._atomic import (atomic_directory, atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text,
                       recover, recovery_source, write_new_file)
+from ._array_files import ArraySpec, npz_member_bytes, read_npz, read_safetensors
 from .errors import ModelFileError
 
 __all__ = ["ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_text",
@@ -33,6 +34,11 @@ __all__ = ["ModelFormatError", "save_model_files", "load_model_files", "atomic_w
 FORMAT = "metricrec.model"
 FORMAT_VERSION = 1
 _META_KEY = "__metadata__"
+#: A model's JSON document larger than this is refused unread (id lists of 10^7 users fit well under it).
+MAX_DOC_BYTES = 1 << 30
+#: ``expect(doc, specs, doc_path, arrays_path)``: a model's check of its document and of its arrays'
+#: declared shapes against it (the paths name the files in its messages).
+Expect = Callable[[dict, Mapping[str, ArraySpec], Path, Path], None]
 _MODEL_FILES = ("config.json", "weights.npz", "weights.safetensors")
 
 
@@ -105,12 +111,27 @@ def save_model_files(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], 
     return path
 
 
-def load_model_files(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load_model_files(path: str | os.PathLike, expect: Expect | None = None, *,
+                     doc_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read what :func:`save_model_files` wrote; raise :class:`ModelFormatError` on anything else.
+
+    Nothing is allocated on a file's word: the JSON document is read first (at most
+    :data:`MAX_DOC_BYTES`), then every array header (:mod:`metricrec._array_files`: dtype, shape,
+    sizes against the file), then ``expect`` -- the model's own check of the
+    shapes its document implies -- and only then the arrays.
 
     Both files of a directory are read through one open handle of the folder, so a save swapping a
     new folder in meanwhile never yields a mix. While ``path`` is missing after an interrupted
     two-rename swap, the complete copy that save left is read (nothing is changed on disk).
+
+    Parameters
+    ----------
+    path : path
+    expect : callable, optional
+        ``expect(doc, specs, doc_path, arrays_path)`` with ``specs`` ``{name: (shape, dtype)}``; raises
+        :class:`ModelFormatError` to refuse the file before its arrays are read.
+    doc_only : bool
+        Return ``({}, doc)`` without reading any array.
     """
     path = Path(path)
     for attempt in range(3):
@@ -118,14 +139,14 @@ def load_model_files(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         if source is None:
             break
         if not source.is_dir():
-            return _read_single(source)
+            return _read_single(source, expect, doc_only)
         try:
             fd = os.open(source, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
             continue
         try:
             seen = os.fstat(fd)
-            return _read_dir(fd, path)
+            return _read_dir(fd, path, expect, doc_only)
         except (ModelFormatError, OSError):
             if attempt == 2 or not _replaced(source, seen):
                 raise
@@ -146,18 +167,28 @@ def _open_at(folder_fd: int, name: str) -> io.BufferedReader:
     return os.fdopen(os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0), dir_fd=folder_fd), "rb")
 
 
-def _read_dir(folder_fd: int, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _parse_doc(raw: bytes, where: Path, what: str = "not valid JSON") -> dict[str, Any]:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFormatError(f"{where}: {what} ({type(exc).__name__}: {exc})") from None
+    _check_doc(doc, where)
+    return doc
+
+
+def _read_dir(folder_fd: int, path: Path, expect: Expect | None,
+              doc_only: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     cfg_path = path / "config.json"
     try:
         with _open_at(folder_fd, "config.json") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_DOC_BYTES:
+                raise ModelFormatError(f"{cfg_path}: larger than {MAX_DOC_BYTES:,} bytes: not a model document")
             raw = fh.read()
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: not a metricrec model directory (config.json is missing)") from None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
-    _check_doc(doc, cfg_path)
+    doc = _parse_doc(raw, cfg_path)
+    if doc_only:
+        return {}, doc
     name = doc.get("weights", "weights.npz")
     if name not in ("weights.npz", "weights.safetensors"):  # exact names: no path outside DIR
         raise ModelFormatError(f"{cfg_path}: unexpected weights file name {name!r}")
@@ -165,53 +196,29 @@ def _read_dir(folder_fd: int, path: Path) -> tuple[dict[str, np.ndarray], dict[s
         fh = _open_at(folder_fd, name)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: weights file {name} is missing") from None
+    check = None if expect is None else (lambda specs: expect(doc, specs, cfg_path, path / name))
     with fh:
         if name.endswith(".safetensors"):
-            return _read_safetensors(fh.read(), path / name), doc
-        return _read_npz(fh, path / name), doc
+            return read_safetensors(fh, path / name, check, error=ModelFormatError), doc
+        return read_npz(fh, path / name, check, error=ModelFormatError), doc
 
 
-def _read_single(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _read_single(path: Path, expect: Expect | None,
+                 doc_only: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with open(path, "rb") as fh:
-        arrays = _read_npz(fh, path)
-    if _META_KEY not in arrays:
-        raise ModelFormatError(f"{path}: an .npz without metricrec metadata (not a metricrec model)")
-    raw = arrays.pop(_META_KEY)
-    try:
-        doc = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
-    _check_doc(doc, path)
-    return arrays, doc
+        raw = npz_member_bytes(fh, _META_KEY, path, limit=MAX_DOC_BYTES, error=ModelFormatError)
+        if raw is None:
+            raise ModelFormatError(f"{path}: an .npz without metricrec metadata (not a metricrec model)")
+        doc = _parse_doc(raw, path, "corrupt metadata, not valid JSON")
+        if doc_only:
+            return {}, doc
+        check = None if expect is None else (lambda specs: expect(doc, specs, path, path))
+        return read_npz(fh, path, check, skip=(_META_KEY,), error=ModelFormatError), doc
 
 
 def _check_doc(doc: Any, where: Path) -> None:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelFormatError(f"{where}: not a metricrec model (format is {doc.get('format') if isinstance(doc, dict) else None!r})")
     version = doc.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFormatError(f"{where}: format_version {version!r} is not supported (this metricrec reads <= {FORMAT_VERSION})")
-
-
-def _read_npz(fh: Any, where: Path) -> dict[str, np.ndarray]:
-    try:
-        z = np.load(fh, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array, whatever the file name
-            raise ModelFormatError(f"{where}: not an .npz archive (a single .npy array)")
-        with z:
-            return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        if isinstance(exc, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{where}: cannot read weights ({type(exc).__name__}: {exc})") from None
-
-
-def _read_safetensors(blob: bytes, where: Path) -> dict[str, np.ndarray]:
-    try:
-        from safetensors.numpy import load
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("reading safetensors needs the 'safetensors' package: pip install metricrec[safetensors]") from exc
-    try:
-        return dict(load(blob))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ModelFormatError(f"{where}: cannot read weights ({type(exc).__name__}: {exc})") from None

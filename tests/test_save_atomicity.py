@@ -210,11 +210,11 @@ def test_a_reader_racing_a_save_gets_one_whole_model(tmp_path, monkeypatch):
     save_model_files(target, *_model(1))
     real, calls = ser._read_dir, []
 
-    def read_while_saving(fd, path):
+    def read_while_saving(fd, path, *rest):
         if not calls:  # the folder is open: now a save swaps the new one in and deletes the old one
             calls.append(1)
             save_model_files(target, *_model(2))
-        return real(fd, path)
+        return real(fd, path, *rest)
 
     monkeypatch.setattr(ser, "_read_dir", read_while_saving)
     assert _check_whole(target) in (1, 2)

@@ -4,7 +4,6 @@ to CSV/parquet, or new users folded in from their liked items -- all from the mo
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ from ..data.ids import canonical_ids
 from ..data.readers import read_interactions
 from ..errors import ConfigError, DataError
 from ..models.base import EmbeddingRecommender, load_model
+from ..models.schema import read_run_doc
 from ..serialization import atomic_output
 from .sources import note
 
@@ -85,7 +85,7 @@ def _titles(run: Path) -> dict:
     doc_path = run / "data.json"
     if not doc_path.is_file():
         return {}
-    src = json.loads(doc_path.read_text(encoding="utf-8")).get("source", {})
+    src = read_run_doc(doc_path).get("source", {})  # checked: a damaged data.json is one clear error
     name, data_dir = src.get("name", ""), src.get("data_dir")
     if src.get("kind") != "dataset" or not name.startswith("ml-") or not data_dir:
         return {}

@@ -7,6 +7,7 @@ training data's fingerprint; :mod:`metricrec.serialization` writes it as one ato
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from .. import __version__
 from ..data.ids import IdIndex
 from ..serialization import ModelFormatError, load_model_files, save_model_files
 from ..training.history import History
+from .schema import check_model_arrays, model_facts
 
 __all__ = ["MODELS", "PersistenceMixin", "load_model"]
 
@@ -47,19 +49,24 @@ class PersistenceMixin:
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
     @classmethod
+    def _expected_extra(cls, doc: dict[str, Any], config: Any, where: Any) -> dict[str, tuple[int, ...]]:
+        """Shapes of the float arrays a model saves besides the tables, from its checked document
+        (``{}``: none); :meth:`load` refuses a file whose arrays differ before reading them."""
+        return {}
+
+    @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu"):
-        """Load a model written by :meth:`save` (on any device, e.g. a GPU-trained model on CPU)."""
-        arrays, meta = load_model_files(path)
-        if meta.get("model") != cls.model_name:
-            raise ModelFormatError(f"{path}: holds a {meta.get('model')!r} model, not {cls.model_name}")
-        try:
-            config = cls.config_class.from_dict(meta["config"])
-            n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{path}: invalid model config ({exc})") from None
+        """Load a model written by :meth:`save` (on any device, e.g. a GPU-trained model on CPU).
+
+        The document is checked as a schema and every array header against the shapes it implies
+        before any array is read (:mod:`metricrec.models.schema`); anything wrong is one
+        :class:`ModelFormatError` naming the file and the key or array.
+        """
+        arrays, meta = load_model_files(path, expect=partial(check_model_arrays, cls))
+        config, n_users, n_items = model_facts(cls, meta, path)
         try:
             history = History.from_dict(meta.get("history") or {})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ModelFormatError(f"{path}: invalid history ({type(exc).__name__}: {exc})") from None
         model = cls(config, device=device, show_progress=False, verbose=False)
         model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
@@ -77,9 +84,10 @@ class PersistenceMixin:
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> Any:
-    """Load any metricrec model file, whatever its class (named in the file)."""
-    _, meta = load_model_files(path)
-    cls = MODELS.get(meta.get("model"))
+    """Load any metricrec model file, whatever its class (named in the file; only its document is
+    read to find out)."""
+    _, meta = load_model_files(path, doc_only=True)
+    cls = MODELS.get(meta.get("model")) if isinstance(meta.get("model"), str) else None
     if cls is None:
         raise ModelFormatError(f"{path}: unknown model type {meta.get('model')!r} (known: {', '.join(MODELS)})")
     return cls.load(path, device=device)
@@ -106,6 +114,10 @@ def _map_to_json(index: IdIndex | None) -> dict[str, Any] | None:
 def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
     if doc is None:
         return None
+    if not isinstance(doc, dict) or doc.get("kind") not in ("int", "str") or not isinstance(doc.get("values"), list):
+        raise ModelFormatError(f"{path}: invalid {name} (expected an object with kind 'int' or 'str' and a list of values)")
+    if len(doc["values"]) != n:
+        raise ModelFormatError(f"{path}: {name} has {len(doc['values'])} entries, expected {n}")
     try:
         values = doc["values"]
         arr = np.asarray(values, dtype=np.int64) if doc["kind"] == "int" else np.asarray(values, dtype=str)
@@ -115,7 +127,7 @@ def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
         raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
     try:
         return IdIndex(arr, name=name.removesuffix("_ids"))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
 
 

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-__all__ = ["FeatureMLP", "SparseRows", "feature_row_tensor", "mlp_from_arrays", "mlp_to_arrays"]
+__all__ = ["FeatureMLP", "SparseRows", "feature_row_tensor", "mlp_from_arrays", "mlp_shapes", "mlp_to_arrays"]
 
 
 # ---------------------------------------------------------------------- feature rows on torch
@@ -148,37 +148,78 @@ def mlp_to_arrays(mlp: FeatureMLP, prefix: str) -> dict[str, np.ndarray]:
     return {prefix + k: v.detach().cpu().numpy().astype(np.float32) for k, v in mlp.state_dict().items()}
 
 
+#: Widest hidden layer and most layers a saved feature network may declare.
+MAX_WIDTH, MAX_LAYERS = 1 << 16, 16
+#: Largest feature network a model file may declare (parameters x 4 bytes).
+MAX_MLP_BYTES = 1 << 36
+
+
+def mlp_shapes(doc: Any, prefix: str, out_dim: int, where: Any) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes (``prefix + state_dict key``) the JSON ``doc`` saved with f describes,
+    every field checked first (names, widths, dropout; sizes within :data:`MAX_WIDTH`,
+    :data:`MAX_LAYERS`, :data:`MAX_MLP_BYTES`) so that nothing is allocated on its word.
+
+    Raises :class:`~metricrec.serialization.ModelFormatError` naming ``where`` and the key.
+    """
+    from ...serialization import ModelFormatError
+
+    def bad(key: str, why: str) -> ModelFormatError:
+        return ModelFormatError(f"{where}: invalid item feature network description (key {key!r} {why})")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("mlp"), dict) or not isinstance(doc.get("names"), list):
+        raise bad("item_features", "must be an object with 'names' (a list) and 'mlp' (an object)")
+    shape = doc["mlp"]
+    n_features, hidden, dropout = shape.get("n_features"), shape.get("hidden"), shape.get("dropout")
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or not 1 <= n_features <= 2**31 - 1:
+        raise bad("mlp.n_features", f"must be a positive integer, got {n_features!r}")
+    if len(doc["names"]) != n_features:
+        raise bad("names", f"has {len(doc['names'])} entries for {n_features} features")
+    if shape.get("out_dim") != out_dim or isinstance(shape.get("out_dim"), bool):
+        raise bad("mlp.out_dim", f"is {shape.get('out_dim')!r}, the model has {out_dim} factors")
+    if not isinstance(hidden, list) or len(hidden) > MAX_LAYERS or any(
+            isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= MAX_WIDTH for h in hidden):
+        raise bad("mlp.hidden", f"must be a list of at most {MAX_LAYERS} widths in [1, {MAX_WIDTH}], got {hidden!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise bad("mlp.dropout", f"must be a number in [0, 1), got {dropout!r}")
+    widths = [*hidden, out_dim]
+    shapes = {prefix + "input.weight": (n_features, widths[0]), prefix + "input.bias": (widths[0],)}
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        shapes[f"{prefix}layers.{k}.weight"], shapes[f"{prefix}layers.{k}.bias"] = (b, a), (b,)
+    if 4 * sum(math.prod(s) for s in shapes.values()) > MAX_MLP_BYTES:
+        raise bad("mlp", f"describes a network of more than {MAX_MLP_BYTES:,} bytes")
+    return shapes
+
+
 def mlp_from_arrays(arrays: dict[str, np.ndarray], doc: Any, prefix: str, out_dim: int,
                     where: Any) -> tuple[FeatureMLP, np.ndarray, dict[str, Any] | None]:
     """Rebuild f from :func:`mlp_to_arrays` arrays and the JSON ``doc`` saved with them.
 
-    Returns (f in eval mode, feature names, info). Raises
-    :class:`~metricrec.serialization.ModelFormatError` naming ``where`` on anything inconsistent.
+    The description is checked (:func:`mlp_shapes`) and every array against it before f is built,
+    so f never allocates more than the arrays already hold. Returns (f in eval mode, feature names,
+    info). Raises :class:`~metricrec.serialization.ModelFormatError` naming ``where`` on anything
+    inconsistent.
     """
     from ...serialization import ModelFormatError
 
+    shapes = mlp_shapes(doc, prefix, out_dim, where)
+    for name, shape in shapes.items():
+        arr = arrays.get(name)
+        if arr is None:
+            raise ModelFormatError(f"{where}: array {name!r} is missing")
+        if tuple(arr.shape) != shape or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+            raise ModelFormatError(f"{where}: array {name!r} has shape {arr.shape} dtype {arr.dtype}, "
+                                   f"expected {shape} finite float")
     try:
         names = np.asarray(doc["names"], dtype=str)
-        shape = doc["mlp"]
-        mlp = FeatureMLP(int(shape["n_features"]), int(shape["out_dim"]), tuple(int(h) for h in shape["hidden"]),
-                         float(shape["dropout"]))
-        info = doc.get("info")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{where}: invalid item feature network description ({exc})") from None
-    if names.ndim != 1 or names.shape[0] != mlp.n_features or mlp.out_dim != out_dim:
-        raise ModelFormatError(f"{where}: item feature network has {mlp.n_features} inputs / {mlp.out_dim} outputs "
-                               f"but {names.shape[0]} feature names / {out_dim} factors")
-    state = {}
-    for key, ref in mlp.state_dict().items():
-        arr = arrays.get(prefix + key)
-        if arr is None:
-            raise ModelFormatError(f"{where}: array {prefix + key!r} is missing")
-        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
-            raise ModelFormatError(f"{where}: array {prefix + key!r} has shape {arr.shape} dtype {arr.dtype}, "
-                                   f"expected {tuple(ref.shape)} finite float")
-        state[key] = torch.from_numpy(np.array(arr, dtype=np.float32))
-    mlp.load_state_dict(state)
-    return mlp.eval(), names, info
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{where}: invalid item feature names ({exc})") from None
+    if names.shape != (len(doc["names"]),):
+        raise ModelFormatError(f"{where}: invalid item feature names (expected a flat list)")
+    mlp_doc = doc["mlp"]
+    mlp = FeatureMLP(mlp_doc["n_features"], out_dim, tuple(mlp_doc["hidden"]), float(mlp_doc["dropout"]))
+    mlp.load_state_dict({key[len(prefix):]: torch.from_numpy(np.array(arrays[key], dtype=np.float32))
+                         for key in shapes})
+    return mlp.eval(), names, doc.get("info")
 
 
 def feature_row_tensor(row: Any, names: np.ndarray) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ...serialization import ModelFormatError
 from ...training.optim import clip_rows
 from ..base import EmbeddingRecommender
 from .config import CMLConfig
-from .feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_to_arrays
+from .feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_shapes, mlp_to_arrays
 from .feature_reg import make_item_regularizer
 from .step import CMLStep
 
@@ -158,6 +158,14 @@ class CML(EmbeddingRecommender):
         meta = {"item_features": {"names": self.item_feature_names.tolist(), "mlp": self._item_mlp.shape_doc(),
                                   "placement_scale": self._item_placement[1], "info": self.feature_info}}
         return arrays, meta
+
+    @classmethod
+    def _expected_extra(cls, doc: dict[str, Any], config: CMLConfig, where: Any) -> dict[str, tuple[int, ...]]:
+        """CML+F saves f's parameters and the placement centre (checked before they are read)."""
+        if doc.get("item_features") is None:
+            return {}
+        return {**mlp_shapes(doc["item_features"], "item_mlp.", config.factors, where),
+                "item_placement.center": (config.factors,)}
 
     def _load_extra(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Any) -> None:
         doc = meta.get("item_features")
