@@ -11,6 +11,7 @@ import torch
 
 from ..data.ids import IdIndex, canonical_ids
 from ..errors import DataError, UnknownIdError
+from .retrieval import check_n
 
 __all__ = ["RawIdMixin"]
 
@@ -70,6 +71,7 @@ class RawIdMixin:
                                 "pass filter_already_liked_items=False")
             exclude = self.user_items[rows]
         vectors = self._fitted()[0].index_select(0, torch.from_numpy(rows).to(self._fitted()[0].device))
+        N = min(check_n(N), self._fitted()[1].shape[0])  # never padded: no more than the catalogue
         ids, scores = self.recommend_vectors(vectors, N, exclude=exclude, filter_items=self._cols(filter_items),
                                              items=self._cols(items), approximate=approximate)
         return self._trimmed(ids, scores)
@@ -77,6 +79,7 @@ class RawIdMixin:
     def similar_items_raw(self, items: Sequence[Any], N: int = 10, *,
                           approximate: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         """Nearest items of raw item ids, as raw ids (the item itself first for a metric model)."""
+        N = min(check_n(N), self._fitted()[1].shape[0])  # never padded: no more than the catalogue
         ids, scores = self.similar_items(self.item_index(list(items)), N, approximate=approximate)
         return self._trimmed(np.atleast_2d(ids), np.atleast_2d(scores))
 

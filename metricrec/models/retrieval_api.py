@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..errors import DataError, UnknownIdError
+from ..errors import ConfigError, DataError, UnknownIdError
 from .retrieval import check_indices, check_n, top_n, top_n_torch
 
 __all__ = ["RetrievalMixin", "SCORE_BLOCK_BYTES"]
@@ -143,15 +143,16 @@ class RetrievalMixin:
     def _retrieve(self, q: np.ndarray, N: int, excl: sp.csr_matrix | None, filt: np.ndarray | None,
                   only: np.ndarray | None, approximate: bool, candidates: torch.Tensor | None):
         cand_t = self._fitted()[1] if candidates is None else candidates
+        k = min(N, max(cand_t.shape[0], 1))  # never allocate for more than the candidates; padding last
         if approximate:
             from .approximate import approximate_top_n
 
-            ids, scores = approximate_top_n(self, q, N, excl, filt, only)
+            ids, scores = approximate_top_n(self, q, k, excl, filt, only)
         elif cand_t.device.type != "cpu":
-            ids, scores = _top_n_on_device(q, cand_t, N, excl, filt, only, self.distance)
+            ids, scores = _top_n_on_device(q, cand_t, k, excl, filt, only, self.distance)
         else:
-            ids, scores = self._top_n_chunks(q, cand_t, N, excl, filt, only, candidates is None)
-        return ids.astype(self.id_dtype, copy=False), scores
+            ids, scores = self._top_n_chunks(q, cand_t, k, excl, filt, only, candidates is None)
+        return _padded(ids.astype(self.id_dtype, copy=False), scores, N)
 
     def _top_n_chunks(self, q, cand_t, N, excl, filt, only, items_table: bool):
         cand = cand_t.detach().numpy()
@@ -168,6 +169,19 @@ class RetrievalMixin:
                 q[lo: lo + step], cand, N, distance=self.distance, cand_sq=cand_sq, exclude=part,
                 filter_ids=filt, only_ids=only)
         return ids, scores
+
+
+def _padded(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids``/``scores`` padded to ``n`` columns (id -1, score -inf); :class:`ConfigError` when ``n``
+    exceeds the candidates by so much that the padding alone would pass :data:`SCORE_BLOCK_BYTES`."""
+    if ids.shape[1] >= n:
+        return ids, scores
+    need = ids.shape[0] * n * (ids.itemsize + scores.itemsize)
+    if need > SCORE_BLOCK_BYTES:
+        raise ConfigError(f"N={n:,} is more than the {ids.shape[1]:,} candidates and padding the result to N "
+                          f"would take {need / 2**20:,.0f} MiB; ask for N <= {ids.shape[1]:,}")
+    pad = ((0, 0), (0, n - ids.shape[1]))
+    return np.pad(ids, pad, constant_values=-1), np.pad(scores, pad, constant_values=-np.inf)
 
 
 def _indices(ids: Any, n: int, name: str) -> np.ndarray | None:
