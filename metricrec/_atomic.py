@@ -332,9 +332,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Atomically write ``obj`` as indented, valid JSON: a NaN or infinite float becomes ``null``."""
+    return atomic_write_text(path, json.dumps(_finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
