@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..errors import DataError
 from .optim import numba_module
 
 __all__ = ["NegativeDraw", "PositiveSet", "UniformSampler", "PopularitySampler", "make_sampler"]
@@ -216,8 +217,8 @@ class _Sampler:
         self.n_items = self.positives.n_items
         counts = np.diff(sp.csr_matrix(train).indptr)
         full = np.flatnonzero(counts >= self.n_items)
-        if full.size:
-            raise ValueError(
+        if full.size:  # the trainer leaves such users out (metricrec.training.guards.trainable_pairs)
+            raise DataError(
                 f"users {full[:5].tolist()} interacted with every item: no negative can be sampled for them"
             )
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
@@ -251,12 +252,23 @@ class _Sampler:
                 if not still.any():
                     break
                 todo_r, todo_c = todo_r[still], todo_c[still]
-            else:
-                raise RuntimeError(
-                    f"could not draw negatives for {todo_r.numel()} entries in {self.max_rounds} rounds "
-                    "(users with almost every item as positive?)"
-                )
+            else:  # users holding almost every item: draw exactly from the items they do not hold
+                negatives[todo_r, todo_c] = self._draw_from_rest(users[todo_r])
         return NegativeDraw(shared, negatives, fix_rows, fix_cols, group_size)
+
+    def _draw_from_rest(self, users: torch.Tensor) -> torch.Tensor:
+        """One item per entry, uniform over the items its user does not hold (exact; for the few
+        entries rejection sampling could not settle in ``max_rounds``: users with almost every item)."""
+        pos = self.positives
+        u = users.cpu().numpy()
+        r = torch.rand(u.size, generator=self.generator, dtype=torch.float64, device=self.device).cpu().numpy()
+        out = np.empty(u.size, dtype=np.int64)
+        for user in np.unique(u):
+            rest = np.setdiff1d(np.arange(self.n_items), pos._indices[pos._indptr[user]:pos._indptr[user + 1]],
+                                assume_unique=True)
+            at = np.flatnonzero(u == user)
+            out[at] = rest[np.minimum((r[at] * rest.size).astype(np.int64), rest.size - 1)]
+        return torch.from_numpy(out).to(self.device)
 
 
 class UniformSampler(_Sampler):

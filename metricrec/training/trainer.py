@@ -23,6 +23,7 @@ from ..metrics import Scorer, evaluate
 from . import distributed
 from .backends import thread_policy
 from .config import TrainingConfig
+from .guards import check_tables, trainable_pairs
 from .history import EpochRecord, History
 from .optim import GradBuffer, make_optimizer
 from .sampling import NegativeDraw, make_sampler
@@ -33,7 +34,10 @@ __all__ = ["Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
 VALID_METRIC = "recall@50"
 _VALID_KS = (50, 100)
 
-#: Called after every epoch with the record and the trainer; return True to stop training.
+#: Called after every epoch with the record and the trainer; return True to stop training. An object
+#: with ``on_fit_start(trainer)``, ``after_batch(trainer, pair, loss, parts)`` and
+#: ``after_epoch(trainer, record, stopping)`` methods is a hook instead (a checkpointer:
+#: :class:`metricrec.training.checkpoint.Checkpointer`).
 EpochCallback = Callable[[EpochRecord, "Trainer"], "bool | None"]
 
 
@@ -91,7 +95,9 @@ class Trainer:
     verbose : bool
         Print the per-epoch table (epoch, loss, valid Recall@50, Recall@100, seconds).
     callbacks : sequence of callables
-        ``callback(record, trainer)`` after each epoch; returning True stops training.
+        ``callback(record, trainer)`` after each epoch; returning True stops training. Objects with
+        an ``after_epoch`` method are hooks (see :data:`EpochCallback`): they may restore a
+        checkpoint before the first epoch and see every batch boundary.
     stream : file-like, optional
         Where the table goes (default stdout).
     frozen_items : bool
@@ -121,19 +127,24 @@ class Trainer:
         self.valid = None if valid is None else sp.csr_matrix(valid)
         self.device = torch.device(device)
         self.progress, self.verbose = progress and lead, verbose and lead
-        self.callbacks = list(callbacks)
+        self.hooks = [cb for cb in callbacks if hasattr(cb, "after_epoch")]
+        self.callbacks = [cb for cb in callbacks if not hasattr(cb, "after_epoch")]
         self.stream = stream if stream is not None else sys.stdout
         self.frozen_items = frozen_items
         if self.train.nnz == 0:
             raise DataError("the training matrix has no positive pairs")
+        pairs = trainable_pairs(self.train)  # users holding every item have no negative: left out, warned
+        if pairs.nnz == 0:
+            raise DataError("no trainable pairs: every user holds every item, so no negative can be drawn")
         # pairs are read straight from the CSR arrays (no per-pair copy of the data): pair k is
         # (user u with indptr[u] <= k < indptr[u + 1], item indices[k])
-        self._indptr = torch.from_numpy(self.train.indptr.astype(np.int64)).to(self.device)
-        self._indices = torch.from_numpy(self.train.indices).to(self.device)
-        self.batch_size = config.resolved_batch_size(self.train.nnz)
+        self._indptr = torch.from_numpy(pairs.indptr.astype(np.int64)).to(self.device)
+        self._indices = torch.from_numpy(pairs.indices).to(self.device)
+        self.n_pairs = int(pairs.nnz)
+        self.batch_size = config.resolved_batch_size(self.n_pairs)
         self._gen = torch.Generator().manual_seed(config.seed)
         rank = 0 if self.parallel is None else self.parallel.rank
-        self._sampler = make_sampler(config.sampler, self.train, alpha=config.sampler_alpha,
+        self._sampler = make_sampler(config.sampler, pairs, alpha=config.sampler_alpha,
                                      seed=config.seed + 1 + rank, device=self.device)
         u, i = step.user_emb, step.item_emb
         self._opt = (make_optimizer(config.optimizer, u, config.learning_rate),
@@ -141,6 +152,12 @@ class Trainer:
         self._grads = (GradBuffer(*u.shape, dtype=u.dtype, device=self.device),
                        GradBuffer(*i.shape, dtype=i.dtype, device=self.device))
         self.history = History()
+        self.best = _Best()
+        #: Where a resumed epoch goes on: (pair, loss so far, loss terms so far), set by a checkpoint;
+        #: ``epoch_gen_state`` is the shuffle generator's state before the current epoch's shuffle.
+        self.resume_at: tuple[int, float, dict[str, float]] | None = None
+        self.epoch_gen_state: torch.Tensor | None = None
+        self.finished = False  # a restored checkpoint of a run that had already stopped
         self._header_done = False
         #: Set to a dict to accumulate wall seconds per phase of every epoch (shuffle, pairs,
         #: sampling, step, exchange, optimiser): what the benchmarks' phase profiles read.
@@ -159,7 +176,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         record = EpochRecord(epoch, total, time.perf_counter() - start, parts=parts)
         if not math.isfinite(total):
-            raise TrainingDivergedError(f"epoch {epoch}: the loss became {total}; lower the learning rate")
+            raise TrainingDivergedError(f"training diverged at epoch {epoch}: the loss became {total}; "
+                                        f"lower the learning rate (now {self.config.learning_rate:g})")
+        check_tables({"user": self.step.user_emb, "item": self.step.item_emb}, epoch, self.config.learning_rate)
         if self.valid is not None and self._validates(epoch):
             t0 = time.perf_counter()
             if self.parallel is None or self.parallel.rank == 0:
@@ -178,13 +197,15 @@ class Trainer:
 
     def _train_pairs(self) -> tuple[float, dict[str, float]]:
         cfg, step, par, clock = self.config, self.step, self.parallel, self.phase_seconds
-        n_pairs = self.train.nnz
+        n_pairs = self.n_pairs
         t = time.perf_counter()
         dtype = torch.int32 if n_pairs < 2**31 else torch.int64
+        self.epoch_gen_state = self._gen.get_state() if self.hooks else None
         order = torch.randperm(n_pairs, generator=self._gen, dtype=dtype).to(self.device)
-        total, parts = 0.0, {}
+        start, total, parts = self.resume_at or (0, 0.0, {})
+        self.resume_at, parts = None, dict(parts)
         t = _tick(clock, "shuffle", t)
-        for lo in range(0, n_pairs, self.batch_size):
+        for lo in range(start, n_pairs, self.batch_size):
             idx = order[lo: lo + self.batch_size]
             if par is not None:
                 if idx.numel() < par.world:  # a last batch too small to give every rank a pair
@@ -208,6 +229,8 @@ class Trainer:
             total += loss
             for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + v
+            for hook in self.hooks:  # a batch boundary: a checkpoint may be taken or a stop honoured here
+                hook.after_batch(self, lo + self.batch_size, total, parts)
         if par is not None:  # the epoch's loss over every rank's pairs
             sums = par.sum_floats({**parts, "\0total": total})
             total = sums.pop("\0total")
@@ -227,9 +250,12 @@ class Trainer:
         With a valid set, the best epoch's (valid Recall@50) state is restored at the end, and with
         ``patience > 0`` training stops after ``patience`` epochs without a better one.
         """
-        bar = tqdm(range(self.config.epochs), desc=self.step.name, unit="epoch", disable=not self.progress,
-                   file=sys.stderr, leave=False, dynamic_ncols=True)
-        best = _Best()
+        for hook in self.hooks:  # may restore a checkpoint: history, best, position, every state
+            hook.on_fit_start(self)
+        done = len(self.history.epochs)
+        bar = tqdm(range(done, 0 if self.finished else self.config.epochs), desc=self.step.name, unit="epoch",
+                   disable=not self.progress, file=sys.stderr, leave=False, dynamic_ncols=True, initial=done)
+        best = self.best
         for _ in bar:
             record = self.run_epoch()
             if record.valid:
@@ -239,6 +265,8 @@ class Trainer:
             stop = any(bool(cb(record, self)) for cb in self.callbacks)
             if self.valid is not None and self.config.patience and best.waited >= self.config.patience:
                 self.history.stopped_early = stop = True
+            for hook in self.hooks:
+                hook.after_epoch(self, record, stop)
             if stop:
                 break
         bar.close()

@@ -80,6 +80,16 @@ class CMLStep:
         if self.feature_reg is not None:
             self.feature_reg.restore(state[2])
 
+    def resume_state(self) -> Any:
+        """What a training checkpoint needs besides :meth:`state`: the Adam state of f (None without
+        features); see :mod:`metricrec.training.checkpoint`."""
+        return None if self.feature_reg is None else self.feature_reg.opt.state_dict()
+
+    def load_resume_state(self, state: Any) -> None:
+        """Put a :meth:`resume_state` back."""
+        if self.feature_reg is not None and state is not None:
+            self.feature_reg.opt.load_state_dict(state)
+
     def scorer(self) -> Scorer:
         """Negative squared distances (the ranking of Euclidean distance)."""
         return embedding_scorer(self.user_emb, self.item_emb)
