@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
+import functools
 import os
 import platform
 import resource
@@ -23,11 +23,13 @@ from ..models.cml.config import CMLConfig
 from ..fingerprint import check_fingerprint, fingerprint
 from ..metrics import evaluate_part
 from ..models.base import EmbeddingRecommender, load_model
+from ..models.schema import read_run_doc
 from ..serialization import atomic_write_json
 from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
+from .train_run import add_run_arguments, check_before_training, finish_checkpoint, fit_resumable, resumed_args
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
                       load_item_features, make_split, note, rebuild)
 
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when stderr is not a terminal)")
     train.add_argument("--no-fallback", action="store_true",
                        help="fail instead of using synthetic data when --dataset files cannot be found or downloaded")
+    add_run_arguments(train)  # --resume, --checkpoint-every (last: records the defaults --resume checks)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a trained model on its test (or valid) part")
@@ -129,7 +132,10 @@ def config_from_args(args: argparse.Namespace) -> CMLConfig:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     """One process, or under torchrun (RANK/WORLD_SIZE set) one rank of data-parallel training:
-    rank 0 validates, prints and writes; the other ranks train silently."""
+    rank 0 validates, prints and writes; the other ranks train silently. ``--resume RUN_DIR`` continues
+    a stopped run with its own arguments (:mod:`metricrec.cli.train_run`)."""
+    if args.resume:
+        args = resumed_args(args)
     if not distributed.launched():
         return _train(args)
     rank, world, local = distributed.env_rank()
@@ -156,8 +162,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     sizes = split.sizes()
     note(f"DATA: {_source_line(desc)} | {split.train.n_users:,} users x {split.train.n_items:,} items | "
          f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
-    if sizes["train"] == 0:
-        raise ValueError("the training part is empty: nothing to train on")
+    check_before_training(args, split, out)  # empty or leaking parts, the device, --out: before any training
     features, feature_doc = load_item_features(args, split.train)
     if features is not None and config.feature_weight == 0:
         config = config.replace(feature_weight=DEFAULT_FEATURE_WEIGHT)
@@ -169,15 +174,34 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
              f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
     model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
                 show_progress=not args.no_progress and sys.stderr.isatty())
-    t0 = time.perf_counter()
-    model.fit(split.train, split.valid if sizes["valid"] else None, item_features=features)
+    save = functools.partial(_save_run, model, args, desc, split, out, feature_doc, parallel, time.perf_counter())
+    ckpt = fit_resumable(model, split, features, args, out, parallel, lambda why: save(interrupted=why))
     if parallel is not None and parallel.rank != 0:
         return 0
+    save(resumed_from=None if ckpt is None else ckpt.resumed_from)
+    finish_checkpoint(out)  # model and report saved: nothing left to resume
+    return 0
+
+
+def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path,
+              feature_doc: dict[str, Any], parallel: distributed.DataParallel | None, t0: float, *,
+              interrupted: str | None = None, resumed_from: dict[str, Any] | None = None) -> str:
+    """Save the model, ``data.json`` and ``report.json`` of a run; print the summary. An interrupted run
+    (``interrupted``: why) saves its best-so-far weights without test metrics and returns what it saved."""
+    if interrupted is not None:
+        trainer = model._trainer
+        if trainer is None or not trainer.history.epochs:
+            return "no epoch had finished, so no model was saved"
+        if trainer.best.state is not None:  # the checkpoint holds the current state; the model gets the best
+            trainer.step.restore(trainer.best.state)
+        model.history = trainer.history
+        model._finish(trainer, split.train)
+    config, sizes = model.config, split.sizes()
     if model.feature_info is not None:
         feature_doc.update(weight=config.feature_weight, hidden=list(config.feature_hidden),
                            dropout=config.feature_dropout, n_cold_items=model.feature_info["n_cold"])
     wall = time.perf_counter() - t0
-    test, eval_s = _score(model, split, "test")
+    test, eval_s = (None, 0.0) if interrupted else _score(model, split, "test")
     model.save(out / "model", weights_format=args.weights_format)
     data_doc = _data_doc(args, desc, split, out)
     atomic_write_json(out / "data.json", data_doc)
@@ -201,13 +225,17 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
                                                    "per_step": parallel.stats.per_step(), "by_op": parallel.stats.by_op},
         "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                         "python": platform.python_version(), "peak_rss_mb": _peak_rss_mb()},
+        "interrupted": interrupted, "resumed_from": resumed_from,
     }
     atomic_write_json(out / "report.json", report)
+    if interrupted is not None:
+        return (f"best-so-far model (epoch {hist.best_epoch}) saved to {out / 'model'}; "
+                f"continue with: metricrec train --resume {out}")
     print(f"best epoch {hist.best_epoch} of {len(hist.epochs)}; training {hist.train_seconds:.2f} s "
           f"(median {report['median_epoch_seconds']:.3f} s/epoch)")
     _print_metrics(test, "test")
     print(f"saved model -> {out / 'model'}; report -> {out / 'report.json'}")
-    return 0
+    return "saved"
 
 
 def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path) -> dict[str, Any]:
@@ -275,11 +303,7 @@ def _load_run(model_dir: str) -> tuple[EmbeddingRecommender, dict[str, Any]]:
     data_json = (run.parent if is_model else run) / "data.json"
     if not data_json.is_file():
         return model, {}
-    try:
-        doc = json.loads(data_json.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{data_json}: not valid JSON ({exc})") from None
-    return model, doc if isinstance(doc, dict) else {}
+    return model, read_run_doc(data_json)  # checked as a schema: one error naming the file and key
 
 
 def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: EmbeddingRecommender) -> Split:

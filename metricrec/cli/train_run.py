@@ -1,0 +1,192 @@
+"""What makes `metricrec train` safe to run and to stop: checks before training, checkpoints,
+``--resume``, and SIGINT/SIGTERM handling.
+
+- Before any training (:func:`check_before_training`): the device exists, the training and test parts
+  are not empty, a valid part is empty only when asked for (``--ratios X,0,Y``), no (user, item) pair
+  is in two parts, and ``--out`` is a folder that can be written (not a file, not read-only).
+- During training a checkpoint is written to ``RUN_DIR/checkpoint`` after every epoch
+  (``--checkpoint-every MINUTES``: at the first batch boundary or epoch end after that long; ``off``:
+  never), with the run's own arguments (``args.json``); see :mod:`metricrec.training.checkpoint`.
+- ``metricrec train --resume RUN_DIR`` reads those arguments, restores the checkpoint and goes on from
+  the batch where it was taken; on CPU with the same thread count it ends with the same model and
+  metrics as a run that was never stopped (bitwise).
+- SIGINT or SIGTERM stops at the next batch boundary: a checkpoint is written, the best-so-far model
+  saved (with ``data.json`` and a ``report.json`` marked ``interrupted``), and the command exits 130
+  or 143 with one line saying what was saved and how to go on. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.splits import Split
+from ..errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
+from ..models.base import EmbeddingRecommender
+from ..training.checkpoint import Checkpointer, StopSignals, read_json
+from .sources import note
+
+__all__ = ["add_run_arguments", "resumed_args", "check_before_training", "fit_resumable", "finish_checkpoint"]
+
+#: Flags that may differ from their defaults next to ``--resume`` (they change nothing computed).
+_RESUME_MAY_SET = {"resume", "no_progress", "debug", "func", "command", "dist_timeout", "config"}
+#: Saved argument keys that are paths (made absolute: a resumed run may start in another folder).
+_PATH_KEYS = ("interactions", "train", "valid", "test", "data_dir", "out")
+_defaults: dict[str, Any] = {}
+
+
+def _every(text: str) -> str | float:
+    value = text.strip().lower()
+    if value in ("epoch", "off"):
+        return value
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0 or minutes != minutes or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'epoch', 'off' or a positive number of minutes, got {text!r}")
+    return minutes
+
+
+def add_run_arguments(train: argparse.ArgumentParser) -> None:
+    """``--resume RUN_DIR`` and ``--checkpoint-every`` on the train parser (call after every other flag:
+    the defaults recorded here are what ``--resume`` compares the given flags with)."""
+    g = train.add_argument_group("checkpoints")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the killed or interrupted run in RUN_DIR with its own arguments (from its checkpoint)")
+    g.add_argument("--checkpoint-every", type=_every, default="epoch", metavar="epoch|MINUTES|off",
+                   help="write RUN_DIR/checkpoint after every epoch (default), every MINUTES, or never")
+    _defaults.update({a.dest: a.default for a in train._actions if a.dest != "help"})  # noqa: SLF001
+
+
+# ---------------------------------------------------------------------- --resume
+def saved_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's arguments as JSON (what ``--resume`` reads back), paths made absolute."""
+    doc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+           if k in _defaults and k not in _RESUME_MAY_SET}
+    for k in _PATH_KEYS:
+        if isinstance(doc.get(k), str):
+            doc[k] = os.path.abspath(os.path.expanduser(doc[k]))
+    feats = doc.get("item_features")
+    if isinstance(feats, str) and feats not in ("tags", "genres"):
+        doc["item_features"] = os.path.abspath(os.path.expanduser(feats))
+    return doc
+
+
+def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments of the run in ``args.resume`` (its ``checkpoint/args.json``), with ``--out`` that
+    folder; :class:`ConfigError` when other training flags are given beside ``--resume``."""
+    given = sorted(k for k, v in vars(args).items() if k not in _RESUME_MAY_SET and k in _defaults and v != _defaults[k])
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"--resume continues a run with its own arguments; drop {flags}")
+    run = Path(args.resume)
+    if not run.is_dir():
+        raise ConfigError(f"--resume {run}: no such run folder")
+    if not (run / "checkpoint").is_dir():
+        done = (run / "report.json").is_file() and (run / "model").is_dir()
+        raise ConfigError(f"--resume {run}: no checkpoint there, nothing to resume"
+                          + (" (the run finished: see its report.json)" if done else ""))
+    doc = read_json(run / "checkpoint" / "args.json", "run's arguments")
+    if not isinstance(doc, dict) or any(k not in _defaults for k in doc):
+        raise CheckpointError(f"{run / 'checkpoint' / 'args.json'}: not the arguments of a 'metricrec train' run")
+    merged = argparse.Namespace(**{**vars(args), **doc})
+    merged.resume, merged.out = str(run), str(run)
+    merged.no_progress = args.no_progress or doc.get("no_progress", False)
+    return merged
+
+
+# ---------------------------------------------------------------------- checks before training
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is a file, not a folder; choose another --out")
+    model = out / "model"
+    if model.exists() and (not model.is_dir() or (any(model.iterdir()) and not (model / "config.json").is_file())):
+        raise ConfigError(f"--out {out}: {model} exists and is not a metricrec model; choose another --out")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {probe} is not a writable folder; choose another --out")
+
+
+def _pairs_in_both(a: Any, b: Any) -> int:
+    if a.nnz == 0 or b.nnz == 0 or a.matrix.shape != b.matrix.shape:
+        return 0
+    return int(a.matrix.astype(bool).multiply(b.matrix.astype(bool)).nnz)
+
+
+def check_before_training(args: argparse.Namespace, split: Split, out: Path) -> None:
+    """Refuse, before any training, what would fail or mislead after it (see the module docstring)."""
+    from ..models.base import _device  # the model's own device rule
+
+    _device(args.device)
+    sizes = split.sizes()
+    if sizes["train"] == 0:
+        raise DataError("the training part is empty: nothing to train on")
+    if sizes["test"] == 0:
+        raise DataError("the test part is empty: no metric could be computed (give the split a test share, "
+                        "or a --test file with pairs of users and items of the training part)")
+    no_valid = getattr(args, "train", None) is None and args.split in ("ratio", "temporal") \
+        and _valid_share(args.ratios) == 0
+    if sizes["valid"] == 0 and not no_valid:
+        raise DataError("the valid part is empty, so early stopping would have nothing to look at (ask for "
+                        "none with --ratios X,0,Y, or give a --valid file with pairs of known users and items)")
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        n = _pairs_in_both(getattr(split, a), getattr(split, b))
+        if n:
+            raise DataError(f"the split leaks: {n:,} (user, item) pairs are in both the {a} and the {b} part; "
+                            "the parts must be disjoint")
+    _check_out(out)
+
+
+def _valid_share(ratios: str) -> float:
+    try:
+        return float(str(ratios).split(",")[1])
+    except (IndexError, ValueError):
+        return -1.0
+
+
+# ---------------------------------------------------------------------- training that can stop
+def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args: argparse.Namespace, out: Path,
+                  parallel: Any, save_interrupted: Callable[[str], str]) -> Checkpointer | None:
+    """``model.fit`` with checkpoints in ``out/checkpoint`` (resumed with ``args.resume``) and
+    SIGINT/SIGTERM stopping at a batch boundary; on such a stop ``save_interrupted(reason)`` saves the
+    best-so-far model and :class:`TrainingInterrupted` is raised with what was saved. Under torchrun:
+    a plain fit (no checkpoints). Returns the checkpointer (None when none)."""
+    valid = split.valid if split.sizes()["valid"] else None
+    if parallel is not None:
+        model.fit(split.train, valid, item_features=features)
+        return None
+    every = args.checkpoint_every
+    if args.resume:
+        state = read_json(out / "checkpoint" / "state.json")  # checked in full when restored
+        if isinstance(state, dict):
+            pos = state.get("position")
+            inside = f", inside epoch {state.get('epochs_done', 0) + 1} at pair {pos.get('pair')}" \
+                if isinstance(pos, dict) and isinstance(state.get("epochs_done"), int) else ""
+            note(f"RESUME: {out} from its checkpoint: {state.get('epochs_done')} epoch(s) done{inside}")
+    with StopSignals() as stop:
+        ckpt = Checkpointer(out / "checkpoint", every_minutes=every if isinstance(every, float) else None,
+                            resume=bool(args.resume), files={"args.json": saved_args(args)}, stop=stop,
+                            enabled=every != "off")
+        try:
+            model.fit(split.train, valid, item_features=features, callbacks=[ckpt])
+        except TrainingInterrupted as exc:
+            raise TrainingInterrupted(f"{exc}; {save_interrupted(str(exc))}", exc.signum) from None
+        if stop.requested is not None:  # a signal during the last epoch's end: training is complete
+            raise TrainingInterrupted(f"signal {stop.requested} after the last epoch; "
+                                      f"{save_interrupted('after the last epoch')}", stop.requested)
+    return ckpt
+
+
+def finish_checkpoint(out: Path) -> None:
+    """Remove ``out/checkpoint`` once the run's model and report are saved (nothing left to resume)."""
+    folder = out / "checkpoint"
+    if folder.is_dir():
+        gone = folder.with_name(f".checkpoint.del.{os.getpid()}")
+        os.rename(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
