@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..data.interactions import csr_rows
 from ..errors import ConfigError
 from .retrieval import top_n
 
@@ -49,7 +50,7 @@ def approximate_top_n(model: Any, q: np.ndarray, n: int, exclude: sp.csr_matrix 
 
 def _liked(exclude: sp.csr_matrix, cand: np.ndarray) -> np.ndarray:
     """(n, k) bool: cand[r, j] is among row r's excluded items (sorted-key search, vectorised)."""
-    rows = np.repeat(np.arange(exclude.shape[0], dtype=np.int64), np.diff(exclude.indptr))
+    rows = csr_rows(exclude)
     keys = np.sort(rows * exclude.shape[1] + exclude.indices)
     query = np.arange(cand.shape[0], dtype=np.int64)[:, None] * exclude.shape[1] + np.maximum(cand, 0)
     pos = np.clip(np.searchsorted(keys, query), 0, len(keys) - 1)

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.interactions import csr_rows
 from ..errors import ConfigError, UnknownIdError
 
 __all__ = ["DISTANCES", "check_indices", "check_n", "top_n", "score_block"]
@@ -67,7 +68,7 @@ def _mask(s: np.ndarray, exclude: sp.csr_matrix | None, filter_ids: np.ndarray |
     if filter_ids is not None and filter_ids.size:
         s[:, filter_ids] = -np.inf
     if exclude is not None and exclude.nnz:
-        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        rows = csr_rows(exclude)
         keep = exclude.data != 0  # stored zeros are not interactions
         s[rows[keep], exclude.indices[keep]] = -np.inf
 

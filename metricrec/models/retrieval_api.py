@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.interactions import csr_rows
 from ..errors import ConfigError, DataError, UnknownIdError
 from .retrieval import check_indices, check_n, top_n, top_n_torch
 
@@ -198,7 +199,7 @@ def _top_n_on_device(q, cand_t, N, excl, filt, only, distance):
     if filt is not None:
         mask[:, torch.from_numpy(filt)] = False
     if excl is not None and excl.nnz:
-        r = np.repeat(np.arange(excl.shape[0]), np.diff(excl.indptr))
+        r = csr_rows(excl)
         keep = excl.data != 0
         mask[torch.from_numpy(r[keep]), torch.from_numpy(excl.indices[keep].astype(np.int64))] = False
     return top_n_torch(qt, cand_t, N, mask.to(cand_t.device), distance)
