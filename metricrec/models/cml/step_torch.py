@@ -113,7 +113,6 @@ def cml_step(
         Precomputed ``|v_k|^2``; computed here when omitted.
     """
     n_items = item_emb.shape[0]
-    b = users.numel()
     # index_select, not advanced indexing: several times faster for row gathers on CPU
     u = user_emb.index_select(0, users)
     p = item_emb.index_select(0, positives)
