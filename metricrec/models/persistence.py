@@ -8,6 +8,7 @@ training data's fingerprint; :mod:`metricrec.serialization` writes it as one ato
 from __future__ import annotations
 
 from functools import partial
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,41 @@ class PersistenceMixin:
         return model
 
 
-def load_model(path: str | Path, *, device: str = "cpu") -> Any:
+def load_model(path: str | Path, *, device: str = "cpu", index: bool = True) -> Any:
     """Load any metricrec model file, whatever its class (named in the file; only its document is
-    read to find out)."""
+    read to find out).
+
+    Parameters
+    ----------
+    path : path
+        A model directory or a single ``.npz`` model file.
+    device : str
+    index : bool
+        Attach the approximate-retrieval index saved beside the model by ``metricrec index``
+        (``DIR/index/``, or ``FILE.index/``) when there is one; a stale index is refused
+        (:class:`~metricrec.errors.ModelFileError`). Without faiss installed the model stays exact,
+        with a warning.
+    """
     _, meta = load_model_files(path, doc_only=True)
     cls = MODELS.get(meta.get("model")) if isinstance(meta.get("model"), str) else None
     if cls is None:
         raise ModelFormatError(f"{path}: unknown model type {meta.get('model')!r} (known: {', '.join(MODELS)})")
-    return cls.load(path, device=device)
+    model = cls.load(path, device=device)
+    if index:
+        _attach_saved_index(model, path)
+    return model
+
+
+def _attach_saved_index(model: Any, path: str | Path) -> None:
+    from ..serving.ann import index_dir_for, load_index_for
+
+    if not (index_dir_for(path) / "index.json").is_file():
+        return
+    try:
+        model.attach_index(load_index_for(path, model.item_embeddings, model.distance))
+    except ImportError as exc:
+        warnings.warn(f"{path}: an ANN index is saved beside the model but cannot be used ({exc}); "
+                      "retrieval stays exact", RuntimeWarning, stacklevel=3)
 
 
 def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any) -> torch.Tensor:

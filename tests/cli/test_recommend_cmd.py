@@ -61,3 +61,16 @@ def test_new_users_are_folded_in(run, tmp_path):
     assert sorted(set(table["user"])) == ["new1", "new2"] and len(table["user"]) == 10
     new1 = [i for u, i in zip(table["user"], table["item"]) if u == "new1"]
     assert a not in new1 and b not in new1
+
+
+def test_approximate_recommendations_use_the_index_saved_beside_the_model(run, tmp_path):
+    pytest.importorskip("faiss")
+    exact, approx = tmp_path / "exact.csv", tmp_path / "approx.csv"
+    assert main(["index", "--model", str(run), "--kind", "flat"]) == 0
+    model = load_model(run / "model")
+    assert model.ann_index is not None and load_model(run / "model", index=False).ann_index is None
+    assert main(["recommend", "--model", str(run), "--users", "all", "-n", "5", "--output", str(exact)]) == 0
+    assert main(["recommend", "--model", str(run), "--users", "all", "-n", "5", "--approximate",
+                 "--output", str(approx)]) == 0
+    a, b = pacsv.read_csv(exact).to_pydict(), pacsv.read_csv(approx).to_pydict()
+    assert a["item"] == b["item"]  # a flat (exact) index: the same lists through the approximate path
