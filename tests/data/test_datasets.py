@@ -63,7 +63,7 @@ def test_citeulike_absent_names_files(tmp_path):
 # ---------------------------------------------------------------- MovieLens fixtures
 def test_ml1m_fixture(tmp_path):
     write_ml1m(tmp_path)
-    x = load_dataset("ml-1m", tmp_path)
+    x = load_dataset("ml-1m", tmp_path, verify=False)
     assert x.user_ids.tolist() == [1, 2, 3]
     assert x.item_ids.tolist() == [661, 914, 1193, 3408]  # rated movies only (3952 has no rating)
     assert x.matrix.toarray().tolist() == [[0, 0, 1, 0], [0, 0, 1, 1], [1, 0, 0, 0]]
@@ -72,7 +72,7 @@ def test_ml1m_fixture(tmp_path):
     assert feature_names(x.item_features, 0) == {"genre=Animation", "genre=Children's", "genre=Musical", "year=1990s"}
     assert feature_names(x.item_features, 1) == {"genre=Musical", "genre=Romance", "year=1960s"}
     assert feature_names(x.user_features, 1) == {"age=56+", "gender=M", "occupation=self-employed"}
-    assert load_dataset("ml-1m", tmp_path, min_rating=1).nnz == 6
+    assert load_dataset("ml-1m", tmp_path, min_rating=1, verify=False).nnz == 6
     assert item_titles("ml-1m", tmp_path)[914] == "My Fair Lady (1964)"
 
 
@@ -80,14 +80,14 @@ def test_ml1m_bad_ratings_line(tmp_path):
     folder = write_ml1m(tmp_path)
     (folder / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3\n")
     with pytest.raises(ValueError, match=r"ratings\.dat, line 2: expected 4 fields"):
-        load_dataset("ml-1m", tmp_path)
+        load_dataset("ml-1m", tmp_path, verify=False)
 
 
 def test_ml100k_fixture(tmp_path):
     write_ml100k(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # every rated id has a feature row: no warning
-        x = load_dataset("ml-100k", tmp_path)
+        x = load_dataset("ml-100k", tmp_path, verify=False)
     assert x.user_ids.tolist() == [22, 186, 196] and x.item_ids.tolist() == [242, 302]
     assert x.matrix.toarray().tolist() == [[1, 0], [0, 0], [0, 1]]
     assert x.meta["n_ratings"] == 4 and x.meta["n_positives"] == 2
@@ -171,7 +171,7 @@ def test_ml100k_rated_item_without_features_warns(tmp_path):
     folder = write_ml100k(tmp_path)
     (folder / "u.data").write_text("196\t242\t3\t881250949\n196\t555\t5\t881250950\n")
     with pytest.warns(DataWarning, match="ml-100k items: 1 of 2 ids have no feature row"):
-        x = load_dataset("ml-100k", tmp_path)
+        x = load_dataset("ml-100k", tmp_path, verify=False)
     assert x.item_ids.tolist() == [242, 555]
     assert x.item_features.matrix[1].nnz == 0 and x.item_features.matrix[0].nnz == 2
 
@@ -181,10 +181,10 @@ def test_movielens_side_file_errors_name_file_and_line(tmp_path):
     good = (folder / "u.item").read_bytes()
     (folder / "u.item").write_bytes(good.replace(b"|0|1|0\n", b"|0|2|0\n"))
     with pytest.raises(ValueError, match=r"u\.item, line 2: genre flags must be 0 or 1"):
-        load_dataset("ml-100k", tmp_path)
+        load_dataset("ml-100k", tmp_path, verify=False)
     (folder / "u.item").write_bytes(good.replace(b"|0|1|0\n", b"|0|1\n"))
     with pytest.raises(ValueError, match=r"u\.item, line 2: expected 8 fields separated by '\|', got 7"):
-        load_dataset("ml-100k", tmp_path)
+        load_dataset("ml-100k", tmp_path, verify=False)
     folder = write_ml1m(tmp_path)
     (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::57::16::70072\n")
     with pytest.raises(ValueError, match=r"users\.dat, line 2: unknown age code 57"):
@@ -192,7 +192,7 @@ def test_movielens_side_file_errors_name_file_and_line(tmp_path):
     folder = write_ml1m(tmp_path)
     (folder / "ratings.dat").write_text("1::1193::5::978300760\n01::661::3::978302109\n")
     with pytest.raises(ValueError, match=r"ratings\.dat, line 2: user id '01' is not an integer"):
-        load_dataset("ml-1m", tmp_path)
+        load_dataset("ml-1m", tmp_path, verify=False)
     (folder / "ratings.dat").write_text("1::1193::five::978300760\n")
     with pytest.raises(ValueError, match=r"ratings\.dat, line 1: rating 'five' is not a number"):
-        load_dataset("ml-1m", tmp_path)
+        load_dataset("ml-1m", tmp_path, verify=False)

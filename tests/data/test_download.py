@@ -51,13 +51,13 @@ def test_good_download(server, tmp_path):
     digest = serve_zip(root, good_members())
     data = tmp_path / "data"
     data.mkdir()
-    x = load_dataset("ml-100k", data, base_url=base, sha256=digest)
+    x = load_dataset("ml-100k", data, base_url=base, sha256=digest, verify=False)
     assert x.shape == (3, 2) and x.nnz == 2
     assert sorted(p.name for p in data.iterdir()) == ["ml-100k"]  # no temp files, nothing else extracted
     assert (data / "ml-100k" / "u.item").read_bytes() == ml100k_files()["u.item"]
     # second load uses the files on disk: the server is not needed
     (root / "movielens" / "ml-100k.zip").unlink()
-    assert load_dataset("ml-100k", data, base_url=base, download=False).nnz == 2
+    assert load_dataset("ml-100k", data, base_url=base, download=False, verify=False).nnz == 2
 
 
 def test_mirror_env(server, tmp_path, monkeypatch):
@@ -66,7 +66,7 @@ def test_mirror_env(server, tmp_path, monkeypatch):
     monkeypatch.setenv("METRICREC_MIRROR", base)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("METRICREC_DATA", raising=False)
-    assert load_dataset("ml-100k", sha256=digest).nnz == 2  # default cache dir is created
+    assert load_dataset("ml-100k", sha256=digest, verify=False).nnz == 2  # default cache dir is created
     assert (tmp_path / "cache" / "metricrec" / "ml-100k" / "u.data").is_file()
 
 

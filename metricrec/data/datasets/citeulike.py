@@ -17,10 +17,16 @@ import scipy.sparse as sp
 from ..delimited import read_columns
 from ..id_text import arrow_to_numpy
 from ..interactions import Features, Interactions
+from .verify import FileSpec
 
-__all__ = ["CITEULIKE_FILES", "read_count_lists", "read_item_tags", "load_citeulike_a"]
+__all__ = ["CITEULIKE_CHECKS", "CITEULIKE_FILES", "read_count_lists", "read_item_tags", "load_citeulike_a"]
 
 CITEULIKE_FILES = ("users.dat", "item-tag.dat")
+# Checked at every load: sizes and sha256 of the files of js05212/citeulike-a (shared/data/README.md).
+CITEULIKE_CHECKS = (
+    FileSpec("users.dat", 1_094_785, "53211d82c14ff261e595634d285ed9fbf8049cf81dcb751d924d695b9612a02c"),
+    FileSpec("item-tag.dat", 1_423_307, "0f7b432796a5038ed2631c02b99d70e636123673afc11bf9e051de5b49467890"),
+)
 
 
 def read_count_lists(path: Path) -> tuple[np.ndarray, np.ndarray, int]:

@@ -17,20 +17,36 @@ from ..ids import IdIndex, canonical_ids
 from ..interactions import Interactions
 from ._features import multi_hot
 from .download import Archive
+from .verify import FileSpec
 
 __all__ = [
-    "ML100K", "ML1M", "load_ml100k", "load_ml1m",
+    "ML100K", "ML1M", "ML100K_CHECKS", "ML1M_CHECKS", "load_ml100k", "load_ml1m",
     "read_ml100k_items", "read_ml100k_users", "read_ml1m_movies", "read_ml1m_users",
 ]
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-# sha256 of the official archives, as pinned by tensorflow/datasets
+# sha256 and size of the official archives, as pinned by tensorflow/datasets
 # (tensorflow_datasets/url_checksums/movielens.txt: ml-100k.zip 4,924,029 bytes, ml-1m.zip 5,917,549 bytes).
-ML100K = Archive("ml-100k.zip", GROUPLENS, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", "ml-100k")
-ML1M = Archive("ml-1m.zip", GROUPLENS, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", "ml-1m")
+ML100K = Archive("ml-100k.zip", GROUPLENS, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", "ml-100k",
+                 4_924_029)
+ML1M = Archive("ml-1m.zip", GROUPLENS, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", "ml-1m",
+               5_917_549)
 
 ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre")
 ML1M_FILES = ("ratings.dat", "movies.dat", "users.dat")
+# The extracted files, checked at every load: sizes and sha256 of the GroupLens originals (shared/data/README.md).
+# ratings.dat of ML-1M was not at hand: its size (24,594,131 bytes, as the GroupLens archive extracts) is checked.
+ML100K_CHECKS = (
+    FileSpec("u.data", 1_979_173, "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),
+    FileSpec("u.item", 236_344, "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701"),
+    FileSpec("u.user", 22_628, "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c"),
+    FileSpec("u.genre", 202, "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb"),
+)
+ML1M_CHECKS = (
+    FileSpec("ratings.dat", 24_594_131),
+    FileSpec("movies.dat", 171_308, "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9"),
+    FileSpec("users.dat", 134_368, "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3"),
+)
 DEFAULT_MIN_RATING = 4.0
 
 # ML-1M age codes (README) and the same groups used to bucket ML-100K's exact ages.
