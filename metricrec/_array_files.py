@@ -27,6 +27,7 @@ import math
 import os
 import struct
 import zipfile
+import zlib
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -82,7 +83,7 @@ def _npy_header(stream: Any, name: str, where: Any, error: type) -> tuple[tuple[
             shape, fortran, dtype = fmt.read_array_header_2_0(stream, max_header_size=_MAX_NPY_HEADER)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types on garbage
         raise error(f"{where}: cannot read weights: array {name!r} has no valid .npy header ({type(exc).__name__}: {exc})") from None
     return _checked_shape(shape, name, where, error), _checked_dtype(dtype, name, where, error), bool(fortran), \
         stream.tell()
@@ -105,8 +106,12 @@ def _member_specs(zf: zipfile.ZipFile, size: int, where: Any, error: type) -> di
         if info.file_size > max(_SMALL, MAX_EXPANSION * info.compress_size):
             raise error(f"{where}: cannot read weights: member {info.filename!r} would expand {info.compress_size:,} bytes to "
                         f"{info.file_size:,} (more than {MAX_EXPANSION}x): refused")
-        with zf.open(info) as stream:
-            shape, dtype, _, header = _npy_header(stream, name, where, error)
+        try:
+            with zf.open(info) as stream:
+                shape, dtype, _, header = _npy_header(stream, name, where, error)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, struct.error,
+                zlib.error) as exc:  # a damaged member header; RuntimeError: an encrypted member
+            raise error(f"{where}: cannot read weights: member {info.filename!r} ({type(exc).__name__}: {exc})") from None
         if header + _nbytes(shape, dtype) != info.file_size:
             raise error(f"{where}: cannot read weights: array {name!r} declares shape {shape} of {dtype} ({_nbytes(shape, dtype):,} bytes) "
                         f"but its member holds {max(info.file_size - header, 0):,} bytes")
@@ -149,7 +154,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, where: A
     try:
         with zf.open(info) as stream:
             return np.lib.format.read_array(stream, allow_pickle=False, max_header_size=_MAX_NPY_HEADER)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy raise many types on damaged data
         raise error(f"{where}: cannot read weights: array {name!r} ({type(exc).__name__}: {exc})") from None
 
 

@@ -47,6 +47,8 @@ class PersistenceMixin:
             "user_ids": _map_to_json(self.user_map), "item_ids": _map_to_json(self.item_map),
             "history": self.history.to_dict(), "data_fingerprint": self.data_fingerprint, **extra_meta,
         }
+        if getattr(self, "data_source", None) is not None:  # what it was trained on (a synthetic fallback shows)
+            meta["data_source"] = self.data_source
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
     @classmethod
@@ -72,14 +74,16 @@ class PersistenceMixin:
         model = cls(config, device=device, show_progress=False, verbose=False)
         model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
         model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path).to(model.device)
-        model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", path)
-        model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", path)
+        doc_path = Path(path) / "config.json" if Path(path).is_dir() else path  # what errors below name
+        model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", doc_path)
+        model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", doc_path)
         model.user_items = _liked_from_arrays(arrays, (n_users, n_items), path)
         model.history = history
         fp = meta.get("data_fingerprint")
         if fp is not None and not isinstance(fp, dict):
-            raise ModelFormatError(f"{path}: invalid data_fingerprint (a {type(fp).__name__}, expected an object)")
+            raise ModelFormatError(f"{doc_path}: invalid data_fingerprint (a {type(fp).__name__}, expected an object)")
         model.data_fingerprint = fp
+        model.data_source = _data_source(meta.get("data_source"), path)
         model._load_extra(arrays, meta, path)
         return model
 
@@ -119,6 +123,15 @@ def _attach_saved_index(model: Any, path: str | Path) -> None:
     except ImportError as exc:
         warnings.warn(f"{path}: an ANN index is saved beside the model but cannot be used ({exc}); "
                       "retrieval stays exact", RuntimeWarning, stacklevel=3)
+
+
+def _data_source(doc: Any, path: Any) -> dict[str, Any] | None:
+    """The saved ``data_source`` (an object of plain values, or absent), checked."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or any(isinstance(v, (dict, list)) for v in doc.values()):
+        raise ModelFormatError(f"{path}: invalid data_source (expected an object of plain values)")
+    return doc
 
 
 def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any) -> torch.Tensor:
