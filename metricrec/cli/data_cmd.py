@@ -62,7 +62,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def _describe(desc: dict) -> str:
     if desc["kind"] == "dataset":
-        return f"{desc['name']} ({desc['data_dir']})"
+        checked = "files NOT verified (--no-verify)" if desc.get("verified") is False else "files verified"
+        return f"{desc['name']} ({desc['data_dir']}; {checked})"
     if desc["kind"] == "file":
         return desc["path"]
     if desc["kind"] == "synthetic":

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError
 from ..models.base import EmbeddingRecommender, load_model
 from ..models.schema import read_run_doc
 from ..serialization import atomic_output
-from .sources import note
+from .sources import model_data_warning, note
 
 __all__ = ["register", "cmd_recommend"]
 
@@ -65,14 +65,19 @@ def _load(path: str) -> tuple[EmbeddingRecommender, Path]:
     model = load_model(model_dir)
     if model.user_items is None and model.user_map is None:
         note("(this model has no raw id maps: user and item ids are row indices)")
-    return model, (run if model_dir != run else run.parent)
+    run = run if model_dir != run else run.parent
+    if warning := model_data_warning(model, read_run_doc(run / "data.json") if (run / "data.json").is_file() else None):
+        note(warning)  # a synthetic fallback is never shown as the real data set
+    return model, run
 
 
 def _print_one(model: EmbeddingRecommender, run: Path, args: argparse.Namespace) -> int:
     (items, scores), = model.recommend_raw([args.user], args.n, filter_already_liked_items=not args.keep_liked,
                                           approximate=args.approximate)
     titles = _titles(run)
-    print(f"top {args.n} for user {args.user}:")
+    src = getattr(model, "data_source", None) or {}
+    fallback = f" (SYNTHETIC fallback data, not {src['fallback_for']})" if src.get("fallback_for") else ""
+    print(f"top {args.n} for user {args.user}{fallback}:")
     for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist()), 1):
         print(f"{rank:>3}. {item!s:<10} {score:8.4f}  {titles.get(item, '')}".rstrip())
     if len(items) < args.n:

@@ -56,6 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"metricrec serve: http://{args.host}:{args.port} model {h['model']} ({h['model_type']}, "
           f"{h['n_users']} users x {h['n_items']} items, index {h['index'] or 'none: exact'}, "
           f"loaded in {h['load_seconds']} s)", flush=True)
+    if (h.get("data_source") or {}).get("fallback_for"):
+        from .sources import model_data_warning
+        print(f"metricrec serve: {model_data_warning(holder.current.model)}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             server_header=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

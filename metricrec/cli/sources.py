@@ -5,16 +5,27 @@ A data source is one of: a named data set (``--dataset``), a generic interaction
 (``--synthetic``). Every command that accepts one uses these helpers, and every run records a
 JSON-able description of what it used (written to ``data.json`` / ``report.json``), so that
 ``metricrec evaluate`` and ``metricrec recommend`` can rebuild the same data and split later.
+
+The synthetic fallback (``metricrec train --dataset NAME`` only): when the data set's files are not in
+the *default* data directory and cannot be downloaded (offline), training goes on with the built-in
+synthetic data set, and says so everywhere -- a ``DATA: FALLBACK`` line, an output folder named
+``<out>-synthetic-fallback``, ``data.json``, the model's own metadata (``data_source``), and a line
+from every later command that uses the model (``recommend``, ``evaluate``, ``serve``'s ``/health``).
+There is no fallback with ``--no-fallback``, with a chosen data directory (``--data-dir`` or
+``$METRICREC_DATA``: a typo there is an error), nor for files that are present but differ from the
+official release (an error; ``--no-verify`` loads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
-from ..data.datasets import DownloadError, available_datasets, load_dataset
+from ..data.datasets import DownloadError, available_datasets, explicit_data_dir, load_dataset, resolve_data_dir
 from ..data.delimited import plain_suffix
 from ..data.features import describe_features, filter_min_count, read_item_features
 from ..data.interactions import Features, Interactions
@@ -22,8 +33,12 @@ from ..data.readers import read_interactions
 from ..data.splits import Split, leave_k_out, ratio_split, temporal_split
 from ..data.split_files import read_split
 from ..data.synthetic import PRESETS, generate
+from ..errors import DataError
 
 SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal")
+#: Synthetic preset a training falls back to, and the suffix of its output folder.
+FALLBACK_PRESET = "small"
+FALLBACK_SUFFIX = "-synthetic-fallback"
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, predefined: bool = True, required: bool = False) -> None:
@@ -32,6 +47,9 @@ def add_data_arguments(p: argparse.ArgumentParser, *, predefined: bool = True, r
     g.add_argument("--dataset", choices=available_datasets(), help="a built-in data set")
     g.add_argument("--data-dir", help="folder holding data set folders (default: $METRICREC_DATA or ~/.cache/metricrec)")
     g.add_argument("--no-download", action="store_true", help="never download missing data set files")
+    g.add_argument("--no-verify", action="store_true",
+                   help="load data set files even when their sizes or checksums differ from the official release "
+                        "(recorded as unverified)")
     g.add_argument("--interactions", metavar="FILE", help="generic interactions file (.csv, .tsv, .inter, .parquet, or any with --sep)")
     g.add_argument("--user-col", default="0", help="user id column (index or header name; default 0)")
     g.add_argument("--item-col", default="1", help="item id column (default 1)")
@@ -120,7 +138,7 @@ def _file_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def describe_args(args: argparse.Namespace) -> dict[str, Any]:
     """The data-source and split flags as a JSON-able dict (to rebuild the same data later)."""
-    keys = ["dataset", "data_dir", "interactions", "user_col", "item_col", "rating_col", "timestamp_col",
+    keys = ["dataset", "data_dir", "no_verify", "interactions", "user_col", "item_col", "rating_col", "timestamp_col",
             "sep", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
             "split_seed", "drop_small_users"]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -131,7 +149,12 @@ def note(msg: str) -> None:
 
 
 def load_data(args: argparse.Namespace, *, fallback_synthetic: bool = False) -> tuple[Interactions | None, dict[str, Any]]:
-    """Load the data source the flags name. Returns (data or None for a predefined split, description)."""
+    """Load the data source the flags name. Returns (data or None for a predefined split, description).
+
+    With ``fallback_synthetic`` a ``--dataset`` that is unavailable (see the module docstring) gives the
+    synthetic fallback: its description has ``fallback_for`` and ``args`` is changed to name what was
+    really used (``--synthetic``), so that ``--resume`` and ``evaluate`` rebuild it.
+    """
     chosen = [n for n in ("dataset", "interactions", "synthetic") if getattr(args, n, None)]
     if getattr(args, "train", None):
         chosen.append("train")
@@ -150,19 +173,68 @@ def load_data(args: argparse.Namespace, *, fallback_synthetic: bool = False) -> 
         kw = _file_kwargs(args)
         data = read_interactions(args.interactions, **kw)
         return data, {"kind": "file", "path": args.interactions, **{k: v for k, v in kw.items() if v is not None}}
+    return _load_named(args, fallback_synthetic)
+
+
+def _load_named(args: argparse.Namespace, fallback: bool) -> tuple[Interactions, dict[str, Any]]:
+    """``--dataset NAME``: the verified files, else (``fallback``, default data directory only) synthetic data."""
+    verify = not getattr(args, "no_verify", False)
     try:
-        data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, download=not args.no_download)
+        data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating,
+                            download=not args.no_download, verify=verify)
     except (DownloadError, FileNotFoundError) as exc:
-        if not fallback_synthetic:
+        if not fallback:
             raise
-        note(f"DATA: {args.dataset} is not available here:\n  {exc}\n"
-             "DATA: falling back to the built-in synthetic data set (preset 'small'; planted clusters) so the "
-             "run can go on. Point --data-dir at the real files (e.g. ../shared/data) for real numbers.")
-        data = generate(preset="small", seed=0)
-        return data, {"kind": "synthetic", "preset": "small", "fallback_for": args.dataset, "reason": str(exc)}
+        if explicit_data_dir(args.data_dir):
+            chosen = "--data-dir" if args.data_dir is not None else "$METRICREC_DATA"
+            raise DataError(f"{exc}; no synthetic fallback when the data directory is chosen ({chosen}): "
+                            "fix the path, or train on --synthetic PRESET on purpose") from None
+        return _fallback(args, exc)
     desc = {"kind": "dataset", "name": args.dataset, "data_dir": str(data.meta.get("data_dir", args.data_dir)),
-            "min_rating": data.meta.get("min_rating")}
+            "min_rating": data.meta.get("min_rating"), "verified": bool(data.meta.get("verified"))}
     return data, desc
+
+
+def _fallback(args: argparse.Namespace, exc: BaseException) -> tuple[Interactions, dict[str, Any]]:
+    name = args.dataset
+    where = resolve_data_dir() / name
+    note(f"DATA: {name} is not available here: {' '.join(str(exc).split())}")
+    note(f"DATA: FALLBACK: using the built-in synthetic data set (preset '{FALLBACK_PRESET}', planted clusters), "
+         f"NOT {name}: the output folder gets '{FALLBACK_SUFFIX}' and every later command says so. For {name} "
+         f"itself: go online, put its files in {where}, or pass --data-dir; --no-fallback makes this an error.")
+    data = generate(preset=FALLBACK_PRESET, seed=0)
+    args.dataset, args.synthetic = None, FALLBACK_PRESET  # what --resume and evaluate must rebuild
+    return data, {"kind": "synthetic", "preset": FALLBACK_PRESET, "fallback_for": name, "reason": str(exc)}
+
+
+def fallback_out(out: str | os.PathLike) -> Path:
+    """The output folder of a fallback run: ``out`` with :data:`FALLBACK_SUFFIX` added to its name."""
+    path = Path(out)
+    if path.name in ("", ".", ".."):
+        path = Path(os.path.abspath(path))
+    return path if path.name.endswith(FALLBACK_SUFFIX) else path.with_name(path.name + FALLBACK_SUFFIX)
+
+
+def source_summary(desc: dict[str, Any]) -> dict[str, Any]:
+    """The few plain facts of a data description a model keeps in its metadata (``data_source``)."""
+    keys = ("kind", "name", "preset", "fallback_for", "verified", "path", "min_rating")
+    return {k: desc[k] for k in keys if desc.get(k) is not None}
+
+
+def model_data_warning(model: Any, run_doc: dict[str, Any] | None = None) -> str | None:
+    """One line for every command that uses a model trained on a synthetic fallback (or on data set
+    files that were not verified); None otherwise. Read from the model's ``data_source``, else from
+    the run's ``data.json`` document."""
+    src = getattr(model, "data_source", None) or (run_doc or {}).get("source") or {}
+    if not isinstance(src, dict):
+        return None
+    if src.get("fallback_for"):
+        return (f"DATA: this model was trained on the built-in synthetic data set (preset {src.get('preset')}) "
+                f"as a FALLBACK because {src['fallback_for']} was not available: its users, items and scores "
+                f"are synthetic, not {src['fallback_for']}'s")
+    if src.get("kind") == "dataset" and src.get("verified") is False:
+        return f"DATA: this model was trained on {src.get('name')} files that were NOT verified (--no-verify)"
+    return None
 
 
 def make_split(args: argparse.Namespace, data: Interactions | None) -> Split:
@@ -191,7 +263,7 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 def rebuild(desc: dict[str, Any]) -> argparse.Namespace:
     """A namespace of data flags from a saved :func:`describe_args` dict."""
-    ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, interactions=None, user_col="0",
+    ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, no_verify=False, interactions=None, user_col="0",
                             item_col="1", rating_col=None, timestamp_col=None, sep=None, min_rating=None,
                             synthetic=None, train=None, valid=None, test=None, split="ratio",
                             ratios="0.6,0.2,0.2", leave_k=1, split_seed=0, drop_small_users=False)

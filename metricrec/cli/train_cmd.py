@@ -30,8 +30,8 @@ from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
 from .train_run import add_run_arguments, check_before_training, finish_checkpoint, fit_resumable, resumed_args
-from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
-                      load_item_features, make_split, note, rebuild)
+from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, fallback_out,
+                      load_data, load_item_features, make_split, model_data_warning, note, rebuild, source_summary)
 
 TEST_KS = (10, 20, 50, 100)
 
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="under torchrun: give up when another rank is silent this long (default %(default)g)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when stderr is not a terminal)")
     train.add_argument("--no-fallback", action="store_true",
-                       help="fail instead of using synthetic data when --dataset files cannot be found or downloaded")
+                       help="fail instead of training on synthetic data (into OUT-synthetic-fallback) when --dataset "
+                            "files are not in the default data folder and cannot be downloaded")
     add_run_arguments(train)  # --resume, --checkpoint-every (last: records the defaults --resume checks)
     train.set_defaults(func=cmd_train)
 
@@ -157,8 +158,12 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     config = config_from_args(args)  # validate flags before loading anything
     data, desc = load_data(args, fallback_synthetic=bool(args.dataset) and not args.no_fallback)
     split = make_split(args, data)
-    name = desc.get("name") or desc.get("preset") or Path(desc.get("path", desc.get("train", "run"))).stem
+    name = desc.get("fallback_for") or desc.get("name") or desc.get("preset") or \
+        Path(desc.get("path", desc.get("train", "run"))).stem
     out = Path(args.out or Path("runs") / str(name))
+    if desc.get("fallback_for"):  # the folder's name must not claim the real data set
+        out = fallback_out(out)
+        note(f"DATA: FALLBACK run: writing to {out}")
     sizes = split.sizes()
     note(f"DATA: {_source_line(desc)} | {split.train.n_users:,} users x {split.train.n_items:,} items | "
          f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
@@ -174,6 +179,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
              f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
     model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
                 show_progress=not args.no_progress and sys.stderr.isatty())
+    model.data_source = source_summary(desc)  # saved in the model's config.json: later commands show a fallback
     save = functools.partial(_save_run, model, args, desc, split, out, feature_doc, parallel, time.perf_counter())
     ckpt = fit_resumable(model, split, features, args, out, parallel, lambda why: save(interrupted=why))
     if parallel is not None and parallel.rank != 0:
@@ -267,7 +273,8 @@ def _source_line(desc: dict[str, Any]) -> str:
     kind = desc["kind"]
     if kind == "dataset":
         rating = f", rating >= {desc['min_rating']:g}" if desc.get("min_rating") is not None else ""
-        return f"{desc['name']} from {desc['data_dir']}{rating}"
+        unverified = ", files NOT verified (--no-verify)" if desc.get("verified") is False else ""
+        return f"{desc['name']} from {desc['data_dir']}{rating}{unverified}"
     if kind == "synthetic":
         extra = f" -- FALLBACK: {desc['fallback_for']} was not available" if "fallback_for" in desc else ""
         return f"built-in synthetic data (preset {desc['preset']}){extra}"
@@ -339,6 +346,8 @@ def _absolute_paths(desc: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, doc = _load_run(args.model)
+    if warning := model_data_warning(model, doc):
+        note(warning)
     split = _data_for_run(args, doc, model)
     metrics, seconds = _score(model, split, args.part)
     _print_metrics(metrics, args.part)

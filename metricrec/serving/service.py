@@ -122,6 +122,7 @@ class Snapshot:
                 timespec="milliseconds"),
             "load_seconds": round(self.load_seconds, 3), "generation": self.generation,
             "index": getattr(index, "kind", None) if index is not None else None, "pid": os.getpid(),
+            "data_source": getattr(m, "data_source", None),  # {"fallback_for": ...} for a synthetic fallback
         }
 
 

@@ -104,13 +104,15 @@ def test_malformed_file_names_the_line(tmp_path, capsys):
 
 def test_offline_dataset_falls_back_to_synthetic_and_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("METRICREC_MIRROR", "http://127.0.0.1:9/")  # nothing listens on port 9
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default data folder: no ml-100k there
+    monkeypatch.delenv("METRICREC_DATA", raising=False)
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "ml-100k", "--data-dir", str(tmp_path), "--out", str(out), *FAST]) == 0
+    assert main(["train", "--dataset", "ml-100k", "--out", str(out), *FAST]) == 0
     err = capsys.readouterr().err
-    assert "falling back to the built-in synthetic data" in err
-    report = json.loads((out / "report.json").read_text())
-    assert report["data"]["source"]["fallback_for"] == "ml-100k"
-    assert main(["train", "--dataset", "ml-100k", "--data-dir", str(tmp_path), "--no-fallback", *FAST]) == 2
+    assert "FALLBACK: using the built-in synthetic data set" in err
+    report = json.loads((tmp_path / "run-synthetic-fallback" / "report.json").read_text())
+    assert report["data"]["source"]["fallback_for"] == "ml-100k" and not out.exists()
+    assert main(["train", "--dataset", "ml-100k", "--no-fallback", *FAST]) == 2
     assert "ml-100k" in capsys.readouterr().err
 
 
