@@ -49,8 +49,6 @@ class PersistenceMixin:
         }
         if getattr(self, "data_source", None) is not None:  # what it was trained on (a synthetic fallback shows)
             meta["data_source"] = self.data_source
-        if getattr(self, "data_source", None) is not None:  # what it was trained on (a synthetic fallback shows)
-            meta["data_source"] = self.data_source
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
     @classmethod
@@ -85,7 +83,6 @@ class PersistenceMixin:
         if fp is not None and not isinstance(fp, dict):
             raise ModelFormatError(f"{doc_path}: invalid data_fingerprint (a {type(fp).__name__}, expected an object)")
         model.data_fingerprint = fp
-        model.data_source = _data_source(meta.get("data_source"), path)
         model.data_source = _data_source(meta.get("data_source"), path)
         model._load_extra(arrays, meta, path)
         return model
@@ -126,15 +123,6 @@ def _attach_saved_index(model: Any, path: str | Path) -> None:
     except ImportError as exc:
         warnings.warn(f"{path}: an ANN index is saved beside the model but cannot be used ({exc}); "
                       "retrieval stays exact", RuntimeWarning, stacklevel=3)
-
-
-def _data_source(doc: Any, path: Any) -> dict[str, Any] | None:
-    """The saved ``data_source`` (an object of plain values, or absent), checked."""
-    if doc is None:
-        return None
-    if not isinstance(doc, dict) or any(isinstance(v, (dict, list)) for v in doc.values()):
-        raise ModelFormatError(f"{path}: invalid data_source (expected an object of plain values)")
-    return doc
 
 
 def _data_source(doc: Any, path: Any) -> dict[str, Any] | None:
