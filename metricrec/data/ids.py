@@ -273,8 +273,8 @@ class IdIndex:
         return out.item() if r.ndim == 0 else out
 
     def to_json(self) -> dict:
-        """``{"kind": "int" | "str", "ids": [...]}`` (JSON-able)."""
-        return {"kind": self.kind, "ids": self.ids.tolist()}
+        """``{"kind": "int" | "str", "values": [...]}`` (JSON-able; the id lists of model files)."""
+        return {"kind": self.kind, "values": self.ids.tolist()}
 
     @classmethod
     def from_json(cls, doc: Any, *, n: int | None = None, where: str = "", name: str = "id") -> "IdIndex":
@@ -294,9 +294,9 @@ class IdIndex:
             Not such a document, ids of the wrong type, a wrong count, or duplicates.
         """
         pre = f"{where}: " if where else ""
-        if not isinstance(doc, dict) or doc.get("kind") not in ("int", "str") or not isinstance(doc.get("ids"), list):
-            raise ValueError(f"{pre}expected an id document {{'kind': 'int'|'str', 'ids': [...]}}, got {_short(doc)}")
-        ids = doc["ids"]
+        if not isinstance(doc, dict) or doc.get("kind") not in ("int", "str") or not isinstance(doc.get("values"), list):
+            raise ValueError(f"{pre}expected an id document {{'kind': 'int'|'str', 'values': [...]}}, got {_short(doc)}")
+        ids = doc["values"]
         if doc["kind"] == "int":
             if not all(isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in ids):
                 raise ValueError(f"{pre}'int' ids must all be integers within int64")

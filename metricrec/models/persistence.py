@@ -147,29 +147,18 @@ def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], pat
 
 def _map_to_json(index: IdIndex | None) -> dict[str, Any] | None:
     """The model file's id list (format unchanged since version 1: kind + values)."""
-    if index is None:
-        return None
-    return {"kind": index.kind, "values": index.ids.tolist() if index.kind == "int" else [str(x) for x in index.ids]}
+    return None if index is None else index.to_json()
 
 
 def _map_from_json(doc: Any, n: int, name: str, path: Any) -> IdIndex | None:
     if doc is None:
         return None
-    if not isinstance(doc, dict) or doc.get("kind") not in ("int", "str") or not isinstance(doc.get("values"), list):
-        raise ModelFormatError(f"{path}: invalid {name} (expected an object with kind 'int' or 'str' and a list of values)")
-    if len(doc["values"]) != n:
+    if isinstance(doc, dict) and isinstance(doc.get("values"), list) and len(doc["values"]) != n:
         raise ModelFormatError(f"{path}: {name} has {len(doc['values'])} entries, expected {n}")
     try:
-        values = doc["values"]
-        arr = np.asarray(values, dtype=np.int64) if doc["kind"] == "int" else np.asarray(values, dtype=str)
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
-    if arr.shape != (n,):
-        raise ModelFormatError(f"{path}: {name} has {arr.shape[0] if arr.ndim else 0} entries, expected {n}")
-    try:
-        return IdIndex(arr, name=name.removesuffix("_ids"))
+        return IdIndex.from_json(doc, n=n, where=f"{path}: invalid {name}", name=name.removesuffix("_ids"))
     except (ValueError, TypeError) as exc:
-        raise ModelFormatError(f"{path}: invalid {name} ({exc})") from None
+        raise ModelFormatError(str(exc)) from None
 
 
 def _liked_from_arrays(arrays: dict[str, np.ndarray], shape: tuple[int, int], path: Any) -> sp.csr_matrix | None:

@@ -150,18 +150,18 @@ def test_json_round_trip_equality_and_bad_documents():
     assert IdIndex([1]) != IdIndex(np.array(["1"]))
     bad = [
         ([1, 2], "expected an id document"),
-        ({"kind": "float", "ids": [1.0]}, "expected an id document"),
-        ({"kind": "int", "ids": [1, "2"]}, "integers"),
-        ({"kind": "int", "ids": [True]}, "integers"),
-        ({"kind": "int", "ids": [2**63]}, "int64"),
-        ({"kind": "str", "ids": ["a", 1]}, "strings"),
-        ({"kind": "int", "ids": [1, 1]}, "duplicates"),
+        ({"kind": "float", "values": [1.0]}, "expected an id document"),
+        ({"kind": "int", "values": [1, "2"]}, "integers"),
+        ({"kind": "int", "values": [True]}, "integers"),
+        ({"kind": "int", "values": [2**63]}, "int64"),
+        ({"kind": "str", "values": ["a", 1]}, "strings"),
+        ({"kind": "int", "values": [1, 1]}, "duplicates"),
     ]
     for doc, words in bad:
         with pytest.raises(ValueError, match=words):
             IdIndex.from_json(doc, where="model.json user_ids")
     with pytest.raises(ValueError, match=r"model\.json: expected 3 ids, got 2"):
-        IdIndex.from_json({"kind": "int", "ids": [1, 2]}, n=3, where="model.json")
+        IdIndex.from_json({"kind": "int", "values": [1, 2]}, n=3, where="model.json")
 
 
 # ---------------------------------------------------------------------- Interactions use it
