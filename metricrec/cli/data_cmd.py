@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.split_files import write_split
-from .sources import add_data_arguments, add_split_arguments, load_data, make_split
+from .sources import add_data_arguments, add_split_arguments, describe_args, load_data, make_split
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_arguments(stats)
     add_split_arguments(stats)
     stats.set_defaults(func=cmd_stats)
-    split = dsub.add_parser("split", help="write train/valid/test CSVs (user,item with raw ids)")
+    split = dsub.add_parser("split", help="write a split folder as one unit: train/valid/test CSVs (user,item "
+                                          "with raw ids), users.csv/items.csv (the id universe) and split.json")
     add_data_arguments(split, predefined=False)
     add_split_arguments(split)
-    split.add_argument("--out", required=True, help="output folder")
+    split.add_argument("--out", required=True, help="output folder (new, empty, or an earlier split's: replaced whole)")
     split.set_defaults(func=cmd_split)
 
 
@@ -51,12 +52,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    """Write the split folder (parts, id lists, manifest) as one unit and print what went where."""
     data, desc = load_data(args)
     split = make_split(args, data)
-    paths = write_split(split, args.out)
+    paths = write_split(split, args.out, source={**desc, "args": describe_args(args)})
     sizes = split.sizes()
-    for part, path in paths.items():
-        print(f"{part:<6} {sizes[part]:>10,} pairs -> {path}")
+    for part in ("train", "valid", "test"):
+        print(f"{part:<8} {sizes[part]:>10,} pairs -> {paths[part]}")
+    print(f"{'users':<8} {split.train.n_users:>10,} ids   -> {paths['users']}")
+    print(f"{'items':<8} {split.train.n_items:>10,} ids   -> {paths['items']}")
+    print(f"{'manifest':<8} {'':>10}       -> {paths['manifest']} (sizes and sha256 of the five files)")
     return 0
 
 

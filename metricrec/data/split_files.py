@@ -1,41 +1,43 @@
-"""Predefined splits as files: three CSVs (train/valid/test) of ``user,item`` pairs with raw ids.
+"""Predefined splits as files: train/valid/test CSVs of ``user,item`` pairs with raw ids.
 
-Writing a split lets another tool train on identical data; reading one lets metricrec do the same with
-a split made elsewhere. The id universe is the training file's users and items, or a given
-:class:`~metricrec.interactions.Interactions` (e.g. the full data set, to keep its features).
+:func:`write_split` writes one folder: ``train.csv``, ``valid.csv``, ``test.csv``, the id universe
+(``users.csv``, ``items.csv``: every user and item of the split, those without a training pair
+included, in the split's order) and the manifest ``split.json`` (size and sha256 of each file). The
+folder is built beside its target and swapped in as one unit, so a kill leaves the old split or the
+new one, never parts of two splits side by side.
+
+:func:`read_split` reads the three parts back. Beside a manifest (the three files of one written
+folder) the parts are checked against it and the id universe is its id lists: ``data split`` then
+``train --train/--valid/--test`` trains on exactly the users, items and pairs of the data set itself.
+Without one (a split made elsewhere) the universe is the training file's users and the items of all
+three files, so a test pair whose item has no training pair stays a target -- an untrained item, never
+a hit by luck of being dropped -- as the data set's own split scores it.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_directory, write_new_file
+from ..errors import DataError
 from .columns import read_delimited_columns
 from .delimited import Column
 from .ids import IdIndex
 from .interactions import DataWarning, Interactions
+from .split_manifest import FORMAT, ID_FILES, MANIFEST, VERSION, check_files, file_entry, read_id_list, read_manifest
 from .splits import Split
 
-__all__ = ["write_split", "read_split"]
+__all__ = ["write_split", "read_split", "SPLIT_FILES"]
 
 PARTS = ("train", "valid", "test")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+#: Every file a split folder holds.
+SPLIT_FILES = tuple(f"{p}.csv" for p in PARTS) + tuple(name for name, _ in ID_FILES.values()) + (MANIFEST,)
 
 
 def _csv_field(ids: np.ndarray, what: str) -> np.ndarray:
@@ -55,35 +57,126 @@ def _csv_field(ids: np.ndarray, what: str) -> np.ndarray:
     return s
 
 
-def write_split(split: Split, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``train.csv``, ``valid.csv`` and ``test.csv`` (header ``user,item``, raw ids) into a folder.
+def _lines(header: str, rows: np.ndarray) -> bytes:
+    return (header + "\n" + ("\n".join(rows.tolist()) + "\n" if len(rows) else "")).encode("utf-8")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a file, or a folder holding anything but a split's own files."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder for the split")
+    others = sorted(set(os.listdir(out)) - set(SPLIT_FILES)) if out.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise DataError(f"{out}: holds other files ({shown}); a split replaces its whole folder, so write it into "
+                        "a new or empty folder (or one an earlier split wrote)")
+
+
+def _contents(split: Split, source: Any) -> dict[str, bytes]:
+    """File name -> bytes of a split folder, the manifest included."""
+    users = _csv_field(np.asarray(split.train.user_ids), "user")
+    items = _csv_field(np.asarray(split.train.item_ids), "item")
+    files: dict[str, bytes] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for name in PARTS:
+        rows, cols, _ = getattr(split, name).to_coo_arrays()
+        data = _lines("user,item", np.char.add(np.char.add(users[rows], ","), items[cols]))
+        files[f"{name}.csv"] = data
+        entries[name] = file_entry(f"{name}.csv", data, pairs=len(rows))
+    for role, ids in (("users", users), ("items", items)):
+        fname, header = ID_FILES[role]
+        files[fname] = _lines(header, ids)
+        entries[role] = file_entry(fname, files[fname], ids=len(ids))
+    manifest = {"format": FORMAT, "version": VERSION, "n_users": len(users), "n_items": len(items),
+                "files": entries, "split": _jsonable(dict(split.meta)), "source": _jsonable(source)}
+    files[MANIFEST] = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    return files
+
+
+def write_split(split: Split, out_dir: str | os.PathLike, *, source: Any = None) -> dict[str, Path]:
+    """Write a split folder (see the module docstring) atomically.
 
     Parameters
     ----------
     split : Split
     out_dir : str or path-like
-        Created if missing. Each file is written atomically (temp file, then rename).
+        The folder; it is created, or replaced as one unit when it holds an earlier split.
+    source : JSON-able, optional
+        What the split was made from, recorded in ``split.json``.
 
     Returns
     -------
     dict
-        ``{"train": Path, "valid": Path, "test": Path}``.
+        ``{"train", "valid", "test", "users", "items", "manifest"}`` -> Path.
+
+    Raises
+    ------
+    DataError
+        ``out_dir`` is a file or holds files that are not a split's.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    user_text = _csv_field(np.asarray(split.train.user_ids), "user")
-    item_text = _csv_field(np.asarray(split.train.item_ids), "item")
-    paths: dict[str, Path] = {}
-    for name in PARTS:
-        part: Interactions = getattr(split, name)
-        rows, cols, _ = part.to_coo_arrays()
-        users, items = user_text[rows], item_text[cols]
-        body = np.char.add(np.char.add(users, ","), items)
-        text = "user,item\n" + ("\n".join(body.tolist()) + "\n" if len(body) else "")
-        path = out / f"{name}.csv"
-        _atomic_write_text(path, text)
-        paths[name] = path
-    return paths
+    _check_out(out)
+    files = _contents(split, source)
+    with atomic_directory(out) as tmp:
+        for name, data in files.items():  # the manifest last
+            write_new_file(tmp / name, data)
+    roles = {"users": ID_FILES["users"][0], "items": ID_FILES["items"][0], "manifest": MANIFEST}
+    return {**{p: out / f"{p}.csv" for p in PARTS}, **{r: out / n for r, n in roles.items()}}
+
+
+def _manifest_of(paths: dict[str, str]) -> tuple[Path, dict[str, Any]] | None:
+    """(folder, manifest) when the three files are those of one written split folder, else None."""
+    folder = Path(paths["train"]).parent
+    where = folder / MANIFEST
+    if not where.is_file():
+        return None
+    manifest = read_manifest(where)
+    same = all(Path(paths[p]).parent.resolve() == folder.resolve() and Path(paths[p]).name ==
+               manifest["files"][p]["file"] for p in PARTS)
+    if not same:
+        warnings.warn(f"{where} is not used: the three files given are not its train, valid and test files",
+                      DataWarning, stacklevel=3)
+        return None
+    check_files(folder, manifest, where)
+    return folder, manifest
+
+
+def _union_ids(columns: list[np.ndarray], name: str) -> IdIndex:
+    """Sorted distinct ids of several id columns (one kind: all integers, else the text of each)."""
+    columns = [np.asarray(c) for c in columns if len(c)]
+    if not columns:
+        return IdIndex(np.zeros(0, dtype=np.int64), name=name)
+    if all(c.dtype.kind == "i" for c in columns):
+        return IdIndex.from_values(np.concatenate(columns).astype(np.int64), name=name)[0]
+    return IdIndex.from_values(np.concatenate([c.astype(str) for c in columns]), name=name)[0]
+
+
+def _universe(raw: dict[str, Any], found: tuple[Path, dict[str, Any]] | None,
+              universe: Interactions | None) -> tuple[IdIndex, IdIndex, Any, Any, dict[str, Any], str]:
+    """(users, items, item features, user features, base meta, where the universe came from)."""
+    if universe is not None:
+        return (universe.user_map, universe.item_map, universe.item_features, universe.user_features,
+                dict(universe.meta), "given")
+    if found is not None:
+        folder, manifest = found
+        users = read_id_list(folder / manifest["files"]["users"]["file"], "users")
+        items = read_id_list(folder / manifest["files"]["items"]["file"], "items")
+        return users, items, None, None, {}, str(folder / MANIFEST)
+    users = IdIndex.from_values(raw["train"].users, name="user")[0]
+    items = _union_ids([raw[p].items for p in PARTS], "item")
+    return users, items, None, None, {}, "files"
 
 
 def read_split(
@@ -105,7 +198,9 @@ def read_split(
         Delimited files (plain or compressed), e.g. as written by :func:`write_split`.
     universe : Interactions, optional
         Data set giving the id universe (order kept) and the features of the parts. Default: the
-        users and items of the training file, sorted.
+        ``users.csv``/``items.csv`` of the split folder when the three files are those of one written
+        folder (checked against its ``split.json``), else the users of the training file and the items
+        of all three files, sorted.
     sep : str, default ","
     header : bool or None
         As in :func:`metricrec.data.readers.read_delimited`: ``None`` means a header iff the columns
@@ -118,22 +213,23 @@ def read_split(
     -------
     Split
         Parts of shape (n_users, n_items) over the universe. Ids are matched by
-        :class:`~metricrec.data.ids.IdIndex` (``"007"`` is not user 7). ``meta["n_unknown"][part]``
-        counts the pairs dropped because their user or item is not in the universe (a ``DataWarning``
-        names the file and counts); ``meta["n_overlap"]`` counts pairs present in two files (kept,
-        with a warning).
+        :class:`~metricrec.data.ids.IdIndex` (``"007"`` is not user 7). ``meta["universe"]`` says where
+        the universe came from (the manifest's path, ``"files"`` or ``"given"``);
+        ``meta["n_unknown"][part]`` counts the pairs dropped because their user or item is not in it
+        (a ``DataWarning`` names the file and counts); ``meta["n_overlap"]`` counts pairs present in two
+        files (kept, with a warning).
+
+    Raises
+    ------
+    DataError
+        Beside a ``split.json``: a part or id list that is not the file it lists (size or sha256), or an
+        id list with a duplicated id.
     """
     paths = {"train": str(train), "valid": str(valid), "test": str(test)}
+    found = _manifest_of(paths)
     raw = {name: read_delimited_columns(p, user_col=user_col, item_col=item_col, sep=sep, header=header,
                                         allow_empty=True) for name, p in paths.items()}
-    if universe is not None:
-        umap, imap = universe.user_map, universe.item_map
-        ifeat, ufeat, base_meta = universe.item_features, universe.user_features, dict(universe.meta)
-    else:
-        umap = IdIndex.from_values(raw["train"].users, name="user")[0]
-        imap = IdIndex.from_values(raw["train"].items, name="item")[0]
-        ifeat = ufeat = None
-        base_meta = {}
+    umap, imap, ifeat, ufeat, base_meta, origin = _universe(raw, found, universe)
     parts: dict[str, Interactions] = {}
     n_unknown: dict[str, dict[str, int]] = {}
     keys: dict[str, np.ndarray] = {}
@@ -146,7 +242,10 @@ def read_split(
         parts[name] = Interactions(part.matrix, umap.ids, imap.ids, None, ifeat, ufeat, meta)
         keys[name] = np.unique(u * max(len(imap), 1) + i)
     n_overlap = _overlaps(keys, paths)
-    meta = {"method": "predefined", "files": paths, "n_unknown": n_unknown, "n_overlap": n_overlap}
+    meta = {"method": "predefined", "files": paths, "universe": origin, "n_unknown": n_unknown,
+            "n_overlap": n_overlap}
+    if found is not None:
+        meta["written"] = found[1].get("split")
     return Split(parts["train"], parts["valid"], parts["test"], meta)
 
 

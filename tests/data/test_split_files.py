@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from metricrec.data.interactions import DataWarning, Features, Interactions
 from metricrec.data.splits import Split
 from metricrec.data.split_files import read_split, write_split
+from metricrec.errors import DataError
 
 
 def make_split(user_ids, item_ids, seed=0, with_features=False):
@@ -30,7 +31,8 @@ def read(paths, **kw):
 def test_round_trip_identical_matrices(tmp_path, ids):
     full, split = make_split(*ids, with_features=True)
     paths = write_split(split, tmp_path / "out")
-    assert sorted(p.name for p in paths.values()) == ["test.csv", "train.csv", "valid.csv"]
+    assert sorted(p.name for p in paths.values()) == ["items.csv", "split.json", "test.csv", "train.csv",
+                                                       "users.csv", "valid.csv"]
     assert paths["train"].read_text().splitlines()[0] == "user,item"
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
@@ -42,7 +44,12 @@ def test_round_trip_identical_matrices(tmp_path, ids):
     assert back.train.item_features is full.item_features
     assert back.meta["n_unknown"]["test"]["pairs"] == 0
     assert back.meta["n_overlap"] == {"train&valid": 0, "train&test": 0, "valid&test": 0}
-    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+    assert not list((tmp_path / "out").glob(".*")) and not list(tmp_path.glob(".*"))  # no temp files left
+    again = read(paths)  # without a universe: the split folder's own id lists, in the same order
+    for name in ("train", "valid", "test"):
+        assert (getattr(again, name).matrix != getattr(split, name).matrix).nnz == 0
+    assert again.train.user_ids.tolist() == list(ids[0]) and again.train.item_ids.tolist() == list(ids[1])
+    assert again.meta["universe"] == str(tmp_path / "out" / "split.json")
 
 
 def test_raw_ids_are_written(tmp_path):
@@ -60,23 +67,56 @@ def test_universe_from_train_file_drops_and_counts_unknown(tmp_path):
     with pytest.warns(DataWarning) as rec:
         s = read_split(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv")
     msgs = [str(w.message) for w in rec]
-    assert any("va.csv" in m and "dropped 3 of 4" in m and "1 unknown users, 1 unknown items" in m for m in msgs)
+    assert any("va.csv" in m and "dropped 2 of 4" in m and "1 unknown users, 0 unknown items" in m for m in msgs)
     assert any("1 (user, item) pairs are in both" in m and "tr.csv" in m and "te.csv" in m for m in msgs)
-    assert s.train.user_ids.tolist() == [1, 2] and s.train.item_ids.tolist() == [10, 11]
-    assert s.valid.matrix.toarray().tolist() == [[0, 0], [0, 1]]
-    assert s.meta["n_unknown"]["valid"] == {"pairs": 3, "users": 1, "items": 1}
+    # users: the training file's; items: those of all three files (item 99 has no training pair: it stays)
+    assert s.train.user_ids.tolist() == [1, 2] and s.train.item_ids.tolist() == [10, 11, 99]
+    assert s.valid.matrix.toarray().tolist() == [[0, 0, 1], [0, 1, 0]]
+    assert s.meta["n_unknown"]["valid"] == {"pairs": 2, "users": 1, "items": 0}
+    assert s.meta["universe"] == "files"
     assert s.meta["n_unknown"]["test"]["pairs"] == 0
     assert s.meta["n_overlap"]["train&test"] == 1
 
 
 def test_string_ids_against_int_universe(tmp_path):
     full, split = make_split([1, 2, 3], [4, 5, 6], seed=1)
-    paths = write_split(split, tmp_path)
-    with open(paths["test"], "a") as fh:
+    paths = write_split(split, tmp_path / "w")
+    for p in ("train", "valid", "test"):  # the files alone (no split.json): a split made elsewhere
+        (tmp_path / f"{p}.csv").write_bytes(paths[p].read_bytes())
+    with open(tmp_path / "test.csv", "a") as fh:
         fh.write("abc,4\n")
     with pytest.warns(DataWarning, match=r"test\.csv: dropped 1 .*1 unknown users, 0 unknown items"):
-        back = read(paths, universe=full)
+        back = read_split(tmp_path / "train.csv", tmp_path / "valid.csv", tmp_path / "test.csv", universe=full)
     assert (back.test.matrix != split.test.matrix).nnz == 0
+
+
+def test_edited_or_mixed_parts_are_refused(tmp_path):
+    full, split = make_split([1, 2, 3], [4, 5, 6], seed=1)
+    paths = write_split(split, tmp_path / "a")
+    with open(paths["test"], "a") as fh:
+        fh.write("3,4\n")
+    with pytest.raises(DataError, match=r"a/test\.csv: \d+ bytes, but .*split\.json lists \d+: this file was changed"):
+        read(paths)
+    other = write_split(make_split([1, 2, 3], [4, 5, 6], seed=2)[1], tmp_path / "b")
+    paths = write_split(split, tmp_path / "a")  # replaces the edited folder as one unit
+    paths["test"].write_bytes(other["test"].read_bytes())  # a part of another split, copied in
+    with pytest.raises(DataError, match=r"test\.csv: .*comes from another split"):
+        read(paths)
+    paths = write_split(split, tmp_path / "a")
+    with pytest.warns(DataWarning) as rec:
+        read_split(paths["train"], paths["valid"], other["test"])
+    assert any("split.json is not used: the three files given are not its" in str(w.message) for w in rec)
+
+
+def test_write_split_refuses_a_folder_with_other_files(tmp_path):
+    _, split = make_split([1, 2], [3, 4], seed=0)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"holds other files \(notes\.txt\)"):
+        write_split(split, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        write_split(split, tmp_path / "f")
 
 
 def test_empty_parts_round_trip(tmp_path):
@@ -107,8 +147,10 @@ def test_zero_padded_ids_do_not_match_integers(tmp_path):
     with pytest.warns(DataWarning) as rec:
         s = read_split(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv")
     assert s.meta["n_unknown"]["valid"] == {"pairs": 1, "users": 1, "items": 0}
-    assert s.meta["n_unknown"]["test"] == {"pairs": 1, "users": 0, "items": 1}
-    assert s.valid.matrix.toarray().tolist() == [[1], [0]]
+    assert s.meta["n_unknown"]["test"] == {"pairs": 0, "users": 0, "items": 0}
+    assert s.train.item_ids.tolist() == ["01", "1"]  # item "01" of the test file is not item 1: its own column
+    assert s.valid.matrix.toarray().tolist() == [[0, 1], [0, 0]]
+    assert s.test.matrix.toarray().tolist() == [[0, 0], [1, 0]]
     assert any("va.csv: dropped 1 of 2" in str(w.message) for w in rec)
 
 
