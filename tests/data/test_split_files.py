@@ -162,3 +162,21 @@ def test_headerless_files_by_position_and_named_header_required(tmp_path):
     assert s.sizes() == {"train": 2, "valid": 1, "test": 1} and s.train.user_ids.tolist() == [1, 2]
     with pytest.raises(ValueError, match=r"tr\.csv: the header has no column 'user'.*\['1', '10'\]"):
         read_split(*files)
+
+
+def test_test_items_never_in_train_count_as_misses(tmp_path):
+    import torch
+
+    from metricrec.metrics import evaluate_part
+
+    (tmp_path / "tr.csv").write_text("user,item\nu1,a\nu1,b\nu2,a\nu2,c\n")
+    (tmp_path / "va.csv").write_text("user,item\nu2,b\n")
+    (tmp_path / "te.csv").write_text("user,item\nu1,c\nu1,z\n")  # z: in no training pair
+    s = read_split(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv")
+    assert s.train.item_ids.tolist() == ["a", "b", "c", "z"] and s.sizes()["test"] == 2
+
+    def scorer(users):  # c first, z (untrained) last
+        return torch.tensor([[0.0, 0.0, 1.0, -1.0]] * len(users))
+
+    metrics = evaluate_part(scorer, s, "test", ks=(1,))
+    assert metrics["recall@1"] == 0.5  # 1 hit of 2 targets: z counts as a miss (dropping it would give 1.0)
