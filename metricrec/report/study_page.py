@@ -42,6 +42,8 @@ def param_importances(doc: Mapping[str, Any]) -> tuple[dict[str, float] | None, 
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=32, seed=0)  # the same page every time
         scores = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except ImportError:
+        return None, "parameter importances need scikit-learn (pip install 'metricrec[tune]')"
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return None, f"parameter importances failed: {exc}"
     return {k: float(v) for k, v in scores.items()}, ""
