@@ -138,8 +138,8 @@ def _file_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def describe_args(args: argparse.Namespace) -> dict[str, Any]:
     """The data-source and split flags as a JSON-able dict (to rebuild the same data later)."""
-    keys = ["dataset", "data_dir", "no_verify", "interactions", "user_col", "item_col", "rating_col", "timestamp_col",
-            "sep", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
+    keys = ["dataset", "data_dir", "no_verify", "interactions", "user_col", "item_col", "rating_col",
+            "timestamp_col", "sep", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
             "split_seed", "drop_small_users"]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -263,8 +263,8 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 def rebuild(desc: dict[str, Any]) -> argparse.Namespace:
     """A namespace of data flags from a saved :func:`describe_args` dict."""
-    ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, no_verify=False, interactions=None, user_col="0",
-                            item_col="1", rating_col=None, timestamp_col=None, sep=None, min_rating=None,
+    ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, no_verify=False, interactions=None,
+                            user_col="0", item_col="1", rating_col=None, timestamp_col=None, sep=None, min_rating=None,
                             synthetic=None, train=None, valid=None, test=None, split="ratio",
                             ratios="0.6,0.2,0.2", leave_k=1, split_seed=0, drop_small_users=False)
     for k, v in desc.items():

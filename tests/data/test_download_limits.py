@@ -4,7 +4,6 @@ server, and processes killed (SIGKILL, SIGTERM, SIGINT) in the middle of a downl
 behind in the data directory, except a SIGKILLed download's part file, which the next run removes."""
 
 import contextlib
-import functools
 import hashlib
 import http.server
 import os

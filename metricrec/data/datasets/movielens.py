@@ -27,8 +27,8 @@ __all__ = [
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 # sha256 and size of the official archives, as pinned by tensorflow/datasets
 # (tensorflow_datasets/url_checksums/movielens.txt: ml-100k.zip 4,924,029 bytes, ml-1m.zip 5,917,549 bytes).
-ML100K = Archive("ml-100k.zip", GROUPLENS, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", "ml-100k",
-                 4_924_029)
+ML100K = Archive("ml-100k.zip", GROUPLENS, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+                 "ml-100k", 4_924_029)
 ML1M = Archive("ml-1m.zip", GROUPLENS, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", "ml-1m",
                5_917_549)
 
