@@ -55,7 +55,7 @@ DEFAULT_TIMEOUT = 60.0
 OTHER_ARCHIVE_FACTOR = 4
 _CHUNK = 1 << 16
 _PART = re.compile(r"^\.(?P<name>.+)\.(?P<token>\d{20}\.\d+\.[0-9a-f]{6})\.part$")
-_LEGACY = re.compile(r"^\.(download-.*\.part|extract-.*)$")  # what versions before 0.9 left behind
+_LEGACY = re.compile(r"^\.(download-.*\.part|extract-.*)$")  # what earlier versions left behind
 _LEGACY_AGE_S = 3600.0
 
 
