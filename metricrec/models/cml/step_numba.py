@@ -4,10 +4,6 @@ On a CPU the torch step is bound by memory traffic and by the number of operator
 intermediate (gathered rows, differences, distances) is a full ``(B, d)`` or ``(B, U)`` tensor, and
 each operator is a parallel region whose threads must meet. This backend fuses the per-pair work:
 
-0. it orders the batch's pairs by user (a counting sort, O(B + n_users)): the passes below visit
-   a user's pairs one after the other, so each user row is read from memory once per batch
-   however large the user table (the pairs are *sampled* in random order, so which positives share a
-   negative draw does not change);
 1. in parallel over the pairs of the batch, it computes ``d(i,j)^2`` and the distance to each of
    the U sampled negatives straight from the embedding rows (nothing is gathered), the number of
    impostors M, the closest negative and the weighted hinge;
@@ -54,11 +50,10 @@ def _compile():
     numba = numba_module()
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
-    def pair_pass(U, V, users, pos, negs, order, margin, n_items, use_rank, w_out, h_out, k_out):
+    def pair_pass(U, V, users, pos, negs, margin, n_items, use_rank, w_out, h_out, k_out):
         b_count, n_neg = negs.shape
         d = U.shape[1]
-        for j in numba.prange(b_count):
-            b = order[j]
+        for b in numba.prange(b_count):
             u = users[b]
             p = pos[b]
             d_pos = 0.0
@@ -90,14 +85,13 @@ def _compile():
                 h_out[b] = 0.0
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
-    def scatter_pass(U, V, users, pos, closest, w, order, GU, GV, touched_u, touched_v, n_parts):
-        # Part q owns the rows r with r % n_parts == q and adds, in the given order of the pairs,
-        # every gradient that falls on its rows: no write races, and each row sums its terms in the
-        # same order as a serial pass would (the result does not depend on the number of parts).
+    def scatter_pass(U, V, users, pos, closest, w, GU, GV, touched_u, touched_v, n_parts):
+        # Part q owns the rows r with r % n_parts == q and adds, in pair order, every gradient that
+        # falls on its rows: no write races, and each row sums its terms in the same order as a
+        # serial pass would (the result does not depend on the number of parts).
         d = U.shape[1]
         for q in numba.prange(n_parts):
-            for j in range(order.shape[0]):
-                b = order[j]
+            for b in range(users.shape[0]):
                 if w[b] == 0.0:
                     continue
                 u = users[b]
@@ -120,21 +114,7 @@ def _compile():
                         GU[u, t] -= w2 * (V[p, t] - U[u, t]) + w2 * (U[u, t] - V[n, t])
                     touched_u[u] = True
 
-    @numba.njit(cache=True)
-    def user_order(users, n_users):
-        # stable counting sort of the batch's rows by user: O(B + n_users)
-        start = np.zeros(n_users + 1, dtype=np.int64)
-        for b in range(users.shape[0]):
-            start[users[b] + 1] += 1
-        for u in range(n_users):
-            start[u + 1] += start[u]
-        order = np.empty(users.shape[0], dtype=np.int64)
-        for b in range(users.shape[0]):
-            order[start[users[b]]] = b
-            start[users[b]] += 1
-        return order
-
-    _kernels = (pair_pass, scatter_pass, user_order)
+    _kernels = (pair_pass, scatter_pass)
     return _kernels
 
 
@@ -170,7 +150,7 @@ def cml_step_numba(
     cov_formula: str = "paper",
 ) -> StepStats:
     """Drop-in replacement of :func:`metricrec.models.cml.step_torch.cml_step` for contiguous float32 CPU tensors."""
-    pair_pass, scatter_pass, user_order = _compile()
+    pair_pass, scatter_pass = _compile()
     U = user_emb.detach().numpy()
     V = item_emb.detach().numpy()
     u_np = users.numpy()
@@ -180,9 +160,8 @@ def cml_step_numba(
     w = np.empty(b, dtype=np.float32)
     h = np.empty(b, dtype=np.float32)
     closest = np.empty(b, dtype=np.int64)
-    order = user_order(u_np, U.shape[0])  # visit the pairs user by user: each user row is read once
-    pair_pass(U, V, u_np, p_np, negs, order, np.float32(margin), V.shape[0], use_rank_weight, w, h, closest)
-    scatter_pass(U, V, u_np, p_np, closest, w, order, user_grad.grad.numpy(), item_grad.grad.numpy(),
+    pair_pass(U, V, u_np, p_np, negs, np.float32(margin), V.shape[0], use_rank_weight, w, h, closest)
+    scatter_pass(U, V, u_np, p_np, closest, w, user_grad.grad.numpy(), item_grad.grad.numpy(),
                  user_grad.touched.numpy(), item_grad.touched.numpy(), _n_parts())
     metric_value = float(h.sum(dtype=np.float64))
     n_active = int(np.count_nonzero(w))
