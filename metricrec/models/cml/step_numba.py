@@ -45,9 +45,15 @@ def available() -> bool:
 
 def _compile():
     global _kernels
-    if _kernels is not None:
-        return _kernels
-    numba = numba_module()
+    if _kernels is None:
+        numba = numba_module()
+        _kernels = (_pair_pass(numba), _scatter_pass(numba))
+    return _kernels
+
+
+def _pair_pass(numba):
+    """Per pair, in parallel: d(i,j)^2, the distances to the U negatives, impostor count M, the
+    closest negative and the rank-weighted hinge."""
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def pair_pass(U, V, users, pos, negs, margin, n_items, use_rank, w_out, h_out, k_out):
@@ -84,6 +90,12 @@ def _compile():
                 w_out[b] = 0.0
                 h_out[b] = 0.0
 
+    return pair_pass
+
+
+def _scatter_pass(numba):
+    """The hinge gradients of the active pairs into the dense buffers, race-free."""
+
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def scatter_pass(U, V, users, pos, closest, w, GU, GV, touched_u, touched_v, n_parts):
         # Part q owns the rows r with r % n_parts == q and adds, in pair order, every gradient that
@@ -114,8 +126,7 @@ def _compile():
                         GU[u, t] -= w2 * (V[p, t] - U[u, t]) + w2 * (U[u, t] - V[n, t])
                     touched_u[u] = True
 
-    _kernels = (pair_pass, scatter_pass)
-    return _kernels
+    return scatter_pass
 
 
 def _n_parts() -> int:
