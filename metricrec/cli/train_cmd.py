@@ -215,7 +215,7 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
     report = {
         "metricrec_version": __version__,
         "config": config.to_dict(),
-        "batch_size_used": config.resolved_batch_size(sizes["train"]),
+        "batch_size_used": config.resolved_batch_size(sizes["train"], sum(split.train.shape)),
         "data": data_doc,
         "epochs": [e.to_dict() for e in hist.epochs],
         "best_epoch": hist.best_epoch,

@@ -90,11 +90,20 @@ class TrainingConfig:
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "sampler", SAMPLERS)
 
-    def resolved_batch_size(self, n_pairs: int) -> int:
-        """The batch size used for ``n_pairs`` training pairs (``batch_size`` or the default rule)."""
+    def resolved_batch_size(self, n_pairs: int, n_rows: int = 0) -> int:
+        """The batch size used for ``n_pairs`` training pairs over ``n_rows`` table rows (users +
+        items): ``batch_size``, or the default rule ``min(max(1000, n_pairs // 8), max(50000, 5 * n_rows))``.
+
+        An eighth of the pairs, at least 1,000, capped at 50,000 -- or at five times the rows when
+        the tables are larger: the covariance term and the optimiser pay per touched row, and rows
+        touched per pair grow with the tables at a fixed batch (1.21 at the ML-20M shape against 0.19
+        at ML-1M with 50,000), so only a cap that grows with them keeps the cost per pair flat
+        (benchmarks/results/scale.md). Every data set up to about 10,000 rows (ml-100k, ML-1M,
+        citeulike-a) gets the same batch as under the former fixed cap of 50,000.
+        """
         if self.batch_size is not None:
             return self.batch_size
-        return int(min(50_000, max(1_000, n_pairs // 8)))
+        return int(min(max(1_000, n_pairs // 8), max(50_000, 5 * int(n_rows))))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""

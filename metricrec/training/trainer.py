@@ -141,7 +141,7 @@ class Trainer:
         self._indptr = torch.from_numpy(pairs.indptr.astype(np.int64)).to(self.device)
         self._indices = torch.from_numpy(pairs.indices).to(self.device)
         self.n_pairs = int(pairs.nnz)
-        self.batch_size = config.resolved_batch_size(self.n_pairs)
+        self.batch_size = config.resolved_batch_size(self.n_pairs, sum(self.train.shape))
         self._gen = torch.Generator().manual_seed(config.seed)
         rank = 0 if self.parallel is None else self.parallel.rank
         self._sampler = make_sampler(config.sampler, pairs, alpha=config.sampler_alpha,

@@ -245,3 +245,10 @@ def test_patience_counts_epochs_when_validation_skips_some(split):
     h = m.history
     if h.stopped_early:
         assert len(h.epochs) - h.best_epoch == 4
+
+
+def test_the_batch_cap_grows_with_large_tables():
+    cfg = CMLConfig()
+    assert cfg.resolved_batch_size(11_948_660, 138_493 + 26_744) == 826_185  # ML-20M shape: 5 x rows
+    assert cfg.resolved_batch_size(597_881, 6_040 + 3_706) == 50_000  # ML-1M shape: unchanged
+    assert cfg.resolved_batch_size(123_000, 5_551 + 16_980) == 15_375  # citeulike-a: an eighth
