@@ -28,7 +28,7 @@ from ._atomic import (atomic_directory, atomic_output, atomic_write_bytes, atomi
 from ._array_files import ArraySpec, npz_member_bytes, read_npz, read_safetensors
 from .errors import ModelFileError
 
-__all__ = ["ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["jsonable", "ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "atomic_output", "atomic_directory", "recover"]
 
 FORMAT = "metricrec.model"
@@ -222,3 +222,19 @@ def _check_doc(doc: Any, where: Path) -> None:
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFormatError(f"{where}: format_version {version!r} is not supported (this metricrec reads <= {FORMAT_VERSION})")
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars and small arrays turned into plain JSON values (dict keys become
+    strings; an array of more than 100 values becomes a short description; anything else its text)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 100 else f"<array of {obj.size}>"
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)

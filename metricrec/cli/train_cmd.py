@@ -24,7 +24,7 @@ from ..fingerprint import check_fingerprint, fingerprint
 from ..metrics import evaluate_part
 from ..models.base import EmbeddingRecommender, load_model
 from ..models.schema import read_run_doc
-from ..serialization import atomic_write_json
+from ..serialization import atomic_write_json, jsonable
 from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
@@ -248,7 +248,7 @@ def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out:
     """What ``data.json`` records: the data source and flags (absolute paths), the split, the run folder
     and the fingerprint of the training part (checked by ``metricrec evaluate``)."""
     return {"source": _absolute_paths(desc), "args": _absolute_paths(describe_args(args)),
-            "split": _jsonable(split.meta), "sizes": split.sizes(), "out": os.path.abspath(out),
+            "split": jsonable(split.meta), "sizes": split.sizes(), "out": os.path.abspath(out),
             "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
 
 
@@ -287,21 +287,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 100 else f"<array of {obj.size}>"
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-# ---------------------------------------------------------------------- evaluate
 def _load_run(model_dir: str) -> tuple[EmbeddingRecommender, dict[str, Any]]:
     """The model of a run folder (or a model folder / file itself) and the run's ``data.json`` ({} if none)."""
     run = Path(model_dir)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._atomic import atomic_directory, write_new_file
 from ..errors import DataError
+from ..serialization import jsonable
 from .columns import read_delimited_columns
 from .delimited import Column
 from .ids import IdIndex
@@ -61,18 +62,6 @@ def _lines(header: str, rows: np.ndarray) -> bytes:
     return (header + "\n" + ("\n".join(rows.tolist()) + "\n" if len(rows) else "")).encode("utf-8")
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _check_out(out: Path) -> None:
     """Refuse to replace a file, or a folder holding anything but a split's own files."""
     if out.exists() and not out.is_dir():
@@ -100,7 +89,7 @@ def _contents(split: Split, source: Any) -> dict[str, bytes]:
         files[fname] = _lines(header, ids)
         entries[role] = file_entry(fname, files[fname], ids=len(ids))
     manifest = {"format": FORMAT, "version": VERSION, "n_users": len(users), "n_items": len(items),
-                "files": entries, "split": _jsonable(dict(split.meta)), "source": _jsonable(source)}
+                "files": entries, "split": jsonable(dict(split.meta)), "source": jsonable(source)}
     files[MANIFEST] = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode("utf-8")
     return files
 
