@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from ..errors import ConfigError
+from .schedule import SCHEDULES
 
 __all__ = ["TrainingConfig", "OPTIMIZERS", "SAMPLERS", "check_finite", "check_positive_int", "check_choice"]
 
@@ -26,20 +27,37 @@ C = TypeVar("C", bound="TrainingConfig")
 class TrainingConfig:
     """How a model is trained: epochs, batches, negatives, optimiser, early stopping.
 
+    The defaults here are the generic ones (a constant rate, validation every epoch); CML's own,
+    chosen for time to quality, are on :class:`~metricrec.models.cml.config.CMLConfig` and the
+    measurements behind them below and in ``benchmarks/results/convergence.md``.
+
     Attributes
     ----------
     epochs : int
-        Maximum number of epochs.
+        Maximum number of epochs (default 100; CML 20), and the length of the learning-rate schedule: the
+        rate decays to zero over them, so the last epochs are the best and a longer run is a
+        slower, more thorough one (citeulike-a: valid Recall@50 0.360 after 20, 0.361 after 25;
+        the former constant rate needed 35-48 epochs for 0.338 at the old defaults).
     patience : int
         Early stopping: epochs without a better valid Recall@50 before stopping (0: never stop early).
     batch_size : int or None
         Positive pairs per step. None: about an eighth of the training pairs, between 1,000 and
         50,000 (:meth:`resolved_batch_size`).
     learning_rate : float
+        Peak rate of the schedule (default 0.1; CML 0.2: with the decay, 0.2 beat 0.1 by 0.01 on citeulike-a
+        after 15 epochs; 0.3 and 0.4 were no better, 0.8 worse).
+    lr_schedule : {"linear", "cosine", "constant"}
+        Multiplier of the rate per step (:mod:`metricrec.training.schedule`): linear warm-up over
+        ``warmup_epochs``, then ``"linear"`` (CML's default) decay to zero at the end of ``epochs``,
+        half a cosine (no better), or ``"constant"`` (the default here): the peak rate throughout.
+    warmup_epochs : float
+        Epochs of linear warm-up (default 0; CML 1): AdaGrad's first steps are its largest.
     optimizer : {"adagrad", "adam"}
         Row-sparse optimiser of the embedding tables (:mod:`metricrec.training.optim`).
-    n_negatives : int
-        Negatives sampled per positive pair.
+    n_negatives : int or None
+        U, negatives sampled per positive pair. None (default): from the catalogue's density,
+        ``0.1 x items / positives per user`` within [3, 20] (:meth:`resolved_n_negatives`): 5 on
+        ml-100k, 20 on citeulike-a.
     negative_group : int
         Consecutive positives sharing one negative draw (1: independent draws; each row still never
         sees its own positives).
@@ -51,18 +69,23 @@ class TrainingConfig:
     seed : int
     valid_users : int or None
         Validation users ranked after each epoch for early stopping: a fixed, seeded sample of this
-        many users with a validation item when there are more (default 2,000; None: all). The full
+        many users with a validation item when there are more (default 2,000; CML 1,000; None: all). The full
         metric set on all users is computed once, at the end, by whoever reports it.
     eval_every : int
-        Validate every this many epochs (default 1); patience still counts epochs.
+        Validate every this many epochs and after the last (default 1; CML 5); patience still counts
+        epochs. With the decaying schedule the best epoch is nearly always one of the last, so
+        validating every epoch bought nothing: with 5 and 1,000 users validation is ~5% of the
+        wall time on citeulike-a (it was 65% with every epoch and all users).
     """
 
     epochs: int = 100
     patience: int = 10
     batch_size: int | None = None
     learning_rate: float = 0.1
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
     optimizer: str = "adagrad"
-    n_negatives: int = 10
+    n_negatives: int | None = None
     negative_group: int = 16
     sampler: str = "uniform"
     sampler_alpha: float = 0.75
@@ -72,7 +95,9 @@ class TrainingConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        check_positive_int(self, "epochs", "n_negatives", "negative_group", "eval_every")
+        check_positive_int(self, "epochs", "negative_group", "eval_every")
+        if self.n_negatives is not None:
+            check_positive_int(self, "n_negatives")
         if self.valid_users is not None:
             check_positive_int(self, "valid_users")
         if self.batch_size is not None:
@@ -87,6 +112,9 @@ class TrainingConfig:
             raise ConfigError(f"sampler_alpha must be a finite number, got {self.sampler_alpha!r}")
         if self.max_norm is not None and (not check_finite(self.max_norm) or not self.max_norm > 0):
             raise ConfigError(f"max_norm must be > 0 or None, got {self.max_norm!r}")
+        if not check_finite(self.warmup_epochs) or not self.warmup_epochs >= 0:
+            raise ConfigError(f"warmup_epochs must be a number >= 0, got {self.warmup_epochs!r}")
+        check_choice(self, "lr_schedule", SCHEDULES)
         check_choice(self, "optimizer", OPTIMIZERS)
         check_choice(self, "sampler", SAMPLERS)
 
@@ -104,6 +132,23 @@ class TrainingConfig:
         if self.batch_size is not None:
             return self.batch_size
         return int(min(max(1_000, n_pairs // 8), max(50_000, 5 * int(n_rows))))
+
+    def resolved_n_negatives(self, n_users: int, n_items: int, n_pairs: int) -> int:
+        """U, the negatives drawn per positive: ``n_negatives``, or the default rule
+        ``clip(round(0.1 * n_items / mean positives per user), 3, 20)``.
+
+        Uniform negatives are sometimes items the user likes but has not been seen with; the hinge
+        on the closest of U negatives then pushes exactly those away. The rule keeps the expected
+        number of the user's own positives among the U draws, ``U * positives / n_items``, at 0.1,
+        so the catalogue's density sets U: 5 on ml-100k (35 positives per user among 1,682 items),
+        where U = 20 lost 0.07 of valid Recall@50 against 5, and the cap of 20 on citeulike-a (22
+        among 16,980), where 20 beat 10 by 0.013 and 30 or 40 added nothing
+        (benchmarks/results/convergence.md).
+        """
+        if self.n_negatives is not None:
+            return self.n_negatives
+        per_user = n_pairs / max(int(n_users), 1)
+        return int(min(20, max(3, round(0.1 * n_items / max(per_user, 1e-12)))))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""

@@ -26,6 +26,7 @@ from .config import TrainingConfig
 from .guards import check_tables, trainable_pairs
 from .history import EpochRecord, History
 from .optim import GradBuffer, make_optimizer
+from .schedule import LRSchedule
 from .sampling import NegativeDraw, make_sampler
 
 __all__ = ["Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
@@ -108,6 +109,8 @@ class Trainer:
     history : History
     valid_users : numpy.ndarray or None
         The validation users ranked each epoch (a fixed sample of ``config.valid_users``; None: all).
+    n_negatives : int
+        Negatives per positive in use (``config.n_negatives`` or the default rule).
     batch_size : int
         The batch size in use (``config.batch_size`` or the default rule). In data-parallel training
         (:mod:`metricrec.training.distributed`) it is the global batch, split across the ranks.
@@ -142,6 +145,11 @@ class Trainer:
         self._indices = torch.from_numpy(pairs.indices).to(self.device)
         self.n_pairs = int(pairs.nnz)
         self.batch_size = config.resolved_batch_size(self.n_pairs, sum(self.train.shape))
+        self.n_negatives = config.resolved_n_negatives(*self.train.shape, self.n_pairs)
+        #: Optimiser steps per epoch and the learning-rate schedule over the run (:mod:`.schedule`).
+        self.steps_per_epoch = -(-self.n_pairs // self.batch_size)
+        self.schedule = LRSchedule.for_run(config.lr_schedule, config.epochs, self.steps_per_epoch,
+                                           config.warmup_epochs)
         self._gen = torch.Generator().manual_seed(config.seed)
         rank = 0 if self.parallel is None else self.parallel.rank
         self._sampler = make_sampler(config.sampler, pairs, alpha=config.sampler_alpha,
@@ -213,13 +221,14 @@ class Trainer:
                 idx = par.shard(idx)
             users, items = self.pairs(idx)
             t = _tick(clock, "pairs", t)
-            draw = self._sampler.sample(users, cfg.n_negatives, cfg.negative_group)
+            draw = self._sampler.sample(users, self.n_negatives, cfg.negative_group)
             t = _tick(clock, "sampling", t)
             loss, terms = step.batch(users, items, draw, *self._grads)
             t = _tick(clock, "step", t)
             if par is not None:
                 par.combine(*self._grads)
                 t = _tick(clock, "exchange", t)
+            self._set_learning_rate(lo // self.batch_size)
             self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
             if self.frozen_items:
                 self._grads[1].pop()  # discard: the items stay as they are (fold-in)
@@ -236,6 +245,13 @@ class Trainer:
             total = sums.pop("\0total")
             parts = sums
         return total, parts
+
+    def _set_learning_rate(self, batch: int) -> None:
+        """The schedule's rate for this batch of the current epoch (a function of the position in
+        the run alone, so a resumed run continues the schedule exactly)."""
+        lr = self.config.learning_rate * self.schedule.factor(len(self.history.epochs) * self.steps_per_epoch + batch)
+        for opt in self._opt:
+            opt.lr = lr
 
     def pairs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) of the training pairs numbered ``idx`` (positions in the CSR arrays)."""
