@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..training.history import History
 from ..training.optim import clip_rows
 from ..training.trainer import EpochCallback, Trainer, TrainingStep
 from .config import EmbeddingConfig
+from .init import random_tables, spectral_tables
 from .retrieval import DISTANCES
 from .fold_in import FoldInMixin
 from .persistence import MODELS, PersistenceMixin, load_model
@@ -77,6 +79,9 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         saved with the model so that evaluating it on other data is refused.
     last_epoch_seconds : float or None
         Training seconds of the most recent epoch (evaluation excluded).
+    init_seconds : float or None
+        Seconds the initial tables of the last ``fit`` took (the spectral start's SVD; not part of
+        ``history``'s epoch seconds).
     """
 
     #: The config dataclass of the model.
@@ -119,6 +124,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         self.data_fingerprint: dict[str, Any] | None = None
         self._item_sq: np.ndarray | None = None
         self.last_epoch_seconds: float | None = None
+        self.init_seconds: float | None = None
         self._user: torch.Tensor | None = None
         self._item: torch.Tensor | None = None
         self._trainer: Trainer | None = None
@@ -171,7 +177,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         self
         """
         train, valid_m = self._fit_data(user_items, valid)
-        self._init_tables(*train.shape)
+        self._init_tables(*train.shape, train=train)
         trainer = self._trainer_for(train, valid_m, user_items, callbacks, show_progress, fit_kw)
         with self._training_context():
             self.history = trainer.fit()
@@ -193,7 +199,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         trainer = self._trainer
         if trainer is None or not _same_matrix(trainer.train, train):
             if self._user is None or (self._user.shape[0], self._item.shape[0]) != train.shape:
-                self._init_tables(*train.shape)
+                self._init_tables(*train.shape, train=train)
             trainer = self._trainer_for(train, None, user_items, (), False, fit_kw)
         with self._training_context():
             for _ in range(epochs):
@@ -245,15 +251,25 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         finally:
             torch.set_num_threads(old_threads)
 
-    def _init_tables(self, n_users: int, n_items: int) -> None:
+    def _init_tables(self, n_users: int, n_items: int, train: sp.csr_matrix | None = None) -> None:
+        """Fresh tables: ``config.init`` (:mod:`metricrec.models.init`; the spectral start needs
+        ``train`` and falls back to the seeded normal one without it or on a tiny matrix), projected
+        into the ball. Sets :attr:`init_seconds`."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
-        std = cfg.init_std if cfg.init_std is not None else 1.0 / np.sqrt(cfg.factors)
-        self._user = (torch.randn(n_users, cfg.factors, generator=gen) * std).to(self.device)
-        self._item = (torch.randn(n_items, cfg.factors, generator=gen) * std).to(self.device)
+        t0 = time.perf_counter()
+        tables = None
+        if cfg.init == "spectral" and train is not None:
+            tables = spectral_tables(train, cfg.factors, cfg.seed, cfg.max_norm or 1.0)
+        if tables is not None:
+            user, item = (torch.from_numpy(t) for t in tables)
+        else:
+            std = cfg.init_std if cfg.init_std is not None else 1.0 / np.sqrt(cfg.factors)
+            user, item = random_tables(n_users, n_items, cfg.factors, std, cfg.seed)
+        self._user, self._item = user.to(self.device), item.to(self.device)
         clip_rows(self._user, cfg.max_norm)
         clip_rows(self._item, cfg.max_norm)
         self._trainer, self._rng_state = None, None
+        self.init_seconds = time.perf_counter() - t0
 
     def _fit_data(self, user_items: Any, valid: Any) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
         train = as_matrix(user_items, "user_items")
