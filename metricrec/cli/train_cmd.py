@@ -28,7 +28,7 @@ from ..serialization import atomic_write_json, jsonable
 from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
-from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
+from ..models.cml.feature_reg import default_feature_weight
 from .train_run import add_run_arguments, check_before_training, finish_checkpoint, fit_resumable, resumed_args
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, fallback_out,
                       load_data, load_item_features, make_split, model_data_warning, note, rebuild, source_summary)
@@ -75,6 +75,10 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument("--no-rank-weight", dest="use_rank_weight", action="store_false", default=None,
                            help="plain triplet loss instead of the WARP-style rank weight")
             continue
+        if f.name == "feature_row_norm":
+            g.add_argument("--no-feature-row-norm", dest=f.name, action="store_false", default=None,
+                           help="feed feature rows to f as they are (default: scaled to unit L2 norm)")
+            continue
         if f.name == "init_from_features":
             g.add_argument("--init-from-features", dest=f.name, action="store_true", default=None,
                            help="start item vectors at f(x) of the untrained feature network")
@@ -85,6 +89,10 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
             continue
         if f.name == "batch_size":
             g.add_argument(flag, dest=f.name, type=int, default=None, help="default: n_pairs / 8 within [1000, 50000]")
+            continue
+        if f.name == "n_negatives":
+            g.add_argument(flag, dest=f.name, type=int, default=None,
+                           help="default: 0.1 x items / positives per user, within [3, 20]")
             continue
         if f.name == "valid_users":
             g.add_argument(flag, dest=f.name, type=_int_or_none, default=None, metavar="N|all",
@@ -170,7 +178,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     check_before_training(args, split, out)  # empty or leaking parts, the device, --out: before any training
     features, feature_doc = load_item_features(args, split.train)
     if features is not None and config.feature_weight == 0:
-        config = config.replace(feature_weight=DEFAULT_FEATURE_WEIGHT)
+        config = config.replace(feature_weight=default_feature_weight(features))
     if features is None and config.feature_weight > 0:
         raise ValueError("--feature-weight needs item features: add --item-features tags|genres|FILE")
     if features is not None:
@@ -216,10 +224,12 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
         "metricrec_version": __version__,
         "config": config.to_dict(),
         "batch_size_used": config.resolved_batch_size(sizes["train"], sum(split.train.shape)),
+        "n_negatives_used": config.resolved_n_negatives(*split.train.shape, sizes["train"]),
         "data": data_doc,
         "epochs": [e.to_dict() for e in hist.epochs],
         "best_epoch": hist.best_epoch,
         "stopped_early": hist.stopped_early,
+        "init_seconds": model.init_seconds,
         "train_seconds": hist.train_seconds,
         "seconds_to_best": hist.seconds_to_best,
         "median_epoch_seconds": float(np.median([e.seconds for e in hist.epochs])),

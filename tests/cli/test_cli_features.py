@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from metricrec import CML
 from metricrec.cli.main import main
@@ -61,7 +62,10 @@ def test_item_features_alone_use_the_default_weight_and_bad_combinations_fail(tm
     assert main([*base, "--item-features", str(feats), "--out", str(out)]) == 0
     from metricrec.models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
 
-    assert json.loads((out / "report.json").read_text())["features"]["weight"] == DEFAULT_FEATURE_WEIGHT
+    # the default rule: lambda_f scaled by the square of the share of distinct feature rows -- the 19
+    # items with a size value are each their own row, the other 19 share their cluster's 3 rows
+    weight = json.loads((out / "report.json").read_text())["features"]["weight"]
+    assert weight == pytest.approx(DEFAULT_FEATURE_WEIGHT * (22 / 38) ** 2)
     bad = tmp_path / "nan.csv"
     bad.write_text("item,feature,value\ni0,a,nan\n")
     cases = [(["--feature-weight", "1"], "needs item features"),

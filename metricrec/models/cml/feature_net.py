@@ -70,6 +70,10 @@ class FeatureMLP(nn.Module):
     dropout : float in [0, 1)
     seed : int, optional
         Seed of the weight initialisation (uniform +-1/sqrt(fan_in), as ``nn.Linear``).
+    row_norm : bool
+        Scale every input row to unit L2 norm first (``x / |x|``): an item's input is then the
+        normalised mix of its features, whatever their number (an item with 40 tags and one with
+        2 get inputs of the same size). Saved with the network.
 
     Parameter names (the ``state_dict`` keys saved with a model): ``input.weight`` of shape
     (n_features, width_1) -- rows are per-feature vectors, so a sparse row sums the rows of its
@@ -78,7 +82,7 @@ class FeatureMLP(nn.Module):
     """
 
     def __init__(self, n_features: int, out_dim: int, hidden: Sequence[int] = (256,), dropout: float = 0.1,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, row_norm: bool = False) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if n_features < 1 or out_dim < 1 or any(h < 1 for h in hidden):
@@ -87,6 +91,7 @@ class FeatureMLP(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.n_features, self.out_dim, self.hidden, self.dropout_p = int(n_features), int(out_dim), hidden, float(dropout)
+        self.row_norm = bool(row_norm)
         widths = hidden + (int(out_dim),)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         bound = 1.0 / math.sqrt(n_features)
@@ -119,15 +124,18 @@ class FeatureMLP(nn.Module):
         w, b = self.input["weight"], self.input["bias"]
         if isinstance(x, tuple):
             idx, val, off = x
-            h = nn.functional.embedding_bag(idx, w, off, mode="sum", per_sample_weights=val) + b
-        elif x.layout == torch.sparse_csr:
-            h = torch.sparse.mm(x.to_sparse_coo(), w) + b
-        elif x.layout == torch.sparse_coo:
-            h = torch.sparse.mm(x, w) + b
+            h = nn.functional.embedding_bag(idx, w, off, mode="sum", per_sample_weights=val)
+        elif x.layout in (torch.sparse_csr, torch.sparse_coo):
+            x = x.to_sparse_coo() if x.layout == torch.sparse_csr else x
+            h = torch.sparse.mm(x, w)
         else:
             if x.shape[-1] != self.n_features:
                 raise ValueError(f"expected {self.n_features} feature columns, got {x.shape[-1]}")
-            h = x.to(w.dtype) @ w + b
+            x = x.to(w.dtype)
+            h = x @ w
+        if self.row_norm:
+            h = h / _row_norms(x, h.shape[0]).clamp_min(1e-12)[:, None]
+        h = h + b
         for lin in self.layers:
             h = lin(self.drop(torch.relu(h)))
         return h
@@ -135,7 +143,21 @@ class FeatureMLP(nn.Module):
     def shape_doc(self) -> dict[str, Any]:
         """The constructor arguments, JSON-able (saved next to the weights)."""
         return {"n_features": self.n_features, "out_dim": self.out_dim, "hidden": list(self.hidden),
-                "dropout": self.dropout_p}
+                "dropout": self.dropout_p, "row_norm": self.row_norm}
+
+
+def _row_norms(x: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int) -> torch.Tensor:
+    """L2 norms of the rows of a feature batch in any of :meth:`FeatureMLP.forward`'s layouts."""
+    if isinstance(x, tuple):
+        _, val, off = x
+        lengths = torch.diff(off, append=off.new_tensor([val.numel()]))
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=val.device), lengths, output_size=val.numel())
+        return torch.zeros(n_rows, dtype=val.dtype, device=val.device).index_add_(0, rows, val * val).sqrt_()
+    if x.layout == torch.sparse_coo:
+        x = x.coalesce()
+        sq = x.values().float() ** 2
+        return torch.zeros(n_rows, dtype=sq.dtype, device=sq.device).index_add_(0, x.indices()[0], sq).sqrt_()
+    return x.norm(dim=1)
 
 
 def _uniform(shape: tuple[int, ...], bound: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -181,6 +203,8 @@ def mlp_shapes(doc: Any, prefix: str, out_dim: int, where: Any) -> dict[str, tup
         raise bad("mlp.hidden", f"must be a list of at most {MAX_LAYERS} widths in [1, {MAX_WIDTH}], got {hidden!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise bad("mlp.dropout", f"must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(shape.get("row_norm", False), bool):  # absent in files from before it existed
+        raise bad("mlp.row_norm", f"must be true or false, got {shape.get('row_norm')!r}")
     widths = [*hidden, out_dim]
     shapes = {prefix + "input.weight": (n_features, widths[0]), prefix + "input.bias": (widths[0],)}
     for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -216,7 +240,8 @@ def mlp_from_arrays(arrays: dict[str, np.ndarray], doc: Any, prefix: str, out_di
     if names.shape != (len(doc["names"]),):
         raise ModelFormatError(f"{where}: invalid item feature names (expected a flat list)")
     mlp_doc = doc["mlp"]
-    mlp = FeatureMLP(mlp_doc["n_features"], out_dim, tuple(mlp_doc["hidden"]), float(mlp_doc["dropout"]))
+    mlp = FeatureMLP(mlp_doc["n_features"], out_dim, tuple(mlp_doc["hidden"]), float(mlp_doc["dropout"]),
+                     row_norm=mlp_doc.get("row_norm", False))
     mlp.load_state_dict({key[len(prefix):]: torch.from_numpy(np.array(arrays[key], dtype=np.float32))
                          for key in shapes})
     return mlp.eval(), names, doc.get("info")

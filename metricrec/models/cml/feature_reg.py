@@ -24,8 +24,9 @@ known items really are". ``s`` and ``c`` are saved with the model; the raw f(x) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,11 +39,37 @@ from ...data.interactions import Features
 from ...training.optim import GradBuffer, clip_rows
 from ...training.sampling import NegativeDraw
 
-__all__ = ["DEFAULT_FEATURE_WEIGHT", "FeatureRegularizer", "make_item_regularizer"]
+__all__ = ["DEFAULT_FEATURE_WEIGHT", "FeatureRegularizer", "default_feature_weight", "feature_resolution",
+           "make_item_regularizer"]
 
-#: lambda_f used when features are given without a weight (the CLI's ``--item-features`` alone);
-#: chosen on valid Recall@50 in benchmarks/features.py (see CMLConfig's docstring).
-DEFAULT_FEATURE_WEIGHT = 1.0
+#: lambda_f for features that tell every item apart, scaled down by :func:`default_feature_weight`
+#: for coarser ones; chosen on valid Recall@50 (benchmarks/results/convergence.md, CMLConfig's docstring).
+DEFAULT_FEATURE_WEIGHT = 100.0
+
+
+def feature_resolution(features: Any) -> float:
+    """Share of distinct feature rows among the rows with any feature (1: every row is told apart).
+
+    f can only place rows with identical features on one point; where most rows share their
+    feature row with many others (ml-100k's 19 genres and 8 decades: 363 distinct rows for 1,682
+    movies, 0.22) a strong pull would stack them up, where nearly every row is its own
+    (citeulike-a's tags: 0.99) it does not.
+    """
+    m = sp.csr_matrix(features.matrix if isinstance(features, Features) else features, dtype=np.float64)
+    has = np.diff(m.indptr) > 0
+    if not has.any():
+        return 0.0
+    rng = np.random.default_rng(0)  # two random projections: distinct rows get distinct pairs
+    keys = np.asarray(m[has] @ rng.standard_normal((m.shape[1], 2)))
+    return float(np.unique(np.round(keys, 9), axis=0).shape[0] / keys.shape[0])
+
+
+def default_feature_weight(features: Any) -> float:
+    """lambda_f when features are given without a weight (the CLI's ``--item-features`` alone):
+    ``DEFAULT_FEATURE_WEIGHT * resolution^2`` (:func:`feature_resolution`). citeulike-a tags: 98.9
+    (valid Recall@50 0.386 against 0.360 without features; 30 to 100 were all as good); ml-100k
+    genres and decades: 4.7 (0.521 against 0.515; 100 there fell to 0.423)."""
+    return DEFAULT_FEATURE_WEIGHT * feature_resolution(features) ** 2
 
 
 class FeatureRegularizer:
@@ -56,9 +83,13 @@ class FeatureRegularizer:
         Embedding dimension d.
     weight : float
         lambda_f (> 0).
-    hidden, dropout : see :class:`~metricrec.features.FeatureMLP`
+    hidden, dropout, row_norm : see :class:`~metricrec.models.cml.feature_net.FeatureMLP`
     lr : float
         Adam learning rate of f.
+    threads : int, optional
+        Torch threads for f's step (default: torch's count when the regulariser is made). The
+        compiled CML kernel runs its epochs with torch on one thread; f's forward, backward and Adam
+        step get these threads back for their duration.
     max_norm : float or None
         Ball radius for the vectors assigned from f (cold rows, initialisation).
     train_counts : array of int, shape (n_rows,), optional
@@ -73,7 +104,7 @@ class FeatureRegularizer:
     def __init__(self, features: Features, dim: int, *, weight: float, hidden: tuple[int, ...] = (256,),
                  dropout: float = 0.1, lr: float = 1e-3, max_norm: float | None = 1.0,
                  train_counts: np.ndarray | None = None, side: str = "item", seed: int = 0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", row_norm: bool = False, threads: int | None = None) -> None:
         if not weight > 0:
             raise ValueError(f"the feature weight lambda_f must be > 0, got {weight}")
         if side not in ("item", "user"):
@@ -83,7 +114,8 @@ class FeatureRegularizer:
         self.features = features
         self.rows = SparseRows(features.matrix, self.device)
         self.has_features = self.rows.row_nnz > 0
-        self.mlp = FeatureMLP(features.n_features, dim, hidden, dropout, seed=seed).to(self.device)
+        self.mlp = FeatureMLP(features.n_features, dim, hidden, dropout, seed=seed, row_norm=row_norm).to(self.device)
+        self.threads = int(threads) if threads else torch.get_num_threads()
         self.opt = torch.optim.Adam(self.mlp.parameters(), lr=lr)
         has = np.diff(features.matrix.indptr) > 0
         cold = rare = np.zeros(0, np.int64)
@@ -143,14 +175,15 @@ class FeatureRegularizer:
         """
         if rows.numel() == 0:
             return 0.0
-        self.mlp.train()
-        pred = self.mlp(self.rows.gather(rows))
-        v = table.index_select(0, rows).detach()
-        diff = pred - v
-        loss = self.weight * (diff * diff).sum()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        with _torch_threads(self.threads):
+            self.mlp.train()
+            pred = self.mlp(self.rows.gather(rows))
+            v = table.index_select(0, rows).detach()
+            diff = pred - v
+            loss = self.weight * (diff * diff).sum()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
         grad.add(rows, diff.detach().mul_(-2.0 * self.weight))  # d/dv of lambda ||f - v||^2 = 2 lambda (v - f)
         return float(loss.detach())
 
@@ -220,8 +253,21 @@ class FeatureRegularizer:
                 "n_calibration_rows": int(self.rare_rows.numel()), "cold_scale": self.scale}
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Torch on ``n`` threads inside the block (restored after)."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
+
+
 def make_item_regularizer(config: CMLConfig, train: sp.csr_matrix, user_items: Any, item_features: Any,
-                          device: str | torch.device = "cpu") -> FeatureRegularizer | None:
+                          device: str | torch.device = "cpu", threads: int | None = None) -> FeatureRegularizer | None:
     """The item feature term ``CML.fit`` trains with, or None when features are off.
 
     Features are on when ``config.feature_weight > 0``; they come from ``item_features`` or else
@@ -252,4 +298,5 @@ def make_item_regularizer(config: CMLConfig, train: sp.csr_matrix, user_items: A
     counts = np.diff(sp.csc_matrix(train).indptr)
     return FeatureRegularizer(feats, config.factors, weight=config.feature_weight, hidden=config.feature_hidden,
                               dropout=config.feature_dropout, lr=config.feature_lr, max_norm=config.max_norm,
-                              train_counts=counts, side="item", seed=config.seed, device=device)
+                              train_counts=counts, side="item", seed=config.seed, device=device,
+                              row_norm=config.feature_row_norm, threads=threads)

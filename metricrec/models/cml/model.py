@@ -80,7 +80,7 @@ class CML(EmbeddingRecommender):
     # ------------------------------------------------------------------ the step
     def _make_step(self, config: CMLConfig, user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,
                    user_items: Any, backend: str, *, item_features: Any = None) -> CMLStep:
-        reg = make_item_regularizer(config, train, user_items, item_features, self.device)
+        reg = make_item_regularizer(config, train, user_items, item_features, self.device, threads=self.num_threads)
         if reg is not None and config.init_from_features:
             reg.initial_vectors(item_emb)
         return CMLStep(config, user_emb, item_emb, backend, reg)
