@@ -96,8 +96,9 @@ class RecommenderBehaviour:
         assert np.array_equal(a.user_embeddings, b.user_embeddings)
 
     def test_fit_partial_continues_where_it_stopped(self, data_split):
-        one = self.make().fit_partial(data_split.train).fit_partial(data_split.train)
-        two = self.make().fit_partial(data_split.train, epochs=2)
+        # epochs=2 throughout: the learning-rate schedule spans the config's epochs
+        one = self.make(epochs=2).fit_partial(data_split.train).fit_partial(data_split.train)
+        two = self.make(epochs=2).fit_partial(data_split.train, epochs=2)
         assert len(one.history.epochs) == 2 and one.last_epoch_seconds > 0
         assert np.array_equal(one.user_embeddings, two.user_embeddings)
         assert np.array_equal(one.item_embeddings, two.item_embeddings)

@@ -12,7 +12,9 @@ from metricrec.data.splits import ratio_split
 from metricrec.data.synthetic import generate
 from metricrec.metrics import evaluate
 
-CML_SETTING = dict(factors=16, margin=1.0, n_negatives=5, batch_size=500, seed=0)
+# epochs: the learning-rate schedule spans the config's epochs, so the peer needs the same; eval_every=1:
+# fit validates every epoch as the peer loop does
+CML_SETTING = dict(factors=16, margin=1.0, n_negatives=5, batch_size=500, seed=0, epochs=12, eval_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,7 @@ def split():
 def test_cml_peer_epochs_match_fit_with_valid(split):
     """Epoch-by-epoch fit_partial through run_peer selects the same epoch, with the same valid
     scores, as CML.fit with a valid set and the same patience."""
-    model = CML(epochs=12, patience=3, num_threads=1, show_progress=False, verbose=False, kernel="torch",
-                **CML_SETTING)
+    model = CML(patience=3, num_threads=1, show_progress=False, verbose=False, kernel="torch", **CML_SETTING)
     model.fit(split.train, split.valid)
     fit_valid = [e.valid["recall@50"] for e in model.history.epochs]
 

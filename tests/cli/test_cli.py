@@ -30,7 +30,7 @@ def test_train_writes_model_and_report_then_evaluate_and_recommend(tmp_path, cap
     csv = _ratings_csv(tmp_path)
     out = tmp_path / "run"
     rc = main(["train", "--interactions", str(csv), "--user-col", "user", "--item-col", "item",
-               "--rating-col", "rating", "--min-rating", "4", "--out", str(out), *FAST])
+               "--rating-col", "rating", "--min-rating", "4", "--out", str(out), "--eval-every", "1", *FAST])
     assert rc == 0
     printed = capsys.readouterr()
     assert "R@50" in printed.out and "R@100" in printed.out  # the per-epoch table

@@ -17,7 +17,7 @@ import pytest
 from metricrec.serialization import load_model_files
 
 ARGS = ["train", "--synthetic", "small", "--epochs", "6", "--factors", "8", "--batch-size", "100",
-        "--threads", "1", "--no-progress", "--patience", "0", "--seed", "5"]
+        "--threads", "1", "--no-progress", "--patience", "0", "--seed", "5", "--eval-every", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

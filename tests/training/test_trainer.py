@@ -23,7 +23,10 @@ def split():
 
 
 def _cml(**kw):
-    return CML(**{"factors": 8, "batch_size": 256, "show_progress": False, "verbose": False, **kw})
+    # the loop's mechanics: validation after every epoch and a constant rate (the defaults validate
+    # every 5 epochs and decay the rate to zero)
+    return CML(**{"factors": 8, "batch_size": 256, "show_progress": False, "verbose": False, "eval_every": 1,
+                  "lr_schedule": "constant", **kw})
 
 
 class Snapshots:
@@ -103,7 +106,7 @@ def test_training_seconds_exclude_evaluation(split, monkeypatch):
 
 
 def test_without_valid_no_metrics_and_loss_falls(split):
-    h = _cml(epochs=8, learning_rate=0.1).fit(split.train).history
+    h = _cml(epochs=8, learning_rate=0.1, init="random", cov_weight=1.0).fit(split.train).history
     assert len(h.epochs) == 8 and h.best_epoch == 8 and not h.stopped_early
     assert all(e.valid == {} and e.eval_seconds == 0.0 for e in h.epochs)
     assert h.epochs[-1].loss < 0.8 * h.epochs[0].loss
@@ -112,7 +115,7 @@ def test_without_valid_no_metrics_and_loss_falls(split):
 
 
 def test_trainer_prints_one_row_per_epoch(split):
-    cfg = CMLConfig(factors=4, epochs=3, batch_size=512, patience=0)
+    cfg = CMLConfig(factors=4, epochs=3, batch_size=512, patience=0, eval_every=1)
     gen = torch.Generator().manual_seed(0)
     n_users, n_items = split.train.shape
     user = torch.randn(n_users, 4, generator=gen) * 0.3

@@ -86,7 +86,7 @@ def split():
 
 
 def test_objective_completes_and_prunes(split):
-    base = CMLConfig(epochs=4, factors=8, patience=0)
+    base = CMLConfig(epochs=4, factors=8, patience=0, eval_every=1)  # a value to report every epoch
     objective = Objective(split, base, select(["margin"]), model_kw={"num_threads": 1})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=1)

@@ -45,7 +45,7 @@ def clustered():
 @pytest.fixture(scope="module")
 def clustered_model(clustered):
     _, split = clustered
-    return CML(epochs=30, patience=5, seed=0, **FAST).fit(split.train, split.valid)
+    return CML(epochs=30, patience=5, seed=0, eval_every=1, **FAST).fit(split.train, split.valid)
 
 
 @pytest.fixture(scope="module")
