@@ -14,6 +14,7 @@
     python -m benchmarks.features --data-dir ../shared/data                  # all of it
     python -m benchmarks.features --parts warm --datasets ml-100k
     python -m benchmarks.features --tune --datasets ml-100k                   # small grid on valid
+    python -m benchmarks.features --defaults                                  # CML/CML+F at train's defaults
 
 CML, CML+F and LightFM all train through the peer protocol and loop of the other benchmarks
 (:class:`benchmarks.cml_peer.CMLPeer`, :func:`benchmarks.runner.run_peer`); warm scores go through
@@ -43,6 +44,7 @@ from metricrec.data.features import describe_features, filter_min_count
 from metricrec.data.interactions import Features, Interactions
 from metricrec.data.splits import Split, ratio_split
 from metricrec.metrics import Scorer, embedding_scorer, evaluate
+from metricrec.models.cml.feature_reg import default_feature_weight
 
 from .cml_peer import CMLPeer, CMLScorer
 from .common import RESULTS, default_data_dir, write_json, write_text
@@ -63,6 +65,9 @@ FEATURE_SETTINGS: dict[str, dict[str, Any]] = {
 LIGHTFM = {"learning_rate": 0.05, "no_components": 100, "max_sampled": 10}
 MAX_EPOCHS = {"citeulike-a": 100, "ml-100k": 150}
 PATIENCE = {"citeulike-a": 10, "ml-100k": 10}
+#: ``--defaults``: CML and CML+F exactly as ``metricrec train`` runs them (no tuned setting; lambda_f from
+#: :func:`metricrec.models.cml.feature_reg.default_feature_weight`), for the configured epochs.
+DEFAULTS = {"on": False}
 GRID = {"feature_weight": [0.1, 1.0, 10.0], "feature_hidden": [[256], []], "feature_dropout": [0.1]}
 COLD_FRACTION = 0.2
 
@@ -109,7 +114,8 @@ def run_cml(split: Split, params: dict[str, Any], feats: Features | None, datase
         return cold_eval(scorer) if (part == "test" and cold_eval) else base(scorer, part)
 
     t0 = time.perf_counter()
-    r = run_peer(peer, split, max_epochs=MAX_EPOCHS[dataset], patience=PATIENCE[dataset], eval_fn=eval_fn)
+    epochs = peer.model.config.epochs if DEFAULTS["on"] else MAX_EPOCHS[dataset]
+    r = run_peer(peer, split, max_epochs=epochs, patience=PATIENCE[dataset], eval_fn=eval_fn)
     out = _summary(r, peer.name, {k: r["params"][k] for k in params})
     out.update(wall_seconds=time.perf_counter() - t0, feature_info=peer.model.feature_info)
     return out
@@ -127,6 +133,15 @@ def run_lightfm(split: Split, feats: Features, dataset: str, threads: int,
 
     r = run_peer(peer, split, max_epochs=MAX_EPOCHS[dataset], patience=PATIENCE[dataset], eval_fn=eval_fn)
     return _summary(r, "lightfm-warp+features", {**params, "item_features": "identity + features, row sum 1"})
+
+
+def cml_params(dataset: str, feats: Features | None = None) -> dict[str, Any]:
+    """CML's settings (CML+F's with ``feats``): the tuned ones, or with ``--defaults`` none but the
+    default lambda_f."""
+    if DEFAULTS["on"]:
+        return {} if feats is None else {"feature_weight": default_feature_weight(feats)}
+    base = settings_for("cml", dataset)
+    return base if feats is None else {**base, **FEATURE_SETTINGS[dataset]}
 
 
 # ---------------------------------------------------------------------- cold start
@@ -188,7 +203,7 @@ def cml_cold_runs(dataset: str, split: Split, feats: Features, cold: np.ndarray,
         raw["test"] = cold_metrics(embedding_scorer(u, placed_raw), target)
         return cold_metrics(embedding_scorer(u, placed), target)
 
-    params = {**settings_for("cml", dataset), **FEATURE_SETTINGS[dataset]}
+    params = cml_params(dataset, feats)
     placed = run_cml(split, params, feats, dataset, threads, cold_eval=cml_cold,
                      snapshot=lambda model: model.item_vectors_from_features(cold_feats, calibrated=False))
     return [placed, {**{k: v for k, v in placed.items() if k != "test"},
@@ -226,9 +241,8 @@ def cold_runs(dataset: str, data: Interactions, feats: Features, threads: int) -
 def warm_runs(dataset: str, data: Interactions, feats: Features, threads: int) -> list[dict[str, Any]]:
     """CML, CML+F and LightFM-WARP with features on the protocol's split."""
     split = ratio_split(data, (0.6, 0.2, 0.2), seed=0)
-    base = settings_for("cml", dataset)
-    runs = [run_cml(split, base, None, dataset, threads),
-            run_cml(split, {**base, **FEATURE_SETTINGS[dataset]}, feats, dataset, threads),
+    runs = [run_cml(split, cml_params(dataset), None, dataset, threads),
+            run_cml(split, cml_params(dataset, feats), feats, dataset, threads),
             run_lightfm(split, feats, dataset, threads)]
     n_no_train = int((np.diff(split.train.matrix.tocsc().indptr) == 0).sum())
     for r in runs:
@@ -286,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=default_data_dir())
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tune", action="store_true", help="grid over lambda_f / hidden / dropout on valid")
+    p.add_argument("--defaults", action="store_true",
+                   help="CML and CML+F at metricrec train's defaults (no tuned setting) for their configured epochs")
     p.add_argument("--name", help="results file stem (default features, or features_tune)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    name = args.name or ("features_tune" if args.tune else "features")
+    DEFAULTS["on"] = args.defaults
+    name = args.name or ("features_tune" if args.tune else "features-defaults" if args.defaults else "features")
     runs: list[dict[str, Any]] = []
     feature_desc = {}
     t0 = time.perf_counter()
@@ -307,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table([r for r in runs if r["dataset"] == dataset]), flush=True)
     text = table(runs)
     print("\n" + text)
-    meta = {"threads": args.threads, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
+    meta = {"threads": args.threads, "defaults": args.defaults, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(),
             "wall_seconds": time.perf_counter() - t0, "features": feature_desc, "max_epochs": MAX_EPOCHS,
             "patience": PATIENCE, "split": "per-user 60/20/20 seed 0 (warm); cold: 20% of items held out, seed 0",
             "note": "seconds per epoch = training only; the machine was shared with other runs (indicative)"}

@@ -1,0 +1,165 @@
+"""Default ``metricrec train`` against every tuned peer (issue 10: "defaults that win").
+
+Runs the CLI exactly as a user would -- ``metricrec train --dataset NAME`` with no hyperparameter
+flag, one process per run, the protocol's split (per-user 60/20/20, seed 0) -- and reads its
+``report.json``: test Recall@50 at the best epoch, training seconds to the best epoch (the
+initialisation's seconds included), wall seconds of ``fit`` (initialisation, training, per-epoch
+validation) and the share of that wall time spent validating. Beside each run it puts the tuned
+peers of ``benchmarks/results/compare-real.json`` (:mod:`benchmarks.compare`, each tuned on valid):
+their test Recall@50, training seconds to their best epoch and the wall seconds of their loop
+(training plus per-epoch validation).
+
+Also: CML+F at defaults (``--item-features tags`` on citeulike-a) and the ML-1M-shaped synthetic
+set (validation share only: it has no peers' table).
+
+    python -m benchmarks.defaults --data-dir ../shared/data
+    python -m benchmarks.defaults --runs citeulike-a citeulike-a+tags --wait-load 2.5
+
+Writes ``benchmarks/results/defaults.json`` and ``defaults.md``. The load average is recorded
+before every run; ``--wait-load X`` waits (up to ``--wait-max`` seconds) for the 1-minute load to
+fall below X first, since seconds on a shared machine say little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import RESULTS, ROOT, default_data_dir, write_json, write_text
+
+#: name -> extra CLI arguments (the data source; nothing else, so the defaults are what runs).
+RUNS: dict[str, list[str]] = {
+    "ml-100k": ["--dataset", "ml-100k"],
+    "citeulike-a": ["--dataset", "citeulike-a"],
+    "citeulike-a+tags": ["--dataset", "citeulike-a", "--item-features", "tags"],
+    "synthetic-ml-1m": ["--synthetic", "ml-1m"],
+}
+PEERS_FILE = RESULTS / "compare-real.json"
+
+
+def load_average() -> float:
+    """The 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def wait_for_load(limit: float | None, wait_max: float) -> float:
+    """Wait until the 1-minute load is below ``limit`` (or ``wait_max`` seconds passed); return it."""
+    start = time.monotonic()
+    while limit is not None and load_average() >= limit and time.monotonic() - start < wait_max:
+        time.sleep(15)
+    return load_average()
+
+
+def run_cli(name: str, data_dir: str, threads: int | None) -> dict[str, Any]:
+    """One default ``metricrec train`` run in a fresh process; the facts of its report."""
+    with tempfile.TemporaryDirectory(prefix="metricrec-defaults-") as out:
+        cmd = [sys.executable, "-m", "metricrec", "train", *RUNS[name], "--data-dir", data_dir, "--out", out,
+               "--no-progress", "--no-download"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        load = load_average()
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        process_s = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return {"run": name, "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        report = json.loads((Path(out) / "report.json").read_text())
+    return summarise(name, report, load, process_s)
+
+
+def summarise(name: str, report: dict[str, Any], load: float, process_s: float) -> dict[str, Any]:
+    """The numbers the table shows, from a ``report.json``."""
+    epochs = report["epochs"]
+    eval_s = sum(e.get("eval_seconds", 0.0) for e in epochs)
+    init_s = float(report.get("init_seconds") or 0.0)
+    wall = float(report["wall_seconds"])
+    best = report["best_epoch"]
+    return {
+        "run": name, "load_before": load, "best_epoch": best, "epochs_run": len(epochs),
+        "valid_recall@50": next((e["valid"].get("recall@50") for e in epochs if e["epoch"] == best), None),
+        "test": {k: v for k, v in (report.get("test") or {}).items() if k.startswith(("recall", "ndcg"))},
+        "init_seconds": init_s, "train_seconds_to_best": init_s + float(report["seconds_to_best"]),
+        "train_seconds": init_s + float(report["train_seconds"]), "validation_seconds": eval_s,
+        "wall_seconds": wall, "validation_share": eval_s / wall if wall > 0 else None,
+        "process_seconds": process_s, "batch_size": report.get("batch_size_used"),
+        "n_negatives": report.get("n_negatives_used"), "config": report["config"],
+        "features": report.get("features"),
+    }
+
+
+def tuned_peers(path: Path = PEERS_FILE) -> dict[str, list[dict[str, Any]]]:
+    """Per data set, the tuned peers' runs of :mod:`benchmarks.compare` (CML's own tuned run as
+    ``cml (tuned)``): test Recall@50, training seconds to best, wall seconds of the loop."""
+    if not path.exists():
+        return {}
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for r in json.loads(path.read_text())["runs"]:
+        if "error" in r or r["method"] == "popularity":
+            continue
+        peers.setdefault(r["dataset"], []).append({
+            "method": "cml (tuned)" if r["method"] == "cml" else r["method"], "test_recall@50": r["test"]["recall@50"],
+            "best_epoch": r["best_epoch"], "train_seconds_to_best": r["train_seconds_to_best"],
+            "wall_seconds": r["train_seconds_total"] + r["eval_seconds_total"], "setting": r.get("setting")})
+    return peers
+
+
+def table(runs: list[dict[str, Any]], peers: dict[str, list[dict[str, Any]]]) -> str:
+    """The markdown table: each default run, then the tuned peers of its data set."""
+    lines = ["| data | method | test R@50 | best epoch / run | train s to best | wall s | validation share | load |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['run']} | metricrec train (defaults) | error: {r['error']} | | | | | |")
+            continue
+        data = r["run"].split("+")[0]
+        method = "metricrec train --item-features tags" if r["run"].endswith("+tags") else "metricrec train (defaults)"
+        lines.append(f"| {data} | **{method}** | **{r['test'].get('recall@50', float('nan')):.4f}** | "
+                     f"{r['best_epoch']} / {r['epochs_run']} | {r['train_seconds_to_best']:.2f} | {r['wall_seconds']:.2f} | "
+                     f"{100 * r['validation_share']:.0f}% | {r['load_before']:.1f} |")
+        if r["run"].endswith("+tags"):
+            continue
+        for p in sorted(peers.get(data, []), key=lambda p: -p["test_recall@50"]):
+            lines.append(f"| {data} | {p['method']} (tuned) | {p['test_recall@50']:.4f} | {p['best_epoch']} | "
+                         f"{p['train_seconds_to_best']:.2f} | {p['wall_seconds']:.2f} | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.defaults", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--data-dir", default=default_data_dir())
+    p.add_argument("--threads", type=int, help="--threads for metricrec train (default: its own default)")
+    p.add_argument("--wait-load", type=float, help="wait for the 1-minute load average to fall below this first")
+    p.add_argument("--wait-max", type=float, default=1800.0, help="give up waiting after this many seconds")
+    p.add_argument("--name", default="defaults", help="results file stem (default defaults)")
+    args = p.parse_args(argv)
+    peers = tuned_peers()
+    runs = []
+    for name in args.runs:
+        wait_for_load(args.wait_load, args.wait_max)
+        runs.append(run_cli(name, args.data_dir, args.threads))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("config", "features")}), flush=True)
+    text = table(runs, peers)
+    print("\n" + text)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_file": str(PEERS_FILE.name),
+            "note": "train s to best = initialisation + epochs up to the best; wall = fit (initialisation, training, "
+                    "validation), test scoring excluded; peers: training to best and training + validation of "
+                    "benchmarks.compare's loop"}
+    write_json(RESULTS / f"{args.name}.json", {"meta": meta, "runs": runs, "peers": peers})
+    write_text(RESULTS / f"{args.name}.md", f"# {args.name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
