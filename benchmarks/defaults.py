@@ -99,7 +99,7 @@ def summarise(name: str, report: dict[str, Any], load: float, process_s: float) 
 
 def tuned_peers(path: Path = PEERS_FILE) -> dict[str, list[dict[str, Any]]]:
     """Per data set, the tuned peers' runs of :mod:`benchmarks.compare` (CML's own tuned run as
-    ``cml (tuned)``): test Recall@50, training seconds to best, wall seconds of the loop."""
+    ``cml (hand-tuned)``): test Recall@50, training seconds to best, wall seconds of the loop."""
     if not path.exists():
         return {}
     peers: dict[str, list[dict[str, Any]]] = {}
@@ -107,7 +107,7 @@ def tuned_peers(path: Path = PEERS_FILE) -> dict[str, list[dict[str, Any]]]:
         if "error" in r or r["method"] == "popularity":
             continue
         peers.setdefault(r["dataset"], []).append({
-            "method": "cml (tuned)" if r["method"] == "cml" else r["method"], "test_recall@50": r["test"]["recall@50"],
+            "method": "cml (hand-tuned)" if r["method"] == "cml" else r["method"], "test_recall@50": r["test"]["recall@50"],
             "best_epoch": r["best_epoch"], "train_seconds_to_best": r["train_seconds_to_best"],
             "wall_seconds": r["train_seconds_total"] + r["eval_seconds_total"], "setting": r.get("setting")})
     return peers
@@ -129,7 +129,8 @@ def table(runs: list[dict[str, Any]], peers: dict[str, list[dict[str, Any]]]) ->
         if r["run"].endswith("+tags"):
             continue
         for p in sorted(peers.get(data, []), key=lambda p: -p["test_recall@50"]):
-            lines.append(f"| {data} | {p['method']} (tuned) | {p['test_recall@50']:.4f} | {p['best_epoch']} | "
+            label = p["method"] if p["method"].startswith("cml") else f"{p['method']} (tuned)"
+            lines.append(f"| {data} | {label} | {p['test_recall@50']:.4f} | {p['best_epoch']} | "
                          f"{p['train_seconds_to_best']:.2f} | {p['wall_seconds']:.2f} | | |")
     return "\n".join(lines)
 

@@ -1,0 +1,28 @@
+"""benchmarks.defaults: the numbers it reads from a report.json and the table beside the peers."""
+
+from benchmarks.defaults import summarise, table
+
+
+def _report():
+    epochs = [{"epoch": e, "seconds": 0.2, "eval_seconds": 0.1 if e % 5 == 0 else 0.0,
+               "valid": {"recall@50": 0.3 + e / 100} if e % 5 == 0 else {}} for e in range(1, 11)]
+    return {"epochs": epochs, "best_epoch": 10, "init_seconds": 0.5, "seconds_to_best": 2.0, "train_seconds": 2.0,
+            "wall_seconds": 4.0, "test": {"recall@50": 0.36, "ndcg@50": 0.25, "auc": 0.9, "n_users": 5},
+            "batch_size_used": 1000, "n_negatives_used": 20, "config": {"epochs": 10}}
+
+
+def test_summarise_counts_the_initialisation_and_the_validation_share():
+    r = summarise("citeulike-a", _report(), load=0.5, process_s=6.0)
+    assert r["train_seconds_to_best"] == 2.5 and r["validation_seconds"] == 0.2
+    assert r["validation_share"] == 0.05 and r["valid_recall@50"] == 0.4
+    assert r["test"] == {"recall@50": 0.36, "ndcg@50": 0.25} and r["n_negatives"] == 20
+
+
+def test_table_puts_the_peers_under_each_default_run():
+    run = summarise("citeulike-a", _report(), load=0.5, process_s=6.0)
+    peers = {"citeulike-a": [{"method": "implicit-als", "test_recall@50": 0.354, "best_epoch": 42,
+                              "train_seconds_to_best": 3.27, "wall_seconds": 26.7, "setting": {}}]}
+    lines = table([run, {**run, "run": "citeulike-a+tags"}, {"run": "ml-100k", "error": "boom"}], peers).splitlines()
+    assert "**0.3600**" in lines[2] and "2.50" in lines[2] and "5%" in lines[2]
+    assert lines[3].startswith("| citeulike-a | implicit-als (tuned) | 0.3540 | 42 | 3.27 | 26.70")
+    assert "--item-features tags" in lines[4] and "error: boom" in lines[5]
