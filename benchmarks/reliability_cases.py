@@ -165,7 +165,7 @@ def _nothing_written(tmp: Path) -> bool:
 def _old_model_kept(tmp: Path, base: Path | None = None) -> list[str]:
     run = _copy(base, tmp, "run")
     (tmp / "before").write_bytes((run / "model" / "weights.npz").read_bytes())
-    return ["train", "--synthetic", "small", "--learning-rate", "1e30", "--out", str(run), *FAST]
+    return ["train", "--synthetic", "small", "--learning-rate", "1e30", "--cov-weight", "1", "--out", str(run), *FAST]
 
 
 def _same_weights(tmp: Path) -> bool:
@@ -241,10 +241,13 @@ CASES: list[Case] = [
          lambda t, b: _recommend(_edit_config(t, b, "r", _set("item_features", {
              "names": ["a"], "mlp": {"n_features": 1, "out_dim": 8, "hidden": [10**9], "dropout": 0.1}})), b),
          3, "'mlp.hidden' must be a list", peak=True),
-    Case(C, "--learning-rate 1e30", lambda t, b: ["train", "--synthetic", "small", "--learning-rate", "1e30",
-                                                  "--out", str(t / "run"), *FAST],
+    # lambda_c 1: at CML's defaults (lambda_c 0) AdaGrad's normalised steps and the unit-ball clip keep even
+    # a 1e30 rate finite; the covariance term on clipped rows is what collapses every vector to zero.
+    Case(C, "--learning-rate 1e30 --cov-weight 1", lambda t, b: ["train", "--synthetic", "small", "--learning-rate",
+                                                                 "1e30", "--cov-weight", "1", "--out", str(t / "run"),
+                                                                 *FAST],
          4, "training diverged at epoch 1", _nothing_written),
-    Case(C, "--learning-rate 1e30 over a good model", _old_model_kept, 4, "lower the learning rate", _same_weights),
+    Case(C, "--learning-rate 1e30 --cov-weight 1 over a good model", _old_model_kept, 4, "lower the learning rate", _same_weights),
     Case(C, "empty test part", lambda t, b: _split_files(t, test="empty"), 2, "the test part is empty",
          _nothing_written),
     Case(C, "empty valid part (a --valid file of nothing usable)", lambda t, b: _split_files(t, valid="empty"), 2,
