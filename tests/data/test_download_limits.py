@@ -145,7 +145,10 @@ _LIBRARY = ("import sys; from metricrec.data.datasets import load_dataset; "
 
 
 def _start_and_wait_for_part(argv, data_dir, env=None):
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default in the child: a background job of a non-interactive shell (CI started with
+    # `cmd &`) inherits SIGINT ignored, and Python then keeps it ignored, as it should for such a job.
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(data_dir.glob(".*.part")):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -183,13 +186,18 @@ def test_sigterm_removes_the_part_file_and_ends_the_process_by_sigterm(tmp_path)
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_cli_interrupted_download_exits_cleanly(tmp_path, sig, code):
-    env = {**os.environ, "METRICREC_MIRROR": ""}
+    env = {**os.environ, "METRICREC_MIRROR": "", "PYTHONFAULTHANDLER": "1"}
     with serving(one_byte_a_second) as base:
         env["METRICREC_MIRROR"] = base
         argv = [sys.executable, "-m", "metricrec", "data", "stats", "--dataset", "ml-100k", "--data-dir", str(tmp_path)]
         proc = _start_and_wait_for_part(argv, tmp_path, env)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"still running 30 s after the signal; its threads:\n{err.decode()[-4000:]}")
     assert proc.returncode == code
     assert "Traceback" not in err.decode() and len(err.decode().strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
