@@ -40,6 +40,7 @@ RUNS: dict[str, list[str]] = {
     "citeulike-a": ["--dataset", "citeulike-a"],
     "citeulike-a+tags": ["--dataset", "citeulike-a", "--item-features", "tags"],
     "synthetic-ml-1m": ["--synthetic", "ml-1m"],
+    "ml-100k-all": ["--dataset", "ml-100k", "--min-rating", "1"],  # never tuned on: every rating a positive
 }
 PEERS_FILE = RESULTS / "compare-real.json"
 
@@ -102,10 +103,15 @@ def tuned_peers(path: Path = PEERS_FILE) -> dict[str, list[dict[str, Any]]]:
     ``cml (hand-tuned)``): test Recall@50, training seconds to best, wall seconds of the loop."""
     if not path.exists():
         return {}
-    peers: dict[str, list[dict[str, Any]]] = {}
+    best: dict[tuple[str, str], dict[str, Any]] = {}  # a --tune file holds every grid run: keep the best on valid
     for r in json.loads(path.read_text())["runs"]:
         if "error" in r or r["method"] == "popularity":
             continue
+        key = (r["dataset"], r["method"])
+        if key not in best or r["best_valid"]["recall@50"] > best[key]["best_valid"]["recall@50"]:
+            best[key] = r
+    peers: dict[str, list[dict[str, Any]]] = {}
+    for r in best.values():
         peers.setdefault(r["dataset"], []).append({
             "method": "cml (hand-tuned)" if r["method"] == "cml" else r["method"], "test_recall@50": r["test"]["recall@50"],
             "best_epoch": r["best_epoch"], "train_seconds_to_best": r["train_seconds_to_best"],
@@ -144,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-load", type=float, help="wait for the 1-minute load average to fall below this first")
     p.add_argument("--wait-max", type=float, default=1800.0, help="give up waiting after this many seconds")
     p.add_argument("--name", default="defaults", help="results file stem (default defaults)")
+    p.add_argument("--peers", type=Path, default=PEERS_FILE,
+                   help="benchmarks.compare results of the tuned peers (default results/compare-real.json)")
     args = p.parse_args(argv)
-    peers = tuned_peers()
+    peers = tuned_peers(args.peers)
     runs = []
     for name in args.runs:
         wait_for_load(args.wait_load, args.wait_max)
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("config", "features")}), flush=True)
     text = table(runs, peers)
     print("\n" + text)
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_file": str(PEERS_FILE.name),
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_file": str(args.peers.name),
             "note": "train s to best = initialisation + epochs up to the best; wall = fit (initialisation, training, "
                     "validation), test scoring excluded; peers: training to best and training + validation of "
                     "benchmarks.compare's loop"}

@@ -26,3 +26,19 @@ def test_table_puts_the_peers_under_each_default_run():
     assert "**0.3600**" in lines[2] and "2.50" in lines[2] and "5%" in lines[2]
     assert lines[3].startswith("| citeulike-a | implicit-als (tuned) | 0.3540 | 42 | 3.27 | 26.70")
     assert "--item-features tags" in lines[4] and "error: boom" in lines[5]
+
+
+def test_tuned_peers_keep_each_methods_best_run_on_valid(tmp_path):
+    import json
+
+    from benchmarks.defaults import tuned_peers
+
+    def run(method, valid, test):
+        return {"dataset": "d", "method": method, "best_valid": {"recall@50": valid}, "test": {"recall@50": test},
+                "best_epoch": 3, "train_seconds_to_best": 1.0, "train_seconds_total": 2.0, "eval_seconds_total": 1.0}
+    runs = [run("implicit-als", 0.40, 0.50), run("implicit-als", 0.45, 0.44), run("lightfm-warp", 0.3, 0.3),
+            run("popularity", 0.9, 0.9), {"dataset": "d", "method": "lightfm-bpr", "error": "x"}]
+    (tmp_path / "c.json").write_text(json.dumps({"runs": runs}))
+    peers = tuned_peers(tmp_path / "c.json")["d"]
+    assert sorted((p["method"], p["test_recall@50"]) for p in peers) == [("implicit-als", 0.44), ("lightfm-warp", 0.3)]
+    assert peers[0]["wall_seconds"] == 3.0
