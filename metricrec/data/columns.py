@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import DataError
 from .delimited import Column, TextTable, read_columns
 from .id_text import arrow_to_numpy
 from .ids import canonical_ids, canonical_or_arrow
@@ -32,7 +33,7 @@ def id_column(t: TextTable, role: str, what: str, *, arrow_strings: bool = False
     if t.n_rows and pc.min(pc.utf8_length(col)).as_py() == 0:
         k = int(np.argmax(arrow_to_numpy(pc.utf8_length(col)) == 0))
         blank = all(c is None or c[k].as_py() == "" for c in t.columns.values())
-        raise ValueError(f"{t.path}, line {t.line(k)}: " + ("blank line" if blank else f"empty {what} id"))
+        raise DataError(f"{t.path}, line {t.line(k)}: " + ("blank line" if blank else f"empty {what} id"))
     return canonical_or_arrow(col) if arrow_strings else canonical_ids(col)
 
 
@@ -45,11 +46,11 @@ def float_column(t: TextTable, role: str, what: str) -> np.ndarray:
     except pa.ArrowInvalid:
         ok = arrow_to_numpy(pc.match_substring_regex(trimmed, _FLOAT, ignore_case=True))
         k = int(np.argmin(ok))
-        raise ValueError(f"{t.path}, line {t.line(k)}: {what} {col[k].as_py()!r} is not a number") from None
+        raise DataError(f"{t.path}, line {t.line(k)}: {what} {col[k].as_py()!r} is not a number") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         k = int(bad[0])
-        raise ValueError(f"{t.path}, line {t.line(k)}: {what} {col[k].as_py()!r} is NaN or infinite")
+        raise DataError(f"{t.path}, line {t.line(k)}: {what} {col[k].as_py()!r} is NaN or infinite")
     return values
 
 

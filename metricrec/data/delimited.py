@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+from ..errors import DataError
 
 
 __all__ = ["COMPRESSIONS", "Column", "TextTable", "compression_of", "plain_suffix", "read_bytes", "read_columns"]
@@ -74,7 +75,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         with pa.input_stream(path, compression=codec) as fh:
             return fh.read()
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{path}: cannot decompress {codec} data ({exc})") from None
+        raise DataError(f"{path}: cannot decompress {codec} data ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,23 @@ def _one_byte_separator(data: bytes, sep: str, encoding: str, path: str) -> tupl
     for standin in _STANDINS:
         if standin.encode() not in data:
             return data.replace(sep.encode(encoding), standin.encode()), standin
-    raise ValueError(f"{path}: cannot handle the separator {sep!r} (every stand-in control character occurs)")
+    raise DataError(f"{path}: cannot handle the separator {sep!r} (every stand-in control character occurs)")
 
 
 def _split_line(data: bytes, start: int, delim: str, encoding: str, quoting: bool, path: str) -> tuple[list[str], int]:
     """(fields of the line starting at byte ``start``, start of the next line), parsed like pyarrow."""
-    stop = data.find(b"\n", start)
-    stop = len(data) if stop < 0 else stop
-    raw = data[start:stop].rstrip(b"\r")
-    text = _decode(raw, encoding, path, data.count(b"\n", 0, start) + 1).lstrip("\ufeff")
+    # a line ends at "\n", "\r\n" or a lone "\r", as pyarrow reads it
+    ends = [k for k in (data.find(b"\n", start), data.find(b"\r", start)) if k >= 0]
+    stop = min(ends) if ends else len(data)
+    line = data.count(b"\n", 0, start) + 1
+    text = _decode(data[start:stop], encoding, path, line).lstrip("\ufeff")
     mode = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
-    fields = next(csv.reader([text], delimiter=delim, quoting=mode), [""])
-    return fields, stop + 1
+    try:
+        fields = next(csv.reader([text], delimiter=delim, quoting=mode), [""])
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {line}: cannot parse as delimited text ({exc})") from None
+    nxt = stop + 2 if data[stop:stop + 2] == b"\r\n" else stop + 1
+    return fields, nxt
 
 
 def _decode(raw: bytes, encoding: str, path: str, first_line: int = 1) -> str:
@@ -159,7 +165,7 @@ def _decode(raw: bytes, encoding: str, path: str, first_line: int = 1) -> str:
         return raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = first_line + raw.count(b"\n", 0, exc.start)
-        raise ValueError(f"{path}, line {line}: cannot decode bytes as {encoding} ({exc.reason}); "
+        raise DataError(f"{path}, line {line}: cannot decode bytes as {encoding} ({exc.reason}); "
                          "pass encoding=...") from None
 
 
@@ -174,13 +180,13 @@ def _resolve(columns: Mapping[str, Column], header: list[str] | None, n_fields: 
             out[role] = None
         elif isinstance(col, str):
             if col not in names and role not in optional:
-                raise ValueError(f"{path}: the header has no column {col!r} (asked for as {role}); "
+                raise DataError(f"{path}: the header has no column {col!r} (asked for as {role}); "
                                  f"its columns are {names}")
             out[role] = names.index(col) if col in names else None
         else:
             idx = int(col)
             if not -n_fields <= idx < n_fields and role not in optional:
-                raise ValueError(f"{path}: {role}={idx} is out of range, the first line has {n_fields} fields")
+                raise DataError(f"{path}: {role}={idx} is out of range, the first line has {n_fields} fields")
             # an optional column beyond the first line may still be on longer (ragged) lines
             out[role] = idx % n_fields if -n_fields <= idx < n_fields else (idx if idx >= 0 else None)
     return out
@@ -212,11 +218,11 @@ def _parse_checked(data: bytes, end: int, path: str, sep: str, delim: str, quoti
     except (pa.ArrowException, UnicodeError) as exc:
         if "UTF" in str(exc) or isinstance(exc, UnicodeError):
             _decode(data[:end], encoding, path)
-        raise ValueError(f"{path}: cannot parse as delimited text ({exc})") from None
+        raise DataError(f"{path}: cannot parse as delimited text ({exc})") from None
     if handler.count:
         line, got, text = handler.first
         what = "a blank line" if not text.strip() else f"{got} fields"
-        raise ValueError(f"{path}, line {line}: expected {_counts(handler.allowed | {width})} fields separated by "
+        raise DataError(f"{path}, line {line}: expected {_counts(handler.allowed | {width})} fields separated by "
                          f"{sep!r}, got {what} ({handler.count} bad line(s) in total)")
     return table, handler
 
@@ -275,7 +281,7 @@ def read_columns(
     if header is None:
         header = names_given
     elif names_given and not header:
-        raise ValueError(f"{path}: columns given by name need a header line, but header=False")
+        raise DataError(f"{path}: columns given by name need a header line, but header=False")
     data, delim = _one_byte_separator(read_bytes(path), sep, encoding, path)
     start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     end = len(data)
@@ -285,9 +291,13 @@ def read_columns(
     if body >= end:
         return _empty(path, columns, bool(header) and end > start, allow_empty, what)
     first, _ = _split_line(data, body, delim, encoding, quoting, path)
+    for k, fields_k in enumerate((head, first) if header else (first,)):
+        if fields_k is not None and len(fields_k) <= 1 and not "".join(fields_k).strip():
+            raise DataError(f"{path}, line {1 + k}: blank line where the {'header' if header and k == 0 else 'first row'} "
+                            "should be (remove the empty lines at the top)")
     allowed = set(ragged) if ragged else ({fields} if fields is not None else {len(first)})
     if len(first) not in allowed:
-        raise ValueError(f"{path}, line {1 + int(bool(header))}: expected {_counts(allowed)} fields separated by "
+        raise DataError(f"{path}, line {1 + int(bool(header))}: expected {_counts(allowed)} fields separated by "
                          f"{sep!r}, got {len(first)} fields")
     n_fields = len(head) if head is not None else len(first)
     index = _resolve(columns, head, n_fields, set(optional), path, rename)
@@ -307,7 +317,7 @@ def _counts(allowed: set[int]) -> str:
 def _empty(path: str, columns: Mapping[str, Column], had_header: bool, allow: bool, what: str) -> TextTable:
     if not allow:
         if had_header:
-            raise ValueError(f"{path}: file has a header line but no {what}")
-        raise ValueError(f"{path}: file is empty (no {what})")
+            raise DataError(f"{path}: file has a header line but no {what}")
+        raise DataError(f"{path}: file is empty (no {what})")
     empty = pa.chunked_array([pa.array([], type=pa.string())])
     return TextTable(path, {r: empty for r in columns}, 0, 1 + int(had_header))

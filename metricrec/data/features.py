@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import DataError
 from .delimited import Column, read_columns
 from .ids import IdIndex, canonical_ids
 from .interactions import DataWarning, Features
@@ -36,14 +37,14 @@ def as_features(data: Any, n_rows: int, what: str = "item_features") -> Features
     elif sp.issparse(data) or isinstance(data, np.ndarray) or hasattr(data, "__array__"):
         m = sp.csr_matrix(data if sp.issparse(data) else np.asarray(data, dtype=np.float64), dtype=np.float32)
         if not sp.issparse(data) and not np.all(np.isfinite(np.asarray(data, dtype=np.float64))):
-            raise ValueError(f"{what} contains NaN or infinite values")
+            raise DataError(f"{what} contains NaN or infinite values")
         f = Features(m, np.array([f"f{k}" for k in range(m.shape[1])]))
     else:
         raise TypeError(f"{what} must be a Features, a scipy sparse matrix or a 2-D array, got {type(data).__name__}")
     if f.matrix.shape[0] != n_rows:
-        raise ValueError(f"{what} has {f.matrix.shape[0]} rows, expected {n_rows} (one per row of the model)")
+        raise DataError(f"{what} has {f.matrix.shape[0]} rows, expected {n_rows} (one per row of the model)")
     if f.n_features == 0:
-        raise ValueError(f"{what} has no feature columns (an empty feature set)")
+        raise DataError(f"{what} has no feature columns (an empty feature set)")
     return f
 
 
@@ -56,7 +57,7 @@ def filter_min_count(features: Features, min_count: int) -> Features:
     counts = np.bincount(m.indices[m.data != 0], minlength=m.shape[1])
     keep = np.flatnonzero(counts >= int(min_count))
     if keep.size == 0:
-        raise ValueError(f"no feature is used by >= {min_count} rows (an empty feature set); lower the minimum count")
+        raise DataError(f"no feature is used by >= {min_count} rows (an empty feature set); lower the minimum count")
     return Features(m[:, keep].tocsr(), features.names[keep])
 
 
@@ -133,7 +134,7 @@ def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int
         warnings.warn(f"{path}: {int(unknown.sum())} rows for {np.unique(bad).size} unknown item id(s) dropped "
                       f"(e.g. {shown}; first at line {lines[int(np.argmax(unknown))]})", DataWarning, stacklevel=2)
     if unknown.all():
-        raise ValueError(f"{path}: none of the {len(items)} rows names a known item (an empty feature set)")
+        raise DataError(f"{path}: none of the {len(items)} rows names a known item (an empty feature set)")
     features = _assemble(path, row[~unknown], feats[~unknown], values[~unknown], len(index))
     if min_count > 1:
         features = filter_min_count(features, min_count)
@@ -167,11 +168,11 @@ def _feature_rows(path: str | Path, sep: str, header: bool | None,
     keep = (items != "") | (feats != "") | (values != "")  # blank lines
     items, feats, values, lines = items[keep], feats[keep], values[keep], lines[keep]
     if not len(items):
-        raise ValueError(f"{path}: no feature rows (an empty feature set)")
+        raise DataError(f"{path}: no feature rows (an empty feature set)")
     for bad, what in ((items == "", "empty item id"), (feats == "", "empty feature name")):
         if bad.any():
             k = int(np.argmax(bad))
-            raise ValueError(f"{path}, line {lines[k]}: {what}" + (f" for item {items[k]!r}" if items[k] else ""))
+            raise DataError(f"{path}, line {lines[k]}: {what}" + (f" for item {items[k]!r}" if items[k] else ""))
     return items.astype(str), feats.astype(str), _values(path, values, lines), lines
 
 
@@ -182,11 +183,11 @@ def _values(path: str | Path, text: np.ndarray, lines: np.ndarray) -> np.ndarray
         values = filled.astype(np.float64)
     except ValueError:
         k = next(k for k, v in enumerate(filled.tolist()) if not _is_float(v))
-        raise ValueError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is not a number") from None
+        raise DataError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is not a number") from None
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         k = int(bad[0])
-        raise ValueError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is NaN or infinite")
+        raise DataError(f"{path}, line {lines[k]}: value {str(filled[k])!r} is NaN or infinite")
     return values
 
 

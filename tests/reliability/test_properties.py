@@ -6,6 +6,7 @@ the whole file runs in well under a minute."""
 import contextlib
 import io
 import json
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from metricrec.data.features import read_item_features
 from metricrec.data.readers import read_interactions
 from metricrec.data.split_files import read_split
 from metricrec.data.synthetic import generate
-from metricrec.errors import MetricrecError, ModelFileError
+from metricrec.errors import DataError, MetricrecError, ModelFileError
 from metricrec.models.base import load_model
 from metricrec.models.schema import read_run_doc
 
@@ -162,7 +163,7 @@ def test_any_data_json_reads_as_an_object_or_raises_model_file_error(doc):
 #: What the readers may raise on bad input. DataError (a MetricrecError) is the goal; some reader paths
 #: still raise a bare ValueError (listed in test_reader_errors_are_the_library_type below, reported to
 #: the data owner) -- DataError is a ValueError, so ``except ValueError`` is what callers rely on today.
-READER_ERRORS = (MetricrecError, ValueError)
+READER_ERRORS = (MetricrecError,)  # never a bare ValueError, csv.Error, ...
 IDS = st.text(alphabet="abcXYZ0123456789_-.", min_size=1, max_size=5)
 PAIRS = st.lists(st.tuples(IDS, IDS), min_size=1, max_size=25)
 SEPS = st.sampled_from([",", "\t", ";", "|", "::"])
@@ -177,12 +178,6 @@ def _quiet(fn, *a, **k):
 def _pairs_of(inter):
     m = inter.matrix.tocoo()
     return {(str(inter.user_ids[r]), str(inter.item_ids[c])) for r, c in zip(m.row, m.col)}
-
-
-def _no_lone_cr(text):
-    """A lone carriage return crashes the line splitter with csv.Error (a known reader bug, see
-    test_known_reader_bugs): kept out of the random texts so they look for new failures."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _render(pairs, sep, header, quote):
@@ -205,7 +200,7 @@ def test_well_formed_interaction_files_read_exactly(pairs, sep, header, quote):
 
 @SETTINGS
 @given(text=(st.text(alphabet=st.characters(codec="utf-8"), max_size=120) | st.binary(max_size=120).map(
-    lambda b: b.decode("latin-1"))).map(_no_lone_cr), sep=SEPS, header=st.booleans())
+    lambda b: b.decode("latin-1"))), sep=SEPS, header=st.booleans())
 def test_garbled_interaction_files_read_or_raise_the_library_error(text, sep, header):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.txt"
@@ -220,7 +215,7 @@ def test_garbled_interaction_files_read_or_raise_the_library_error(text, sep, he
 
 @SETTINGS
 @given(train=PAIRS, valid=st.lists(st.tuples(IDS, IDS), max_size=8), test=st.lists(st.tuples(IDS, IDS), max_size=8),
-       garble=st.sampled_from([None, "train", "valid", "test"]), junk=st.text(max_size=40).map(_no_lone_cr))
+       garble=st.sampled_from([None, "train", "valid", "test"]), junk=st.text(max_size=40))
 def test_split_files_read_or_raise_the_library_error(train, valid, test, garble, junk):
     parts = {"train": train, "valid": valid, "test": test}
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +237,7 @@ def test_split_files_read_or_raise_the_library_error(train, valid, test, garble,
 @SETTINGS
 @given(rows=st.lists(st.tuples(IDS, st.text(alphabet="abc", min_size=1, max_size=3),
                                st.sampled_from(["", "1", "2.5", "-1", "x", "nan", "inf"])), max_size=15),
-       junk=st.none() | st.text(max_size=40).map(_no_lone_cr))
+       junk=st.none() | st.text(max_size=40))
 def test_item_feature_files_read_or_raise_the_library_error(rows, junk):
     item_ids = np.array(["a", "b", "0", "7", "X1"])
     text = "item,feature,value\n" + ("".join(f"{i},{f},{v}\n" for i, f, v in rows) if junk is None else junk)
@@ -264,33 +259,32 @@ def _write(tmp_path, name, text):
     return path
 
 
-#: Failures these tests found in the readers (the data owner's code), reported rather than fixed here:
-#: the first two crash with csv.Error (the command ends with exit 1, "internal error"); the others raise
-#: a bare ValueError where the library's DataError is expected (exit 2 either way).
-KNOWN_READER_BUGS = {
-    "interactions: a lone carriage return (csv.Error)":
+#: Failures these tests once found in the readers: the first two crashed with csv.Error (the command
+#: ended with exit 1, "internal error"), the others raised a bare ValueError. Each must now be the
+#: library's DataError naming the file (and the line where there is one).
+READER_EDGE_CASES = {
+    "interactions: a lone carriage return":
         lambda t: read_interactions(_write(t, "a.csv", "\r0"), sep=",", user_col=0, item_col=1),
-    "item features: a lone carriage return (csv.Error)":
+    "item features: a lone carriage return":
         lambda t: read_item_features(_write(t, "f.csv", "item,feature,value\n\r0"), np.array(["a"]),
                                      item_col="item", feature_col="feature", value_col="value"),
-    "interactions: an empty file (bare ValueError)":
+    "interactions: an empty file":
         lambda t: read_interactions(_write(t, "a.csv", ""), sep=",", user_col=0, item_col=1),
-    "interactions: a column index past the fields (bare ValueError)":
+    "interactions: a column index past the fields":
         lambda t: read_interactions(_write(t, "a.csv", "0\n"), sep=",", user_col=0, item_col=1),
-    "split files: a blank line (bare ValueError)":
+    "split files: a blank line":
         lambda t: read_split(_write(t, "tr.csv", "user,item\n0,0\n\n1,1\n"), _write(t, "va.csv", "user,item\n"),
                              _write(t, "te.csv", "user,item\n")),
-    "item features: a 'nan' value (bare ValueError)":
+    "item features: a 'nan' value":
         lambda t: read_item_features(_write(t, "f.csv", "item,feature,value\na,x,nan\n"), np.array(["a"]),
                                      item_col="item", feature_col="feature", value_col="value"),
-    "item features: no rows (bare ValueError)":
+    "item features: no rows":
         lambda t: read_item_features(_write(t, "f.csv", "item,feature,value\n"), np.array(["a"]),
                                      item_col="item", feature_col="feature", value_col="value"),
 }
 
 
-@pytest.mark.xfail(strict=False, reason="reader bugs found by the property tests, reported to the data owner")
-@pytest.mark.parametrize("case", list(KNOWN_READER_BUGS))
-def test_known_reader_bugs(case, tmp_path):
-    with pytest.raises(MetricrecError):
-        _quiet(KNOWN_READER_BUGS[case], tmp_path)
+@pytest.mark.parametrize("case", list(READER_EDGE_CASES))
+def test_reader_edge_cases_raise_the_data_error_naming_the_file(case, tmp_path):
+    with pytest.raises(DataError, match=re.escape(str(tmp_path))):
+        _quiet(READER_EDGE_CASES[case], tmp_path)
