@@ -25,7 +25,6 @@ __all__ = ["NegativeDraw", "PositiveSet", "UniformSampler", "PopularitySampler",
 _DENSE_LIMIT = 1 << 27
 
 _kernels = None
-_HASH = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier (2^64 / golden ratio)
 # The compiled test keeps one exact bit per cell up to max(_EXACT_BITS, _EXACT_BITS_PER_PAIR * nnz) cells.
 _EXACT_BITS, _EXACT_BITS_PER_PAIR = 1 << 27, 32
 
@@ -40,56 +39,10 @@ def _numba_kernels():
 
 
 def _compile(numba):
-    @numba.njit(inline="always")
-    def slot(u, k, n_items, shift):
-        # bit of (u, k) in the filter: the key itself (exact bitmap, shift 0) or its top bits hashed
-        key = np.uint64(u) * np.uint64(n_items) + np.uint64(k)
-        if shift == 0:
-            return key
-        return (key * np.uint64(_HASH)) >> np.uint64(shift)
+    """The kernels of :mod:`metricrec.training.sampling_kernels` (module level, so numba caches them)."""
+    from . import sampling_kernels as k
 
-    @numba.njit(inline="always")
-    def member(indptr, indices, bits, exact, n_items, shift, u, k):
-        h = slot(u, k, n_items, shift)
-        if not (bits[h >> np.uint64(3)] >> (h & np.uint64(7))) & np.uint64(1):
-            return False  # not in the filter: certainly not a positive
-        if exact:
-            return True
-        # a filter hit: branch-free binary search of k in user u's sorted row of the CSR matrix
-        base = indptr[u]
-        n = indptr[u + 1] - base
-        if n == 0:
-            return False
-        while n > 1:
-            half = n >> 1
-            base = base + half if indices[base + half] <= k else base
-            n -= half
-        return indices[base] == k
-
-    @numba.njit(cache=True)
-    def build(indptr, indices, bits, n_items, shift):
-        for u in range(indptr.shape[0] - 1):
-            for j in range(indptr[u], indptr[u + 1]):
-                h = slot(u, indices[j], n_items, shift)
-                bits[h >> np.uint64(3)] |= np.uint8(1) << np.uint8(h & np.uint64(7))
-
-    @numba.njit(parallel=True, cache=True)
-    def contains_flat(indptr, indices, bits, exact, n_items, shift, users, items, out):
-        for j in numba.prange(users.shape[0]):
-            out[j] = member(indptr, indices, bits, exact, n_items, shift, users[j], items[j])
-
-    @numba.njit(parallel=True, cache=True)
-    def expand_and_test(indptr, indices, bits, exact, n_items, shift, users, shared, group, negatives, bad):
-        # negatives[b] = shared[b // group]; bad[b, c] = negatives[b, c] is a positive of users[b]
-        for b in numba.prange(users.shape[0]):
-            u = users[b]
-            g = b // group
-            for c in range(shared.shape[1]):
-                k = shared[g, c]
-                negatives[b, c] = k
-                bad[b, c] = member(indptr, indices, bits, exact, n_items, shift, u, k)
-
-    return build, contains_flat, expand_and_test
+    return k.build, k.contains_flat, k.expand_and_test
 
 
 class PositiveSet:
