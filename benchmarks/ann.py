@@ -33,11 +33,11 @@ import numpy as np
 from metricrec.data.synthetic import generate
 from metricrec.models import CML
 from metricrec.models.retrieval import top_n
-from metricrec.serialization import atomic_write_json, atomic_write_text
 from metricrec.serving.ann import AnnIndex
 from metricrec.serving.ann_eval import exact_search, recall_at_k
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS, write_results
+
 K = 10
 EF_SWEEP = (16, 32, 64, 128, 256)
 NPROBE_SWEEP = (4, 8, 16, 32, 64, 128)
@@ -214,10 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
                         "date": time.strftime("%Y-%m-%d %H:%M:%S")},
     }
-    atomic_write_json(args.out.with_suffix(".json"), result)
-    text = markdown(result)
-    atomic_write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, markdown(result))
     return result
 
 

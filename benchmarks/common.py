@@ -9,7 +9,7 @@ from typing import Any
 
 from metricrec.serialization import atomic_write_bytes
 
-__all__ = ["ROOT", "RESULTS", "default_data_dir", "write_text", "write_json"]
+__all__ = ["ROOT", "RESULTS", "default_data_dir", "write_text", "write_json", "write_results"]
 
 #: The repository root (the folder holding ``benchmarks/``).
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +30,13 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, obj: Any, indent: int = 1) -> None:
     """Write ``obj`` as JSON atomically."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_results(stem: Path, result: Any, text: str) -> None:
+    """A benchmark's outputs: ``stem.json`` (the numbers) and ``stem.md`` (``text``, its table), both
+    atomically, then ``text`` printed."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), result)
+    write_text(stem.with_suffix(".md"), text)
+    print(text)

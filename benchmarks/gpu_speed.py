@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +30,8 @@ import torch
 from metricrec import CML
 from metricrec.data.splits import ratio_split
 from metricrec.data.synthetic import generate
-from metricrec.serialization import atomic_write_bytes, atomic_write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS, write_results
 
 
 def time_epochs(train: Any, device: str, epochs: int, threads: int, kernel: str) -> dict[str, Any]:
@@ -104,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"shapes": shapes, "reference": scale_reference(), "gpu": torch.cuda.get_device_name(0),
               "cpu_threads": args.cpu_threads, "torch": torch.__version__, "python": platform.python_version(),
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_bytes(RESULTS / f"{args.name}.md", markdown(result).encode())
-    print(markdown(result))
+    write_results(RESULTS / args.name, result, markdown(result))
     return 0
 
 

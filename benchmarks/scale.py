@@ -43,10 +43,7 @@ from typing import Any
 import scipy.sparse as sp
 import torch
 
-from metricrec.serialization import atomic_write_bytes, atomic_write_json
-
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = RESULTS.parent.parent
+from .common import RESULTS, ROOT, write_results
 
 
 # ---------------------------------------------------------------------- memory
@@ -383,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "data", "out")},
               "shapes": shapes, "summary": summarise(shapes), "gloo": gloo, "torch": torch.__version__,
               "python": platform.python_version(), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", result)
-    atomic_write_bytes(RESULTS / f"{args.name}.md", markdown(result).encode())
-    print(markdown(result))
+    write_results(RESULTS / args.name, result, markdown(result))
     return 0
 
 

@@ -26,11 +26,10 @@ import numpy as np
 
 from metricrec.data.synthetic import generate
 from metricrec.models import CML
-from metricrec.serialization import atomic_write_json, atomic_write_text
 from metricrec.serving.ann import AnnIndex, index_dir_for
 from metricrec.serving.process import ServerProcess
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS, write_results
 
 
 def train_model(path: Path, epochs: int) -> dict:
@@ -153,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
               "environment": {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                               "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
-    atomic_write_json(args.out.with_suffix(".json"), result)
-    text = markdown(result)
-    atomic_write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, markdown(result))
     return result
 
 
