@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import scipy.sparse as sp
 
 from .errors import DataError
 
-__all__ = ["fingerprint", "compare_fingerprints", "check_fingerprint", "FINGERPRINT_VERSION"]
+__all__ = ["fingerprint", "compare_fingerprints", "check_fingerprint", "file_sha256", "FINGERPRINT_VERSION"]
 
 FINGERPRINT_VERSION = 1
 _MODEL, _THIS = "in the model's training data", "in this data"
@@ -151,3 +152,12 @@ def check_fingerprint(expected: dict[str, Any] | None, actual: dict[str, Any], w
     if diffs:
         raise DataError(f"{what} is not the data the model was trained on: {'; '.join(diffs)}. Give the same data "
                         "and split flags as at training time, or train a model on this data")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (memory bounded by the chunk)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

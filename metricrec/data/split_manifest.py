@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..fingerprint import file_sha256
 from .columns import id_column
 from .delimited import read_columns
 from .ids import IdIndex
@@ -34,14 +35,6 @@ _MAX_MANIFEST_BYTES = 1 << 20
 def file_entry(name: str, data: bytes, **counts: int) -> dict[str, Any]:
     """A manifest entry: the file's name, size, sha256 and counts."""
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **counts}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def check_files(folder: Path, manifest: dict[str, Any], where: Path) -> None:
         if size != entry["bytes"]:
             raise DataError(f"{path}: {size:,} bytes, but {where} lists {entry['bytes']:,}: this file was changed "
                             "or comes from another split; write the split again ('metricrec data split')")
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             raise DataError(f"{path}: its sha256 differs from the one {where} lists: this file was changed or "
                             "comes from another split; write the split again ('metricrec data split')")
 

@@ -8,12 +8,12 @@ provenance); ``load_dataset(..., verify=False)`` (``--no-verify``) loads other c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ...errors import DataError
+from ...fingerprint import file_sha256
 
 __all__ = ["FileSpec", "verify_files"]
 
@@ -37,14 +37,6 @@ class FileSpec:
     name: str
     size: int
     sha256: str | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_files(folder: str | Path, specs: Sequence[FileSpec], dataset: str, remedy: str | None = None) -> list[str]:
@@ -87,7 +79,7 @@ def verify_files(folder: str | Path, specs: Sequence[FileSpec], dataset: str, re
                 f"an interrupted copy or another file); {fix}"
             )
         if spec.sha256 is not None:
-            got = _sha256(path)
+            got = file_sha256(path)
             if got != spec.sha256:
                 raise DataError(
                     f"{path}: sha256 {got} differs from the official {dataset} {spec.name} ({spec.sha256}; same "
