@@ -70,40 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CML hyperparameters (defaults: CMLConfig)")
     for f in dataclasses.fields(CMLConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "use_rank_weight":
-            g.add_argument("--no-rank-weight", dest="use_rank_weight", action="store_false", default=None,
-                           help="plain triplet loss instead of the WARP-style rank weight")
-            continue
-        if f.name == "feature_row_norm":
-            g.add_argument("--no-feature-row-norm", dest=f.name, action="store_false", default=None,
-                           help="feed feature rows to f as they are (default: scaled to unit L2 norm)")
-            continue
-        if f.name == "init_from_features":
-            g.add_argument("--init-from-features", dest=f.name, action="store_true", default=None,
-                           help="start item vectors at f(x) of the untrained feature network")
-            continue
-        if f.name == "feature_hidden":
-            g.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="W[,W...]|0",
-                           help=f"hidden widths of the feature MLP (0: linear); default {','.join(map(str, f.default))}")
-            continue
-        if f.name == "batch_size":
-            g.add_argument(flag, dest=f.name, type=int, default=None, help="default: n_pairs / 8 within [1000, 50000]")
-            continue
-        if f.name == "n_negatives":
-            g.add_argument(flag, dest=f.name, type=int, default=None,
-                           help="default: 0.1 x items / positives per user, within [3, 20]")
-            continue
-        if f.name == "valid_users":
-            g.add_argument(flag, dest=f.name, type=_int_or_none, default=None, metavar="N|all",
-                           help=f"validation users ranked each epoch for early stopping (default {f.default}; all: every one)")
-            continue
-        if f.name in ("max_norm", "init_std"):
-            g.add_argument(flag, dest=f.name, type=_float_or_none, default=None, metavar="X|none",
-                           help=f"default {f.default}")
-            continue
-        kind = type(f.default) if f.default is not None else float
-        g.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+        flag, kwargs = _FLAGS.get(f.name, (None, {}))
+        kwargs = dict(kwargs)
+        if "action" not in kwargs:
+            kwargs.setdefault("type", type(f.default) if f.default is not None else float)
+        shown = (",".join(map(str, f.default)) or "0") if isinstance(f.default, tuple) else f.default
+        kwargs["help"] = kwargs.get("help", "default {default}").format(default=shown)
+        g.add_argument(flag or "--" + f.name.replace("_", "-"), dest=f.name, default=None, **kwargs)
 
 
 def _int_or_none(text: str) -> int | str:
@@ -126,6 +99,27 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _float_or_none(text: str) -> float | str:
     return "none" if text.lower() == "none" else float(text)
+
+
+#: CMLConfig fields whose flag is not the plain ``--field-name TYPE`` (flag None: the plain name).
+_FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "use_rank_weight": ("--no-rank-weight", {"action": "store_false",
+                                             "help": "plain triplet loss instead of the WARP-style rank weight"}),
+    "feature_row_norm": ("--no-feature-row-norm", {"action": "store_false",
+                                                   "help": "feed feature rows to f as they are (default: scaled to unit "
+                                                           "L2 norm)"}),
+    "init_from_features": ("--init-from-features", {"action": "store_true",
+                                                    "help": "start item vectors at f(x) of the untrained feature network"}),
+    "feature_hidden": (None, {"type": _int_list, "metavar": "W[,W...]|0",
+                              "help": "hidden widths of the feature MLP (0: linear); default {default}"}),
+    "batch_size": (None, {"type": int, "help": "default: n_pairs / 8, at least 1000, at most max(50000, 5 x rows)"}),
+    "n_negatives": (None, {"type": int, "help": "default: 0.1 x items / positives per user, within [3, 20]"}),
+    "valid_users": (None, {"type": _int_or_none, "metavar": "N|all",
+                           "help": "validation users ranked each epoch for early stopping (default {default}; all: "
+                                   "every one)"}),
+    "max_norm": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
+    "init_std": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
+}
 
 
 def config_from_args(args: argparse.Namespace) -> CMLConfig:
