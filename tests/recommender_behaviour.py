@@ -13,6 +13,7 @@ from metricrec.data.synthetic import generate
 from metricrec.errors import ConfigError, NotFittedError, UnknownIdError
 from metricrec.metrics import evaluate_part
 from metricrec.models.base import load_model
+from tolerances import assert_rankings_agree
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,10 @@ class RecommenderBehaviour:
         assert ids.shape == scores.shape == (7,)
         assert np.all(np.diff(scores) <= 1e-6)  # best first
         assert not set(ids) & set(train[0].indices)  # liked items filtered
-        many, _ = fitted.recommend(np.arange(5), train[:5], N=4)
+        many, many_scores = fitted.recommend(np.arange(5), train[:5], N=4)
         assert many.shape == (5, 4)
-        assert np.array_equal(many[0], ids[:4])
+        # five users score in one GEMM, one user in a GEMV: the same list up to ties within rounding
+        assert_rankings_agree(many[0], many_scores[0], ids[:4], scores[:4])
         blocked, _ = fitted.recommend(0, train[0], N=5, filter_items=ids[:2])
         assert not set(blocked) & set(ids[:2])
         only, _ = fitted.recommend(0, None, N=3, filter_already_liked_items=False, items=[1, 2, 3])
@@ -81,6 +83,8 @@ class RecommenderBehaviour:
         with pytest.raises(NotFittedError):
             self.make().recommend(0, None, filter_already_liked_items=False)
 
+    # bitwise below: a round trip copies the bytes, and a seeded run repeated in one process runs
+    # the same kernels with the same thread count, which the trainer makes deterministic
     def test_save_and_load_round_trip_exactly(self, fitted, tmp_path):
         path = fitted.save(tmp_path / "m")
         again = load_model(path)

@@ -21,8 +21,13 @@ How (``benchmarks/results/convergence.md`` records the variants tried):
    ``|u - v_j|^2 = |u|^2 + 1 - 2 <u, y_j>``: the distance ranks exactly as the inner product.
    Users are then scaled onto the sphere (a user's ranking does not depend on its scale).
 
-Everything is finally scaled by the ball radius (``max_norm``; 1 without a bound). On a matrix too
-small for a spectral basis (fewer than 3 users or items) the random start is used.
+Everything is finally scaled by ``INSIDE`` times the ball radius (``max_norm``; 1 without a bound):
+rows that sit exactly on the sphere in float64 round to float32 values whose computed norm can be
+``radius * (1 + 1 ulp)`` on one CPU and not on another, and the first clip would then move them
+by a machine-dependent amount. Scaling both tables by the same factor changes no ranking (every
+distance scales alike), and the margin of ``INSIDE`` is far above the rounding of a float32 norm,
+so the ball constraint holds exactly and the clip leaves the start untouched on every machine. On a
+matrix too small for a spectral basis (fewer than 3 users or items) the random start is used.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ ITEM_DEGREE_POWER = 0.5
 NORM_QUANTILE = 0.5
 #: Power iterations of the randomised SVD (2 ranked as well as 4 at half the cost; 1 was worse).
 POWER_ITERATIONS = 2
+#: Share of the ball radius the spectral rows may reach (1 - 2^-16, 1.5e-5 below the sphere): a
+#: float32 norm of a d-vector is off by at most about d * 2^-24 (2^-17 at d = 128), so a row scaled
+#: to ``INSIDE * radius`` never measures above the radius; the relative shift is far below anything
+#: training resolves.
+INSIDE = 1.0 - 2.0 ** -16
 
 
 def random_tables(n_users: int, n_items: int, factors: int, std: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +109,8 @@ def spectral_tables(train: sp.spmatrix, factors: int, seed: int, radius: float =
     user_tab[:, :k] = users
     unorm = np.linalg.norm(user_tab, axis=1, keepdims=True)
     user_tab = np.where(unorm > 1e-12, user_tab / np.maximum(unorm, 1e-12), 0.0)
-    return (user_tab * radius).astype(np.float32), (items * radius).astype(np.float32)
+    scale = radius * INSIDE
+    return (user_tab * scale).astype(np.float32), (items * scale).astype(np.float32)
 
 
 def _right_singular(a: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

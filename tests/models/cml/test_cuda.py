@@ -13,6 +13,7 @@ from metricrec.metrics import evaluate_part
 from metricrec.models.cml.step_torch import cml_step
 from metricrec.training.optim import GradBuffer, RowAdagrad
 from metricrec.training.sampling import UniformSampler
+from tolerances import assert_rankings_agree
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -99,5 +100,5 @@ def test_recommend_on_cuda_equals_cpu(split, tmp_path):
     liked = split.train.matrix[:5]
     ids_c, scores_c = model.recommend(np.arange(5), liked, N=10)
     ids_g, scores_g = gpu.recommend(np.arange(5), liked, N=10)
-    assert np.array_equal(ids_c, ids_g)
-    assert np.allclose(scores_c, scores_g, atol=1e-4)
+    # other kernels (cuBLAS, TF32 off) than the CPU's: the same lists up to ties within rounding
+    assert_rankings_agree(ids_g, scores_g, ids_c, scores_c, atol=1e-4)
