@@ -186,14 +186,35 @@ def _mutated_checkpoint(tmp: Path, base: Path, how: str) -> list[str]:
     if how == "truncated":
         data = (ck / "state.npz").read_bytes()
         (ck / "state.npz").write_bytes(data[: len(data) // 2])
-    elif how == "other data":
-        args = json.loads((ck / "args.json").read_text())
-        (ck / "args.json").write_text(json.dumps({**args, "split_seed": 7}))
+    elif how == "other data":  # the checkpoint's own record of its training pairs (run.json is this run's)
+        doc = json.loads((ck / "state.json").read_text())
+        doc["train"]["nnz"] += 1
+        (ck / "state.json").write_text(json.dumps(doc))
     elif how == "huge array":
         doc = json.loads((ck / "state.json").read_text())
         doc["step"]["$tuple"][0]["shape"] = [2**40, 8]
         (ck / "state.json").write_text(json.dumps(doc))
     return ["train", "--resume", str(run)]
+
+
+def _changed_data_run(tmp: Path, base: Path) -> list[str]:
+    """A run killed before its first checkpoint whose data changed since: its run.json (status
+    ``started``) records one training pair more than the data now gives."""
+    run = _copy(base, tmp, "run")
+    shutil.rmtree(run / "model")
+    for name in ("report.json", "data.json"):
+        (run / name).unlink()
+    doc = json.loads((run / "run.json").read_text())
+    doc["status"] = "started"
+    doc["data"]["train_fingerprint"]["nnz"] += 1
+    (run / "run.json").write_text(json.dumps(doc))
+    return ["train", "--resume", str(run)]
+
+
+def _foreign_run_json(tmp: Path) -> Path:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "run.json").write_text('{"my": "notes"}')
+    return tmp / "out"
 
 
 def _set(path: str, value: Any) -> Callable[[dict], None]:
@@ -256,8 +277,15 @@ CASES: list[Case] = [
          "the split leaks: 15 (user, item) pairs", _nothing_written),
     Case(C, "--out is a file", lambda t, b: ["train", "--synthetic", "small", "--out", str(_file(t)), *FAST], 2,
          "exists and is a file"),
-    Case(D, "--resume of a finished run", lambda t, b: ["train", "--resume", str(b)], 2,
-         "no checkpoint there, nothing to resume (the run finished"),
+    Case(D, "--resume of a finished run", lambda t, b: ["train", "--resume", str(b)], 0,
+         "is finished: model"),
+    Case(D, "--resume of a folder that is not a run", lambda t, b: ["train", "--resume", str(t)], 2,
+         "not a 'metricrec train' run folder"),
+    Case(D, "--resume, data changed since the run started", _changed_data_run, 2,
+         "changed since the run started: training pairs: ", _nothing_written),
+    Case(D, "--out holding a run.json that is not a run record",
+         lambda t, b: ["train", "--synthetic", "small", "--out", str(_foreign_run_json(t)), *FAST], 2,
+         "is not a metricrec run record"),
     Case(D, "--resume with another flag", lambda t, b: ["train", "--resume", str(b), "--epochs", "9"], 2,
          "drop --epochs"),
     Case(D, "--resume, truncated checkpoint", lambda t, b: _mutated_checkpoint(t, b, "truncated"), 3,

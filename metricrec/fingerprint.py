@@ -98,7 +98,8 @@ def fingerprint(matrix: sp.spmatrix | sp.sparray, user_ids: np.ndarray | None = 
             "item_ids_sha256": _ids_digest(item_ids, n_items, "item")}
 
 
-def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any], *,
+                         sides: tuple[str, str] = (_MODEL, _THIS)) -> list[str]:
     """Human-readable differences between the model's training-data fingerprint and another one.
 
     Parameters
@@ -107,6 +108,8 @@ def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> li
         The fingerprint of the data the model was trained on.
     actual : dict
         The fingerprint of the data at hand.
+    sides : (str, str)
+        How the messages name the two sides (default: the model's training data, this data).
 
     Returns
     -------
@@ -120,7 +123,7 @@ def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> li
         a, b = expected.get(key), actual.get(key)
         same[key] = a is None or b is None or a == b
         if not same[key]:
-            diffs.append(f"{label}: {a} {_MODEL}, {b} {_THIS}")
+            diffs.append(f"{label}: {a} {sides[0]}, {b} {sides[1]}")
     if expected.get("version") != actual.get("version"):
         return diffs  # digests of different definitions cannot be compared
     for key, count, label in (("user_ids_sha256", "n_users", "user ids differ"),

@@ -29,7 +29,9 @@ from ..training import distributed
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..data.splits import Split
 from ..models.cml.feature_reg import default_feature_weight
-from .train_run import add_run_arguments, check_before_training, finish_checkpoint, fit_resumable, resumed_args
+from .run_folder import start_run
+from .train_run import (add_run_arguments, check_before_training, check_resumed_data, finish_checkpoint, fit_resumable,
+                        resumed_args, saved_args)
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, fallback_out,
                       load_data, load_item_features, make_split, model_data_warning, note, rebuild, source_summary)
 
@@ -136,9 +138,12 @@ def config_from_args(args: argparse.Namespace) -> CMLConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     """One process, or under torchrun (RANK/WORLD_SIZE set) one rank of data-parallel training:
     rank 0 validates, prints and writes; the other ranks train silently. ``--resume RUN_DIR`` continues
-    a stopped run with its own arguments (:mod:`metricrec.cli.train_run`)."""
+    a stopped run with its own arguments, starts it again when it has no checkpoint, or reports it
+    finished (:mod:`metricrec.cli.train_run`, :mod:`metricrec.cli.run_folder`)."""
     if args.resume:
         args = resumed_args(args)
+        if args is None:  # a finished run: said so, nothing to train
+            return 0
     if not distributed.launched():
         return _train(args)
     rank, world, local = distributed.env_rank()
@@ -169,6 +174,8 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     sizes = split.sizes()
     note(f"DATA: {_source_line(desc)} | {split.train.n_users:,} users x {split.train.n_items:,} items | "
          f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
+    train_fp = fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)
+    check_resumed_data(args, out, train_fp, _source_line(desc))  # --resume: the data the run started on
     check_before_training(args, split, out)  # empty or leaking parts, the device, --out: before any training
     features, feature_doc = load_item_features(args, split.train)
     if features is not None and config.feature_weight == 0:
@@ -179,6 +186,9 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
         note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
              f"{feature_doc['n_rows_with_features']:,} of {feature_doc['n_rows']:,} items | "
              f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
+    if parallel is None or parallel.rank == 0:  # from here on the folder can be resumed or restarted
+        start_run(out, saved_args(args), _absolute_paths(desc), train_fp,
+                  previous=getattr(args, "run_record", None), checkpointed=bool(args.resume))
     model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
                 show_progress=not args.no_progress and sys.stderr.isatty())
     model.data_source = source_summary(desc)  # saved in the model's config.json: later commands show a fallback

@@ -7,9 +7,13 @@
 - During training a checkpoint is written to ``RUN_DIR/checkpoint`` after every epoch
   (``--checkpoint-every MINUTES``: at the first batch boundary or epoch end after that long; ``off``:
   never), with the run's own arguments (``args.json``); see :mod:`metricrec.training.checkpoint`.
-- ``metricrec train --resume RUN_DIR`` reads those arguments, restores the checkpoint and goes on from
-  the batch where it was taken; on CPU with the same thread count it ends with the same model and
-  metrics as a run that was never stopped (bitwise).
+- From its start (flags checked, data loaded) a run's folder holds ``run.json``: its arguments, the
+  fingerprint of its training data and its status (:mod:`metricrec.cli.run_folder`).
+- ``metricrec train --resume RUN_DIR`` reads those arguments and checks the data against the
+  fingerprint; then a finished run is only reported, a run with a checkpoint goes on from the batch
+  where it was taken, and a run killed before its first checkpoint starts again from scratch. On CPU
+  with the same thread count either ends with the same model and metrics as a run that was never
+  stopped (bitwise).
 - SIGINT or SIGTERM stops at the next batch boundary: a checkpoint is written, the best-so-far model
   saved (with ``data.json`` and a ``report.json`` marked ``interrupted``), and the command exits 130
   or 143 with one line saying what was saved and how to go on. A second signal stops at once.
@@ -27,9 +31,11 @@ from ..data.splits import Split
 from ..errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
 from ..models.base import EmbeddingRecommender
 from ..training.checkpoint import Checkpointer, StopSignals, read_json
+from .run_folder import RUN_FILE, check_out_record, check_run_data, finished_line, mark_run, read_run
 from .sources import note
 
-__all__ = ["add_run_arguments", "resumed_args", "check_before_training", "fit_resumable", "finish_checkpoint"]
+__all__ = ["add_run_arguments", "resumed_args", "check_resumed_data", "check_before_training", "fit_resumable",
+           "finish_checkpoint"]
 
 #: Flags that may differ from their defaults next to ``--resume`` (they change nothing computed).
 _RESUME_MAY_SET = {"resume", "no_progress", "debug", "func", "command", "dist_timeout", "config"}
@@ -56,7 +62,8 @@ def add_run_arguments(train: argparse.ArgumentParser) -> None:
     the defaults recorded here are what ``--resume`` compares the given flags with)."""
     g = train.add_argument_group("checkpoints")
     g.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the killed or interrupted run in RUN_DIR with its own arguments (from its checkpoint)")
+                   help="continue the killed or interrupted run in RUN_DIR with its own arguments (RUN_DIR/run.json): "
+                        "from its checkpoint, or from scratch when it has none; a finished run is only reported")
     g.add_argument("--checkpoint-every", type=_every, default="epoch", metavar="epoch|MINUTES|off",
                    help="write RUN_DIR/checkpoint after every epoch (default), every MINUTES, or never")
     _defaults.update({a.dest: a.default for a in train._actions if a.dest != "help"})  # noqa: SLF001
@@ -76,9 +83,12 @@ def saved_args(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The arguments of the run in ``args.resume`` (its ``checkpoint/args.json``), with ``--out`` that
-    folder; :class:`ConfigError` when other training flags are given beside ``--resume``."""
+def resumed_args(args: argparse.Namespace) -> argparse.Namespace | None:
+    """The arguments of the run in ``args.resume`` (its ``run.json``; for a run of an older version,
+    its ``checkpoint/args.json``), with ``--out`` that folder; None when the run is finished (its
+    line printed). :class:`ConfigError` when other training flags are given beside ``--resume`` or
+    the folder is no run. The result has ``run_record`` (the ``run.json`` read, or None) and
+    ``resume`` None when there is no checkpoint: the run starts again from scratch."""
     given = sorted(k for k, v in vars(args).items() if k not in _RESUME_MAY_SET and k in _defaults and v != _defaults[k])
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -86,17 +96,34 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     run = Path(args.resume)
     if not run.is_dir():
         raise ConfigError(f"--resume {run}: no such run folder")
-    if not (run / "checkpoint").is_dir():
-        done = (run / "report.json").is_file() and (run / "model").is_dir()
-        raise ConfigError(f"--resume {run}: no checkpoint there, nothing to resume"
-                          + (" (the run finished: see its report.json)" if done else ""))
-    doc = read_json(run / "checkpoint" / "args.json", "run's arguments")
+    record = read_run(run, known_args=_defaults)
+    if (line := finished_line(run, record)) is not None:
+        note(line)
+        return None
+    checkpointed = (run / "checkpoint").is_dir()
+    if record is None and not checkpointed:
+        raise ConfigError(f"--resume {run}: no {RUN_FILE} and no checkpoint there: not a 'metricrec train' run "
+                          "folder, nothing to resume")
+    doc = record["args"] if record is not None else read_json(run / "checkpoint" / "args.json", "run's arguments")
     if not isinstance(doc, dict) or any(k not in _defaults for k in doc):
         raise CheckpointError(f"{run / 'checkpoint' / 'args.json'}: not the arguments of a 'metricrec train' run")
     merged = argparse.Namespace(**{**vars(args), **doc})
-    merged.resume, merged.out = str(run), str(run)
+    merged.resume, merged.out = (str(run) if checkpointed else None), str(run)
+    merged.run_record = record
     merged.no_progress = args.no_progress or doc.get("no_progress", False)
     return merged
+
+
+def check_resumed_data(args: argparse.Namespace, out: Path, train_fingerprint: dict[str, Any], what: str) -> None:
+    """On ``--resume``: the data must be the data the run was started on (:class:`DataError` naming
+    what changed); a run without a checkpoint is said to start again from scratch."""
+    record = getattr(args, "run_record", None)
+    if record is None:
+        return
+    check_run_data(out, record, train_fingerprint, what)
+    if not args.resume:
+        why = "its checkpoints are off" if args.checkpoint_every == "off" else "killed before the first one"
+        note(f"RESUME: {out} has no checkpoint ({why}); restarting from scratch with its recorded arguments")
 
 
 # ---------------------------------------------------------------------- checks before training
@@ -106,6 +133,7 @@ def _check_out(out: Path) -> None:
     model = out / "model"
     if model.exists() and (not model.is_dir() or (any(model.iterdir()) and not (model / "config.json").is_file())):
         raise ConfigError(f"--out {out}: {model} exists and is not a metricrec model; choose another --out")
+    check_out_record(out)
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -172,7 +200,7 @@ def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args
     with StopSignals() as stop:
         ckpt = Checkpointer(out / "checkpoint", every_minutes=every if isinstance(every, float) else None,
                             resume=bool(args.resume), files={"args.json": saved_args(args)}, stop=stop,
-                            enabled=every != "off")
+                            enabled=every != "off", on_write=lambda n: mark_run(out, "training") if n == 1 else None)
         try:
             model.fit(split.train, valid, item_features=features, callbacks=[ckpt])
         except TrainingInterrupted as exc:
@@ -184,7 +212,9 @@ def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args
 
 
 def finish_checkpoint(out: Path) -> None:
-    """Remove ``out/checkpoint`` once the run's model and report are saved (nothing left to resume)."""
+    """Mark the run ``finished`` in ``out/run.json`` and remove ``out/checkpoint``, once the run's model
+    and report are saved (nothing left to resume; a kill in between leaves a finished run)."""
+    mark_run(out, "finished")
     folder = out / "checkpoint"
     if folder.is_dir():
         gone = folder.with_name(f".checkpoint.del.{os.getpid()}")

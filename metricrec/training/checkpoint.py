@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -299,6 +299,9 @@ class Checkpointer:
         Honour its stop requests at batch boundaries: write a checkpoint, raise TrainingInterrupted.
     enabled : bool
         False: write nothing (only honour ``stop``).
+    on_write : callable, optional
+        Called with the number of checkpoints written so far after each write (``metricrec train``
+        marks its run folder ``training`` after the first).
 
     Attributes
     ----------
@@ -310,9 +313,9 @@ class Checkpointer:
 
     def __init__(self, folder: str | Path, *, every_minutes: float | None = None, resume: bool = False,
                  files: Mapping[str, Any] | None = None, stop: StopSignals | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, on_write: Callable[[int], None] | None = None) -> None:
         self.folder, self.resume, self.files, self.stop = Path(folder), resume, dict(files or {}), stop
-        self.enabled = enabled
+        self.enabled, self.on_write = enabled, on_write
         self.every_s = None if every_minutes is None else 60.0 * float(every_minutes)
         self.resumed_from: dict[str, Any] | None = None
         self.writes, self._last, self._off = 0, time.monotonic(), False
@@ -339,6 +342,8 @@ class Checkpointer:
                               stopped)
         write_checkpoint(self.folder, doc, arrays, self.files)
         self.writes, self._last = self.writes + 1, time.monotonic()
+        if self.on_write is not None:
+            self.on_write(self.writes)
 
     def _interrupt(self, trainer: Any, where: str) -> None:
         signum = int(self.stop.requested)  # type: ignore[union-attr]

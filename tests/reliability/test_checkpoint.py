@@ -96,6 +96,16 @@ def test_resuming_a_finished_checkpoint_trains_nothing_and_gives_the_same_model(
     _same(reference, again)
 
 
+def test_on_write_is_called_after_every_checkpoint_with_the_count(split, tmp_path):
+    seen = []
+    hook = Checkpointer(tmp_path / "ck", on_write=lambda n: seen.append((n, (tmp_path / "ck").is_dir())))
+    _fit(split, {"epochs": 3}, [hook])
+    assert seen == [(1, True), (2, True), (3, True)] and hook.writes == 3  # one per epoch, each already on disk
+    off = []
+    _fit(split, {"epochs": 2}, [Checkpointer(tmp_path / "off", enabled=False, on_write=off.append)])
+    assert off == [] and not (tmp_path / "off").exists()
+
+
 def _damaged(tmp_path, split, damage):
     _fit(split, {"epochs": 1}, [Checkpointer(tmp_path / "ck")])
     damage(tmp_path / "ck")
