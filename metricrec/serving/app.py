@@ -6,7 +6,13 @@
 ``POST /recommend``    ``{"items": [ID, ...], "n": 10}``: fold a new user in, recommend
 ``GET /health``        model path, sizes, load time, index kind
 ``POST /reload``       load the model at the same path again and swap it in
+``GET /openapi.json``  the schemas of all of the above (``GET /docs``: the same as a page)
 =====================  ======================================================================
+
+Ids are JSON strings in every response (an integer id ``196`` is ``"196"``); a request may send
+one as a string or as a JSON number, which stands for its decimal text
+(:func:`~metricrec.serving.service.request_id`). The response schemas are in
+:mod:`metricrec.serving.schema`; the routes build their JSON without a validation pass.
 
 Every refused request gets a 4xx JSON body ``{"error": CODE, "detail": MESSAGE}``; an
 unexpected failure a 500 with the same shape and no traceback (logged by the server). Bodies
@@ -19,6 +25,7 @@ import logging
 import os
 from typing import Any, Callable
 
+from .. import __version__
 from ..errors import MetricrecError, NotFittedError
 from .service import (Limits, ModelHolder, RequestError, recommend_new_user, recommend_user, parse_n,
                       similar_items)
@@ -107,7 +114,8 @@ def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHold
         if model_path is None:
             raise TypeError("create_app needs model_path or holder")
         holder = ModelHolder(model_path, loader)
-    app = fastapi.FastAPI(title="metricrec", docs_url=None, redoc_url=None, openapi_url=None)
+    app = fastapi.FastAPI(title="metricrec", version=__version__, docs_url="/docs", redoc_url=None,
+                          openapi_url="/openapi.json")
     app.state.holder, app.state.limits = holder, limits
     _add_error_handlers(app)
     _add_routes(app, holder, limits, reload_endpoint)
@@ -118,7 +126,9 @@ def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHold
 def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: bool) -> None:
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import JSONResponse  # returned as is: no jsonable_encoder pass
+    from starlette.responses import JSONResponse  # returned as is: no jsonable_encoder or response_model pass
+
+    from . import schema
 
     def required(request: Request, name: str) -> str:
         value = request.query_params.get(name)
@@ -126,23 +136,28 @@ def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: 
             raise RequestError(422, f"missing_{name}", f"query parameter {name!r} is required")
         return value
 
-    @app.get("/health")
+    errors = schema.ERROR_RESPONSES
+
+    @app.get("/health", response_model=schema.Health, responses=errors["health"])
     def health() -> JSONResponse:
         return JSONResponse(holder.current.health())
 
-    @app.get("/recommend")
+    @app.get("/recommend", response_model=schema.RecommendResponse, responses=errors["get"],
+             openapi_extra=schema.query_parameters("user", "user"))
     def recommend(request: Request) -> JSONResponse:  # sync: runs in the thread pool
         snap = holder.current  # this request's model, whatever a reload does meanwhile
         n = parse_n(request.query_params.get("n", "10"), limits)
         return JSONResponse(recommend_user(snap, required(request, "user"), n))
 
-    @app.get("/similar-items")
+    @app.get("/similar-items", response_model=schema.SimilarItemsResponse, responses=errors["get"],
+             openapi_extra=schema.query_parameters("item", "query item"))
     def similar(request: Request) -> JSONResponse:
         snap = holder.current
         n = parse_n(request.query_params.get("n", "10"), limits)
         return JSONResponse(similar_items(snap, required(request, "item"), n))
 
-    @app.post("/recommend")
+    @app.post("/recommend", response_model=schema.NewUserResponse, responses=errors["post"],
+              openapi_extra=schema.new_user_body())
     async def recommend_new(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
@@ -152,7 +167,7 @@ def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: 
         return JSONResponse(await run_in_threadpool(recommend_new_user, snap, body, limits))
 
     if reload_endpoint:
-        @app.post("/reload")
+        @app.post("/reload", response_model=schema.Health, responses=errors["reload"])
         async def reload() -> JSONResponse:
             return JSONResponse((await run_in_threadpool(holder.reload)).health())
 

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from ..errors import MetricrecError, UnknownIdError
 
 __all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only", "load_serving_model",
-           "model_path"]
+           "model_path", "request_id"]
 
 
 _FOLD_IN_LOCK = threading.Lock()
@@ -187,27 +187,42 @@ def parse_n(value: Any, limits: Limits, *, json_value: bool = False) -> int:
     return n
 
 
-def check_raw_id(value: Any, what: str) -> Any:
-    """A raw id as given (str or int): the model's :class:`~metricrec.data.ids.IdIndex` matches it
-    by the library's id rule (an int-id model finds ``"196"``, not ``"0196"``)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise RequestError(422, f"invalid_{what}", f"{what} ids must be strings or integers, got {value!r}")
-    if isinstance(value, str) and (not value or len(value) > 1000):
+_EXACT_FLOAT = 2 ** 53  # whole floats up to this are exact integers; beyond, JSON 1e20 is not one id
+
+
+def request_id(value: Any, what: str) -> str:
+    """The text of a raw id from a request: a string as given, a JSON number as its decimal text.
+
+    Follows the id rule of :func:`metricrec.data.ids.canonical_ids`: an integer stands for its
+    decimal text (``196`` is ``"196"``, never ``"0196"``) and a whole-number float for that integer
+    (``196.0``), so a number finds exactly the id its text finds. A float beyond 2**53 (not exact),
+    a fraction, a bool, null or any other type is refused (422 ``invalid_<what>``), as is text that
+    is empty or over 1000 characters.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        value = str(int(value))
+    elif not isinstance(value, str):
+        raise RequestError(422, f"invalid_{what}",
+                           f"{what} ids must be strings or integers (whole JSON numbers up to 2**53), got {value!r}")
+    if not value or len(value) > 1000:
         raise RequestError(422, f"invalid_{what}", f"{what} id must be a non-empty string of at most 1000 characters")
     return value
 
 
-def _model_id(value: Any, idmap: Any) -> Any:
-    """Canonical integer text as an int for a model whose ids are integers (or row numbers), which
-    spares the map its text parsing; anything else as given (the map applies the id rule)."""
-    if isinstance(value, str) and len(value) < 19 and (idmap is None or getattr(idmap, "kind", None) == "int"):
+def _model_id(text: str, idmap: Any) -> Any:
+    """The query for the model's id map: canonical integer text as an int for a model whose ids are
+    integers (or row numbers), which spares the map its text parsing; other text as it is (the map
+    applies the id rule, so both find the same id)."""
+    if len(text) < 19 and (idmap is None or getattr(idmap, "kind", None) == "int"):
         try:
-            number = int(value)
+            number = int(text)
         except ValueError:
-            return value
-        if str(number) == value:
+            return text
+        if str(number) == text:
             return number
-    return value
+    return text
 
 
 def _unknown(exc: BaseException) -> RequestError:
@@ -215,35 +230,41 @@ def _unknown(exc: BaseException) -> RequestError:
     return RequestError(404, "unknown_id", str(msg).splitlines()[0] if str(msg) else "unknown id")
 
 
-def _result(key: str, query: Any, items: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    return {key: query, "items": np.asarray(items).tolist(),
-            "scores": [round(s, 6) if np.isfinite(s) else None for s in np.asarray(scores, dtype=np.float64).tolist()]}
+def _result(key: str, query: str | list[str], items: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """The response document: ids as strings (``astype(str)``: vectorised, an int id as its decimal
+    text), scores rounded to 6 decimals (non-finite ones as null)."""
+    rounded = np.round(np.asarray(scores, dtype=np.float64), 6)
+    finite = np.isfinite(rounded)
+    values = rounded.tolist() if finite.all() else np.where(finite, rounded, None).tolist()
+    return {key: query, "items": np.asarray(items).astype(str).tolist(), "scores": values}
 
 
 # ---------------------------------------------------------------------- queries
 def recommend_user(snap: Snapshot, user: Any, n: int) -> dict[str, Any]:
     """Top-``n`` items for a known user (already-liked items filtered)."""
-    raw = _model_id(check_raw_id(user, "user"), getattr(snap.model, "user_map", None))
+    text = request_id(user, "user")
     try:
-        items, scores = snap.model.recommend_raw([raw], N=n, approximate=snap.approximate)[0]
+        items, scores = snap.model.recommend_raw([_model_id(text, getattr(snap.model, "user_map", None))], N=n,
+                                                 approximate=snap.approximate)[0]
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
-    return _result("user", raw, items, scores)
+    return _result("user", text, items, scores)
 
 
 def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
     """The ``n`` items nearest to a known item (the item itself left out)."""
-    raw = check_raw_id(item, "item")
+    text = request_id(item, "item")
     model = snap.model
-    query = _model_id(raw, getattr(model, "item_map", None))
+    query = _model_id(text, getattr(model, "item_map", None))
     try:
         row = int(model.item_index([query])[0])
         items, scores = model.similar_items_raw([query], N=n + 1, approximate=snap.approximate)[0]
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
+    items = np.asarray(items)
     own = model.item_map.raw(row) if getattr(model, "item_map", None) is not None else row
-    keep = np.asarray([x != own for x in np.asarray(items).tolist()], dtype=bool)
-    return _result("item", query, np.asarray(items)[keep][:n], np.asarray(scores)[keep][:n])
+    keep = np.flatnonzero(items != own)[:n]  # the item itself: first for a metric model, anywhere for a dot one
+    return _result("item", text, items[keep], np.asarray(scores)[keep])
 
 
 def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, Any]:
@@ -262,7 +283,8 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
     n = parse_n(body.get("n", 10), limits, json_value=True)
     model = snap.model
     item_map = getattr(model, "item_map", None)
-    raws = list(dict.fromkeys(_model_id(check_raw_id(x, "item"), item_map) for x in liked))
+    texts = list(dict.fromkeys(request_id(x, "item") for x in liked))  # "1" and 1 are one item
+    raws = [_model_id(t, item_map) for t in texts]
     try:
         rows = np.unique(np.asarray(model.item_index(raws), dtype=np.int64))
         with _FOLD_IN_LOCK:  # one at a time: it is parallel itself, and numba's workqueue layer is not re-entrant
@@ -275,4 +297,4 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
     ids, scores = np.asarray(ids)[0], np.asarray(scores)[0]
     ok = ids >= 0
     items = model.item_map.raw(ids[ok]) if getattr(model, "item_map", None) is not None else ids[ok]
-    return _result("liked", raws, items, scores[ok])
+    return _result("liked", texts, items, scores[ok])

@@ -51,7 +51,7 @@ def test_recommend_a_known_user_by_its_raw_id(served):
     r = client.get("/recommend", params={"user": "100", "n": 5})
     assert r.status_code == 200
     body = r.json()
-    assert body["user"] == 100  # the model's id, typed as the model has it
+    assert body["user"] == "100"  # ids are strings, whatever the model's id kind
     assert len(body["items"]) == 5 and all(i.startswith("item-") for i in body["items"])
     assert not set(body["items"]) & _liked(model, 100)
     assert body["scores"] == sorted(body["scores"], reverse=True)
@@ -73,8 +73,100 @@ def test_new_user_is_folded_in_and_gets_unliked_items(served):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["liked"] == ["item-1", "item-2", "item-5"] and len(body["items"]) == 6
+    assert all(isinstance(i, str) for i in body["items"])
     assert not set(body["items"]) & set(liked) and set(body["items"]) <= set(model.item_map.ids.tolist())
     assert body["scores"] == sorted(body["scores"], reverse=True)
+
+
+@pytest.fixture(scope="module")
+def served_int_ids(tmp_path_factory):
+    """A model whose user and item ids are all integers (users 150..209, items 200..279), no index."""
+    model = fit_tiny_model(0, int_items=True)
+    model_dir = tmp_path_factory.mktemp("served-int") / "model"
+    model.save(model_dir)
+    server = ServerProcess(model_dir, timeout=60)
+    client = httpx.Client(base_url=server.url, timeout=10, event_hooks={"response": [RESPONSES.append]})
+    yield client, model
+    client.close()
+    out = server.stop()
+    assert "Traceback" not in out, out
+
+
+def test_integer_ids_come_back_as_strings(served_int_ids):
+    client, model = served_int_ids
+    r = client.get("/recommend", params={"user": "196", "n": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user"] == "196" and r.text.startswith('{"user":"196","items":["')
+    assert len(body["items"]) == 5 and all(isinstance(i, str) for i in body["items"])
+    exact_items, _ = model.recommend_raw([196], N=5)[0]
+    assert body["items"] == [str(i) for i in exact_items.tolist()]
+    assert client.get("/recommend", params={"user": "0196"}).json()["error"] == "unknown_id"  # not 196
+
+
+def test_similar_items_of_an_integer_id_are_strings(served_int_ids):
+    client, model = served_int_ids
+    body = client.get("/similar-items", params={"item": 201, "n": 4}).json()
+    assert body["item"] == "201" and len(body["items"]) == 4 and all(isinstance(i, str) for i in body["items"])
+    nearest, _ = model.similar_items_raw([201], N=5)[0]
+    assert body["items"] == [str(i) for i in nearest.tolist() if i != 201][:4]
+
+
+def test_json_number_ids_are_their_text(served_int_ids):
+    client, _ = served_int_ids
+    as_text = client.post("/recommend", json={"items": ["201", "202", "203"], "n": 5}).json()
+    as_numbers = client.post("/recommend", json={"items": [201, 202.0, "203", 203], "n": 5}).json()
+    assert as_text["liked"] == as_numbers["liked"] == ["201", "202", "203"]  # 203 and "203" are one item
+    assert as_numbers["items"] == as_text["items"] and len(as_text["items"]) == 5
+    assert all(isinstance(i, str) for i in as_numbers["items"])
+    # the same fold-in twice; 2e-6: the scores are rounded to 6 decimals after threaded float sums
+    assert as_numbers["scores"] == pytest.approx(as_text["scores"], abs=2e-6)
+    r = client.post("/recommend", json={"items": ["0201"]})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_id"  # "0201" is another id than 201
+
+
+def _schema(doc: dict, path: str, method: str) -> dict:
+    schema = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+    return doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]["properties"]
+
+
+def test_openapi_says_ids_are_strings(served):
+    _, client, _ = served
+    r = client.get("/openapi.json")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    for path, method, key in (("/recommend", "get", "user"), ("/similar-items", "get", "item"),
+                              ("/recommend", "post", "liked")):
+        props = _schema(doc, path, method)
+        query = props[key] if key != "liked" else props[key]["items"]
+        assert query["type"] == "string", (path, method, props)
+        assert props["items"]["type"] == "array" and props["items"]["items"] == {"type": "string"}
+        assert {"type": "number"} in props["scores"]["items"]["anyOf"]
+        assert doc["paths"][path][method]["responses"]["404"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"}
+    params = {p["name"]: p["schema"]["type"] for p in doc["paths"]["/recommend"]["get"]["parameters"]}
+    assert params == {"user": "string", "n": "integer"}
+    body = doc["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["items"]["items"]["anyOf"] == [{"type": "string"}, {"type": "integer"}]
+    assert set(doc["paths"]) == {"/health", "/recommend", "/similar-items", "/reload"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+def test_every_response_matches_its_documented_schema(served, served_int_ids):
+    from metricrec.serving import schema
+
+    for client in (served[1], served_int_ids[0]):
+        user, item = ("100", "item-3") if client is served[1] else ("196", "201")
+        liked = ["item-1", "item-2"] if client is served[1] else [201, "202"]
+        for model, r in ((schema.RecommendResponse, client.get("/recommend", params={"user": user, "n": 3})),
+                         (schema.SimilarItemsResponse, client.get("/similar-items", params={"item": item, "n": 3})),
+                         (schema.NewUserResponse, client.post("/recommend", json={"items": liked, "n": 3})),
+                         (schema.Health, client.get("/health")),
+                         (schema.ErrorBody, client.get("/recommend", params={"user": "nobody"}))):
+            body = r.json()
+            assert set(body) == set(model.model_fields), (model.__name__, body)  # nothing undocumented
+            model.model_validate(body, strict=True)  # strict: an int where the schema says str fails
 
 
 BIG = b'{"items": ["' + b"x" * 1_500_000 + b'"]}'
@@ -113,6 +205,11 @@ BAD_REQUESTS = [
     ("POST", "/recommend", {"json": {"items": "item-1"}}, 422, "invalid_items"),
     ("POST", "/recommend", {"json": {"items": [None]}}, 422, "invalid_item"),
     ("POST", "/recommend", {"json": {"items": [1.5]}}, 422, "invalid_item"),
+    ("POST", "/recommend", {"json": {"items": [1e20]}}, 422, "invalid_item"),  # whole, but not one exact integer
+    ("POST", "/recommend", {"json": {"items": [True]}}, 422, "invalid_item"),
+    ("POST", "/recommend", {"content": b'{"items": [NaN]}', "headers": {"content-type": "application/json"}}, 422,
+     "invalid_item"),
+    ("POST", "/recommend", {"json": {"items": [7]}}, 404, "unknown_id"),  # 7 is the id "7", not "item-7"
     ("POST", "/recommend", {"json": {"items": ["item-1", "nope"]}}, 404, "unknown_id"),
     ("POST", "/recommend", {"json": {"items": ["item-1"], "n": 0}}, 422, "invalid_n"),
     ("POST", "/recommend", {"json": {"items": ["item-1"], "n": "5"}}, 422, "invalid_n"),
