@@ -333,7 +333,10 @@ def evaluate_part(scorer: Scorer, split: "Split", part: str = "valid", **kwargs:
     with the protocol's exclusions (docs/protocol.md). Every caller that scores a split uses it.
 
     ``part="valid"`` ranks with train items removed; ``part="test"`` removes train and valid items.
-    Keyword arguments go to :func:`evaluate`.
+    Keyword arguments go to :func:`evaluate`. Users of the part that no model can rank -- a predefined
+    split's users outside its id universe, counted in ``split.meta["unseen_users"]`` -- are averaged in
+    with every metric 0 (AUC leaves them out); ``n_users`` includes them and ``n_unseen_users`` counts
+    them (the key is there only when there are some). With ``users=`` given only those are averaged.
     """
     if part == "valid":
         target, exclude = split.valid.matrix, split.train.matrix
@@ -343,4 +346,19 @@ def evaluate_part(scorer: Scorer, split: "Split", part: str = "valid", **kwargs:
         exclude.data[:] = 1.0
     else:
         raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
-    return evaluate(scorer, target, exclude, **kwargs)
+    result = evaluate(scorer, target, exclude, **kwargs)
+    unseen = int((split.meta.get("unseen_users") or {}).get(part, 0))
+    return _with_unseen(result, unseen) if unseen and kwargs.get("users") is None else result
+
+
+def _with_unseen(result: dict[str, float], unseen: int) -> dict[str, float]:
+    """``result`` averaged over its users and ``unseen`` more whom no model can rank (users of the part
+    outside the id universe, :func:`metricrec.data.split_files.read_split`): every metric is 0 for them
+    -- no target is ever hit -- except AUC, which has no pair to compare for them and leaves them out."""
+    n = int(result["n_users"])
+    total = n + unseen
+    out = {k: (0.0 if n == 0 else v * n / total) for k, v in result.items() if k not in ("auc", "n_users")}
+    if "auc" in result:
+        out["auc"] = result["auc"]
+    out["n_users"], out["n_unseen_users"] = total, unseen
+    return out

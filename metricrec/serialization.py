@@ -26,6 +26,7 @@ import numpy as np
 from ._atomic import (atomic_directory, atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text,
                       recover, recovery_source, write_new_file)
 from ._array_files import ArraySpec, npz_member_bytes, read_npz, read_safetensors
+from ._file_kind import open_regular
 from .errors import ModelFileError
 
 __all__ = ["jsonable", "ModelFormatError", "save_model_files", "load_model_files", "atomic_write_bytes", "atomic_write_text",
@@ -120,6 +121,10 @@ def load_model_files(path: str | os.PathLike, expect: Expect | None = None, *,
     sizes against the file), then ``expect`` -- the model's own check of the
     shapes its document implies -- and only then the arrays.
 
+    Only regular files are opened (:mod:`metricrec._file_kind`): a ``config.json`` or weights file that
+    is a directory, a FIFO (never waited on), a device or a dangling link is a :class:`ModelFormatError`
+    saying so; a ``path`` that is a dangling link is as missing as no file (``FileNotFoundError``).
+
     Both files of a directory are read through one open handle of the folder, so a save swapping a
     new folder in meanwhile never yields a mix. While ``path`` is missing after an interrupted
     two-rename swap, the complete copy that save left is read (nothing is changed on disk).
@@ -163,10 +168,6 @@ def _replaced(path: Path, seen: os.stat_result) -> bool:
     return (now.st_ino, now.st_dev) != (seen.st_ino, seen.st_dev)
 
 
-def _open_at(folder_fd: int, name: str) -> io.BufferedReader:
-    return os.fdopen(os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0), dir_fd=folder_fd), "rb")
-
-
 def _parse_doc(raw: bytes, where: Path, what: str = "not valid JSON") -> dict[str, Any]:
     try:
         doc = json.loads(raw.decode("utf-8"))
@@ -180,7 +181,8 @@ def _read_dir(folder_fd: int, path: Path, expect: Expect | None,
               doc_only: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     cfg_path = path / "config.json"
     try:
-        with _open_at(folder_fd, "config.json") as fh:
+        with open_regular("config.json", "a model document", ModelFormatError, dir_fd=folder_fd,
+                          where=cfg_path) as fh:
             if os.fstat(fh.fileno()).st_size > MAX_DOC_BYTES:
                 raise ModelFormatError(f"{cfg_path}: larger than {MAX_DOC_BYTES:,} bytes: not a model document")
             raw = fh.read()
@@ -193,7 +195,7 @@ def _read_dir(folder_fd: int, path: Path, expect: Expect | None,
     if name not in ("weights.npz", "weights.safetensors"):  # exact names: no path outside DIR
         raise ModelFormatError(f"{cfg_path}: unexpected weights file name {name!r}")
     try:
-        fh = _open_at(folder_fd, name)
+        fh = open_regular(name, "a weights file", ModelFormatError, dir_fd=folder_fd, where=path / name)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: weights file {name} is missing") from None
     check = None if expect is None else (lambda specs: expect(doc, specs, cfg_path, path / name))
@@ -205,7 +207,9 @@ def _read_dir(folder_fd: int, path: Path, expect: Expect | None,
 
 def _read_single(path: Path, expect: Expect | None,
                  doc_only: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with open(path, "rb") as fh:
+    if not path.exists():  # a dangling link: as missing as no file at all
+        raise FileNotFoundError(f"no model at {path} (a symbolic link to {os.readlink(path)!r}, which does not exist)")
+    with open_regular(path, "a model file or folder", ModelFormatError) as fh:
         raw = npz_member_bytes(fh, _META_KEY, path, limit=MAX_DOC_BYTES, error=ModelFormatError)
         if raw is None:
             raise ModelFormatError(f"{path}: an .npz without metricrec metadata (not a metricrec model)")

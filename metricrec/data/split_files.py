@@ -11,7 +11,9 @@ folder) the parts are checked against it and the id universe is its id lists: ``
 ``train --train/--valid/--test`` trains on exactly the users, items and pairs of the data set itself.
 Without one (a split made elsewhere) the universe is the training file's users and the items of all
 three files, so a test pair whose item has no training pair stays a target -- an untrained item, never
-a hit by luck of being dropped -- as the data set's own split scores it.
+a hit by luck of being dropped -- as the data set's own split scores it. A valid or test user who is not
+in the universe (no training pair) is not dropped either: ``meta["unseen_users"]`` counts such users and
+:func:`metricrec.metrics.evaluate_part` averages them in as users whose every target is missed.
 """
 
 from __future__ import annotations
@@ -204,9 +206,13 @@ def read_split(
         Parts of shape (n_users, n_items) over the universe. Ids are matched by
         :class:`~metricrec.data.ids.IdIndex` (``"007"`` is not user 7). ``meta["universe"]`` says where
         the universe came from (the manifest's path, ``"files"`` or ``"given"``);
-        ``meta["n_unknown"][part]`` counts the pairs dropped because their user or item is not in it
-        (a ``DataWarning`` names the file and counts); ``meta["n_overlap"]`` counts pairs present in two
-        files (kept, with a warning).
+        ``meta["n_unknown"][part]`` counts the pairs (``pairs``) whose user or item is not in it and those
+        users and items; ``meta["unseen_users"]["valid" | "test"]`` is the number of such users in a
+        scored part: their pairs are not in the matrix, but :func:`~metricrec.metrics.evaluate_part`
+        counts each as an evaluated user whose every target is missed (docs/protocol.md); the other
+        unknown pairs (unknown items of known users, unknown users of train) are dropped. A
+        ``DataWarning`` names the file and counts each kind. ``meta["n_overlap"]`` counts pairs present
+        in two files (kept, with a warning).
 
     Raises
     ------
@@ -223,7 +229,8 @@ def read_split(
     n_unknown: dict[str, dict[str, int]] = {}
     keys: dict[str, np.ndarray] = {}
     for name in PARTS:
-        u, i, n_unknown[name] = _known_pairs(raw[name].users, raw[name].items, umap, imap, paths[name])
+        u, i, n_unknown[name] = _known_pairs(raw[name].users, raw[name].items, umap, imap, paths[name],
+                                             evaluated=name != "train")
         part = Interactions.from_arrays(u, i, user_ids=np.arange(len(umap)), item_ids=np.arange(len(imap)),
                                         source=paths[name])
         meta: dict[str, Any] = dict(base_meta)
@@ -232,15 +239,19 @@ def read_split(
         keys[name] = np.unique(u * max(len(imap), 1) + i)
     n_overlap = _overlaps(keys, paths)
     meta = {"method": "predefined", "files": paths, "universe": origin, "n_unknown": n_unknown,
-            "n_overlap": n_overlap}
+            "unseen_users": {p: n_unknown[p]["users"] for p in ("valid", "test")}, "n_overlap": n_overlap}
     if found is not None:
         meta["written"] = found[1].get("split")
     return Split(parts["train"], parts["valid"], parts["test"], meta)
 
 
-def _known_pairs(users: np.ndarray, items: np.ndarray, umap: IdIndex, imap: IdIndex,
-                 path: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """(user rows, item rows) of the pairs whose ids are both known, and counts of the unknown ones."""
+def _known_pairs(users: np.ndarray, items: np.ndarray, umap: IdIndex, imap: IdIndex, path: str, *,
+                 evaluated: bool) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(user rows, item rows) of the pairs whose ids are both known, and counts of the unknown ones.
+
+    In a part that is scored (``evaluated``: valid, test) a user outside the universe is not lost: it
+    is counted (``users``), and :func:`~metricrec.metrics.evaluate_part` averages it in as a user
+    whose every target is missed; one warning says how many. Other unknown pairs are dropped, warned."""
     u = np.asarray(umap.lookup(users, missing="mask"))
     i = np.asarray(imap.lookup(items, missing="mask"))
     unknown = (u < 0) | (i < 0)
@@ -249,13 +260,18 @@ def _known_pairs(users: np.ndarray, items: np.ndarray, umap: IdIndex, imap: IdIn
         "users": int(np.unique(users[u < 0]).size),
         "items": int(np.unique(items[i < 0]).size),
     }
-    if counts["pairs"]:
+    counted = int((u < 0).sum()) if evaluated else 0
+    if counted:
         warnings.warn(
-            f"{path}: dropped {counts['pairs']} of {unknown.size} pairs whose user or item is not "
-            f"in the id universe ({counts['users']} unknown users, {counts['items']} unknown items)",
-            DataWarning,
-            stacklevel=3,
-        )
+            f"{path}: {counts['users']:,} user(s) with {counted:,} of its {unknown.size:,} pairs are not in the id "
+            "universe (the users a model trained on this split has), so no model can rank items for them: each "
+            "counts as an evaluated user whose every target is missed (Recall@K 0; left out of AUC only)",
+            DataWarning, stacklevel=3)
+    if counts["pairs"] > counted:
+        who = "" if evaluated else f"{counts['users']:,} unknown users, "
+        warnings.warn(
+            f"{path}: dropped {counts['pairs'] - counted:,} of {unknown.size:,} pairs whose user or item is not "
+            f"in the id universe ({who}{counts['items']:,} unknown items)", DataWarning, stacklevel=3)
     return u[~unknown], i[~unknown], counts
 
 

@@ -8,6 +8,7 @@ training data's fingerprint; :mod:`metricrec.serialization` writes it as one ato
 from __future__ import annotations
 
 from functools import partial
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from .. import __version__
 from ..data.ids import IdIndex
 from ..serialization import ModelFormatError, load_model_files, save_model_files
+from ..training.guards import table_state
 from ..training.history import History
 from .schema import check_model_arrays, model_facts
 
@@ -26,6 +28,19 @@ __all__ = ["MODELS", "PersistenceMixin", "load_model"]
 
 #: Every model class by its saved name (filled by subclassing EmbeddingRecommender).
 MODELS: dict[str, type] = {}
+
+
+#: The modules of metricrec's own models: importing one registers its class in :data:`MODELS`.
+BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model")
+
+
+def _register_builtin_models() -> None:
+    """Import metricrec's model modules (``metricrec.models`` imports them lazily), so that
+    :func:`load_model` knows every built-in model whatever the caller imported."""
+    import importlib
+
+    for name in BUILTIN_MODEL_MODULES:
+        importlib.import_module(name)
 
 
 class PersistenceMixin:
@@ -63,7 +78,9 @@ class PersistenceMixin:
 
         The document is checked as a schema and every array header against the shapes it implies
         before any array is read (:mod:`metricrec.models.schema`); anything wrong is one
-        :class:`ModelFormatError` naming the file and the key or array.
+        :class:`ModelFormatError` naming the file and the key or array. A table that holds NaN or
+        infinite values or has collapsed (two rows or more, all one point: the rule training stops on,
+        :func:`~metricrec.training.guards.table_state`) is refused too.
         """
         arrays, meta = load_model_files(path, expect=partial(check_model_arrays, cls))
         config, n_users, n_items = model_facts(cls, meta, path)
@@ -72,9 +89,11 @@ class PersistenceMixin:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ModelFormatError(f"{path}: invalid history ({type(exc).__name__}: {exc})") from None
         model = cls(config, device=device, show_progress=False, verbose=False)
-        model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path).to(model.device)
-        model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path).to(model.device)
-        doc_path = Path(path) / "config.json" if Path(path).is_dir() else path  # what errors below name
+        is_dir = Path(path).is_dir()
+        weights = Path(path) / str(meta.get("weights", "weights.npz")) if is_dir else path
+        model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path, weights).to(model.device)
+        model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path, weights).to(model.device)
+        doc_path = Path(path) / "config.json" if is_dir else path  # what errors below name
         model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", doc_path)
         model.item_map = _map_from_json(meta.get("item_ids"), n_items, "item_ids", doc_path)
         model.user_items = _liked_from_arrays(arrays, (n_users, n_items), path)
@@ -104,6 +123,7 @@ def load_model(path: str | Path, *, device: str = "cpu", index: bool = True) -> 
         with a warning.
     """
     _, meta = load_model_files(path, doc_only=True)
+    _register_builtin_models()
     cls = MODELS.get(meta.get("model")) if isinstance(meta.get("model"), str) else None
     if cls is None:
         raise ModelFormatError(f"{path}: unknown model type {meta.get('model')!r} (known: {', '.join(MODELS)})")
@@ -116,7 +136,7 @@ def load_model(path: str | Path, *, device: str = "cpu", index: bool = True) -> 
 def _attach_saved_index(model: Any, path: str | Path) -> None:
     from ..serving.ann import index_dir_for, load_index_for
 
-    if not (index_dir_for(path) / "index.json").is_file():
+    if not os.path.lexists(index_dir_for(path) / "index.json"):  # a directory or a FIFO there: refused
         return
     try:
         model.attach_index(load_index_for(path, model.item_embeddings, model.distance))
@@ -134,7 +154,11 @@ def _data_source(doc: Any, path: Any) -> dict[str, Any] | None:
     return doc
 
 
-def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any) -> torch.Tensor:
+def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], path: Any,
+           weights: Any) -> torch.Tensor:
+    """The saved table ``name`` (float32, CPU), refused unless it has ``shape``, is finite and has not
+    collapsed (the training guard's rule, :func:`~metricrec.training.guards.table_state`: a model whose
+    users or items are all one point scores every item alike)."""
     arr = arrays.get(name)
     if arr is None:
         raise ModelFormatError(f"{path}: array {name!r} is missing")
@@ -142,7 +166,15 @@ def _table(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], pat
         raise ModelFormatError(f"{path}: array {name!r} has shape {arr.shape} dtype {arr.dtype}, expected {shape} float")
     if not np.all(np.isfinite(arr)):
         raise ModelFormatError(f"{path}: array {name!r} contains NaN or infinite values")
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
+    table = torch.from_numpy(np.array(arr, dtype=np.float32))
+    state = table_state(table)
+    if state is not None:
+        side = name.removesuffix("_embeddings")
+        rows = "zero" if state == "zero" else "equal"
+        effect = "every user gets the same list" if side == "user" else "every item scores the same"
+        raise ModelFormatError(f"{weights}: {side} table is collapsed (all {shape[0]:,} rows {rows}); "
+                               f"the model is degenerate ({effect})")
+    return table
 
 
 def _map_to_json(index: IdIndex | None) -> dict[str, Any] | None:

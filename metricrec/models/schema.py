@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._file_kind import open_regular
 from ..errors import ConfigError
 from ..serialization import MAX_DOC_BYTES, ModelFormatError
 
@@ -134,12 +136,15 @@ def check_model_arrays(cls: type, doc: dict[str, Any], specs: Mapping[str, Any],
 def read_run_doc(path: str | Path) -> dict[str, Any]:
     """A run's ``data.json`` (written by ``metricrec train``), checked: an object whose ``source`` is an
     object naming its kind, whose ``args``/``split``/``train_fingerprint`` are objects and whose
-    ``sizes`` are counts. Raises :class:`ModelFormatError` naming the file and the key."""
+    ``sizes`` are counts. Raises :class:`ModelFormatError` naming the file and the key (also for a
+    ``data.json`` that is a directory, a FIFO or a dangling link); ``FileNotFoundError`` when there is none."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_DOC_BYTES:
+    with open_regular(path, "a run document", ModelFormatError) as fh:  # never a directory or a FIFO
+        if os.fstat(fh.fileno()).st_size > MAX_DOC_BYTES:
             raise ModelFormatError(f"{path}: larger than {MAX_DOC_BYTES:,} bytes: not a run document")
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        raw = fh.read()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFormatError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict):

@@ -11,8 +11,10 @@ Needs matplotlib (``pip install 'metricrec[plot]'``); figures are drawn on the A
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from .._file_kind import irregular
 from ..errors import DataError
 from ..serialization import atomic_write_text
 
@@ -25,14 +27,15 @@ def folder_kind(folder: str | Path) -> str:
     Raises
     ------
     DataError
-        Not a folder, or a folder that is neither.
+        Not a folder (missing, a file, a FIFO, a dangling link), or a folder that is neither.
     """
     p = Path(folder)
     if not p.is_dir():
-        raise DataError(f"{p}: no such folder")
-    if (p / "study.json").is_file():
+        problem = irregular(p, "a folder") if os.path.lexists(p) else "no such folder"
+        raise DataError(f"{p}: {problem or 'is a file, not a folder'} (give a run folder or a tune --out folder)")
+    if os.path.lexists(p / "study.json"):  # a directory or a FIFO there is refused when it is read
         return "study"
-    if (p / "report.json").is_file():
+    if os.path.lexists(p / "report.json"):
         return "run"
     raise DataError(f"{p}: neither a 'metricrec train' run folder (report.json) nor a 'metricrec tune' "
                     "folder (study.json)")
@@ -60,14 +63,16 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, method: s
     from .figures import require_matplotlib
 
     kind = folder_kind(folder)
-    require_matplotlib()
     p = Path(folder)
+    target = Path(out) if out is not None else p / "report.html"
+    if target.is_dir():  # found before the figures are drawn
+        raise DataError(f"{target}: is a directory; give the page a file name (e.g. {target / 'report.html'})")
+    require_matplotlib()
     if kind == "study":
         from .study_page import render_study
         text = render_study(p)
     else:
         from .run_page import render_run
         text = render_run(p, method=method, with_features=with_features)
-    target = Path(out) if out is not None else p / "report.html"
     atomic_write_text(target, text)
     return target

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._file_kind import open_regular
 from ..errors import DataError
 from . import figures
 from .embedding import feature_labels, popularity, project_2d, run_features, sample_rows
@@ -18,10 +19,12 @@ __all__ = ["render_run", "read_json", "metrics_table"]
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path`` (DataError, one line, when it is not one)."""
+    """A JSON object from ``path`` (DataError, one line, when it is not one: also a directory, a FIFO
+    -- never waited on -- or a dangling link)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open_regular(path, "a JSON document", DataError) as fh:
+            doc = json.loads(fh.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DataError(f"{path}: cannot read it as JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(doc).__name__}")

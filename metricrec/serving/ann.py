@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._file_kind import open_regular
 from ..errors import ConfigError, ModelFileError
 from ..serialization import atomic_directory, atomic_output, atomic_write_json
 
@@ -279,9 +280,9 @@ class AnnIndex:
         meta = _read_meta(path)
         _check_against(path, meta, item_table, distance)
         file = path / _INDEX_FILE
-        if not file.is_file():
+        if not os.path.lexists(file):
             raise ModelFileError(f"{path}: {_INDEX_FILE} is missing (rebuild with 'metricrec index')")
-        if _file_sha256(file) != meta["index_sha256"]:
+        if _file_sha256(file) != meta["index_sha256"]:  # a directory or a FIFO: refused before faiss opens it
             raise ModelFileError(f"{file}: does not match {_META_FILE} (corrupt or half-written; "
                                  "rebuild with 'metricrec index')")
         faiss = _faiss()
@@ -317,7 +318,7 @@ def _new_index(faiss: Any, kind: str, d: int, p: dict[str, Any], metric: int) ->
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, "an index file", ModelFileError) as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -329,10 +330,11 @@ _META_KEYS = {"kind": str, "params": dict, "distance": str, "n_items": int, "d":
 
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path / _META_FILE
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise ModelFileError(f"{path}: not an ANN index directory ({_META_FILE} is missing)")
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        with open_regular(file, "an index description", ModelFileError) as fh:  # never a FIFO
+            meta = json.loads(fh.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -378,6 +380,6 @@ def load_index_for(model_path: str | os.PathLike, item_table: Any, distance: str
     ``pip install metricrec[ann]``) when there is one but faiss is not installed.
     """
     d = index_dir_for(model_path)
-    if not (d / _META_FILE).is_file():
+    if not os.path.lexists(d / _META_FILE):  # a directory or a FIFO there is a damaged index: refused
         return None
     return AnnIndex.load(d, item_table=item_table, distance=distance)

@@ -7,9 +7,15 @@
   are trained: the sampler draws their negatives from the few items left
   (:meth:`metricrec.training.sampling._Sampler.sample`).
 - :func:`check_tables`: after every epoch, the embedding tables must be finite and not collapsed
-  (every row the same point, e.g. all zero); otherwise :class:`~metricrec.errors.TrainingDivergedError`
-  names the table, the epoch and the likely cause. It costs two reductions over each table
-  (``amax``/``amin`` per column: O(d) extra memory).
+  (:func:`table_state`); otherwise :class:`~metricrec.errors.TrainingDivergedError` names the table,
+  the epoch and the likely cause. Loading a model applies the same rule to its saved tables
+  (:meth:`metricrec.models.persistence.PersistenceMixin.load`).
+- :func:`table_state`: the one definition of a collapsed table. A table of at least two rows has
+  collapsed when every column's spread (max - min over the rows) is at most 1e-6 times the table's
+  largest absolute value (1e-12 when that value is under 1e-6): every row is the same point,
+  within float32 rounding -- "zero" when that point is the origin. A table of fewer than two rows
+  cannot collapse (a model of one user or one item is valid). It costs two reductions over the
+  table (``amax``/``amin`` per column: O(d) extra memory).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from ..errors import TrainingDivergedError
 
-__all__ = ["trainable_pairs", "check_tables"]
+__all__ = ["trainable_pairs", "check_tables", "table_state"]
 
 
 def trainable_pairs(train: sp.csr_matrix) -> sp.csr_matrix:
@@ -41,24 +47,35 @@ def trainable_pairs(train: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((train.data[keep_pairs], train.indices[keep_pairs], indptr), shape=train.shape)
 
 
+def table_state(table: torch.Tensor) -> str | None:
+    """None for a usable table; ``"non-finite"`` when it holds NaN or infinite values; ``"zero"`` or
+    ``"one point"`` when it has collapsed (see the module docstring: at least two rows, every row the
+    same point within a relative 1e-6)."""
+    if table.numel() == 0:
+        return None
+    with torch.no_grad():
+        hi, lo = table.amax(0), table.amin(0)  # NaN propagates; O(d) memory
+        if not (torch.isfinite(hi).all() and torch.isfinite(lo).all()):
+            return "non-finite"
+        spread = float((hi - lo).max())
+        scale = max(float(hi.abs().max()), float(lo.abs().max()))
+    if table.shape[0] >= 2 and spread <= 1e-6 * max(scale, 1e-6):
+        return "zero" if scale <= 1e-12 else "one point"
+    return None
+
+
 def check_tables(tables: dict[str, torch.Tensor], epoch: int, learning_rate: float) -> None:
     """Raise :class:`TrainingDivergedError` when a table holds NaN or infinite values or has collapsed
-    (all rows the same point); tables of fewer than two rows are only checked for finiteness."""
+    (:func:`table_state`)."""
     lower = f"lower the learning rate (now {learning_rate:g}; e.g. {learning_rate / 10:g})"
     for name, table in tables.items():
-        if table.numel() == 0:
-            continue
-        with torch.no_grad():
-            hi, lo = table.amax(0), table.amin(0)  # NaN propagates; O(d) memory
-            if not (torch.isfinite(hi).all() and torch.isfinite(lo).all()):
-                raise TrainingDivergedError(
-                    f"training diverged at epoch {epoch}: the {name} vectors became NaN or infinite "
-                    f"(likely cause: the learning rate is too high); {lower}")
-            spread = float((hi - lo).max())
-            scale = max(float(hi.abs().max()), float(lo.abs().max()))
-        if table.shape[0] >= 2 and spread <= 1e-6 * max(scale, 1e-6):
-            where = "zero" if scale <= 1e-12 else "one point"
+        state = table_state(table)
+        if state == "non-finite":
             raise TrainingDivergedError(
-                f"training diverged at epoch {epoch}: all {table.shape[0]:,} {name} vectors collapsed to {where} "
+                f"training diverged at epoch {epoch}: the {name} vectors became NaN or infinite "
+                f"(likely cause: the learning rate is too high); {lower}")
+        if state is not None:
+            raise TrainingDivergedError(
+                f"training diverged at epoch {epoch}: all {table.shape[0]:,} {name} vectors collapsed to {state} "
                 f"(likely cause: the learning rate is too high, or a margin/regulariser that pulls every vector "
                 f"together); {lower}")

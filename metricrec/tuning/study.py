@@ -12,11 +12,15 @@ points (never the first run's again) and the same history always leads to the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sqlite3
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from .._file_kind import irregular, open_regular
 from ..errors import ConfigError
 from ..models.cml.config import CMLConfig
 from .objective import METRIC
@@ -50,11 +54,46 @@ def make_pruner(name: str, warmup: int) -> Any:
     raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}; got {name!r}")
 
 
-def _sqlite_folder(url: str) -> None:
-    """Create the folder of a ``sqlite:///path`` file (Optuna would fail on a missing one)."""
+def _sqlite_file(url: str) -> None:
+    """Check the file of a ``sqlite:///path`` storage and create its folder (Optuna would fail on a
+    missing one): refuse a directory, a FIFO, a device or a dangling link there, a file that is not
+    SQLite, and an SQLite database of another program (tables, but not Optuna's)."""
     prefix = "sqlite:///"
-    if url.startswith(prefix) and url[len(prefix):] not in ("", ":memory:"):
-        Path(url[len(prefix):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if not url.startswith(prefix) or url[len(prefix):] in ("", ":memory:"):
+        return
+    path = Path(url[len(prefix):]).expanduser()
+    if not os.path.lexists(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"--storage {url}: {path.parent} is not a folder") from None
+        return
+    problem = irregular(path, "an SQLite file")
+    if problem is not None:
+        raise ConfigError(f"--storage {url}: {path} {problem}")
+    with open_regular(path, "an SQLite file", ConfigError) as fh:
+        head = fh.read(16)
+    if head and head != b"SQLite format 3\x00":
+        raise ConfigError(f"--storage {url}: {path} is not an SQLite database (it starts with {head[:8]!r}); "
+                          "give a new file name or an Optuna storage")
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "version_info" not in tables:  # Optuna's schema has a version_info table
+        raise ConfigError(f"--storage {url}: {path} is an SQLite database of another program (tables "
+                          f"{', '.join(sorted(tables)[:3])}), not an Optuna storage; give another file")
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """What the storage at ``url`` raises while it is opened (a malformed URL, a database that cannot
+    be opened or is locked) as one :class:`ConfigError` naming it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"--storage {url}: cannot open it as an Optuna storage ({detail})") from None
 
 
 def open_study(storage: str, name: str, *, seed: int, pruner: Any,
@@ -82,14 +121,17 @@ def open_study(storage: str, name: str, *, seed: int, pruner: Any,
     Raises
     ------
     ConfigError
-        The stored study tunes something else (other data, parameters or metric).
+        The stored study tunes something else (other data, parameters or metric), or ``storage`` cannot
+        be opened (a malformed URL; a ``sqlite:///`` path that is a directory, a FIFO, not SQLite, or
+        another program's database).
     """
     optuna = require_optuna()
-    _sqlite_folder(storage)
-    store = optuna.storages.RDBStorage(storage)
-    failed = _fail_interrupted(store, name)
-    study = optuna.create_study(storage=store, study_name=name, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
+    _sqlite_file(storage)
+    with _storage_errors(storage):
+        store = optuna.storages.RDBStorage(storage)
+        failed = _fail_interrupted(store, name)
+        study = optuna.create_study(storage=store, study_name=name, direction="maximize", pruner=pruner,
+                                    load_if_exists=True)
     stored = study.user_attrs.get("metricrec")
     want = json.loads(json.dumps(dict(identity)))
     if stored is None:

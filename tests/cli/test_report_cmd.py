@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import re
 import time
 
@@ -68,6 +69,60 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"metricrec: error: {tmp_path / 'nope'}: no such folder")
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_report_of_what_is_not_a_folder(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    tail = " (give a run folder or a tune --out folder)"
+    for name, words in (("a_file", "is a file, not a folder"), ("fifo", "is a FIFO (named pipe), not a folder"),
+                        ("link", f"is a symbolic link to '{tmp_path / 'gone'}', which does not exist")):
+        assert main(["report", str(tmp_path / name)]) == 2
+        assert _one_line(capsys) == f"metricrec: error: {tmp_path / name}: {words}{tail}"
+
+
+@pytest.mark.parametrize("name", ["report.json", "study.json"])
+def test_report_json_that_is_not_a_file(tmp_path, capsys, name):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / name).mkdir()
+    assert main(["report", str(folder)]) == 2
+    assert _one_line(capsys) == f"metricrec: error: {folder / name}: is a directory, not a JSON document"
+    (folder / name).rmdir()
+    os.mkfifo(folder / name)  # read by stat first: never blocks
+    assert main(["report", str(folder)]) == 2
+    assert _one_line(capsys) == f"metricrec: error: {folder / name}: is a FIFO (named pipe), not a JSON document"
+    (folder / name).unlink()
+    os.symlink(tmp_path / "gone", folder / name)
+    assert main(["report", str(folder)]) == 2
+    assert _one_line(capsys) == (f"metricrec: error: {folder / name}: is a symbolic link to '{tmp_path / 'gone'}', "
+                                 "which does not exist")
+
+
+def test_report_of_a_run_with_a_collapsed_model_or_to_a_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--synthetic", "small", "--epochs", "1", "--factors", "8", "--kernel", "torch",
+                 "--out", str(run), *FAST]) == 0
+    (tmp_path / "page").mkdir()
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "page")]) == 2  # refused before drawing anything
+    assert _one_line(capsys) == (f"metricrec: error: {tmp_path / 'page'}: is a directory; give the page a file "
+                                 f"name (e.g. {tmp_path / 'page' / 'report.html'})")
+    weights = run / "model" / "weights.npz"
+    arrays = dict(np.load(weights))
+    arrays["item_embeddings"][:] = 0
+    np.savez(weights, **arrays)
+    assert main(["report", str(run)]) == 3
+    line = _one_line(capsys)
+    assert line.startswith(f"metricrec: error: {weights}: item table is collapsed (all 200 rows zero)")
+    assert not (run / "report.html").exists()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "citeulike-a" / "users.dat").is_file(), reason="citeulike-a files not here")

@@ -1,6 +1,7 @@
 """`--config FILE` for every subcommand, and `metricrec tune` end to end: run, resume, best.json."""
 
 import json
+import os
 
 import pytest
 
@@ -116,6 +117,55 @@ def test_tune_refuses_a_study_made_on_other_data(tmp_path, capsys):
     assert _tune(tmp_path, 2, "--pruner", "none", "--split-seed", "5") == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("metricrec: error: study 's' in sqlite:///") and "another train_fingerprint" in last
+
+
+def _sqlite_foreign(path):
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (x)")
+    db.close()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir(), "{p} is a directory, not an SQLite file"),
+    (lambda p: os.mkfifo(p), "{p} is a FIFO (named pipe), not an SQLite file"),
+    (lambda p: os.symlink(p.parent / "gone.db", p), "{p} is a symbolic link to '{d}/gone.db', which does not exist"),
+    (lambda p: p.write_text("user,item\n1,2\n"), "{p} is not an SQLite database (it starts with b'user,ite'); "
+                                                 "give a new file name or an Optuna storage"),
+    (_sqlite_foreign, "{p} is an SQLite database of another program (tables notes), not an Optuna storage; "
+                      "give another file"),
+])
+def test_tune_storage_that_is_not_an_optuna_sqlite_file(tmp_path, capsys, make, words):
+    pytest.importorskip("optuna")
+    db = tmp_path / "t.db"
+    make(db)
+    before = db.read_bytes() if db.is_file() else None
+    url = f"sqlite:///{db}"
+    assert main(["tune", *FAST, "--trials", "1", "--storage", url, "--out", str(tmp_path / "out")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()
+    assert last[-1] == f"metricrec: error: --storage {url}: " + words.format(p=db, d=tmp_path)
+    assert before is None or db.read_bytes() == before  # another program's file is left as it was
+    assert not (tmp_path / "out").exists()
+
+
+def test_tune_storage_url_and_flag_errors_are_one_line(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    (tmp_path / "f").write_text("x")
+    cases = [
+        (["--storage", "nonsense"], "--storage nonsense: cannot open it as an Optuna storage (Could not parse "
+                                    "SQLAlchemy URL from given URL string)"),
+        (["--storage", f"sqlite:///{tmp_path / 'f' / 'x.db'}"],
+         f"--storage sqlite:///{tmp_path / 'f' / 'x.db'}: {tmp_path / 'f'} is not a folder"),
+        (["--out", str(tmp_path / "f")], f"--out {tmp_path / 'f'}: exists and is not a folder; choose another --out"),
+        (["--timeout", "-5"], "--timeout must be a positive number of seconds, got -5"),
+    ]
+    for extra, words in cases:
+        argv = ["tune", *FAST, "--trials", "1", "--storage", f"sqlite:///{tmp_path / 'ok.db'}",
+                "--out", str(tmp_path / "out"), *extra]
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"metricrec: error: {words}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_tune_help_documents_the_search_space(capsys):

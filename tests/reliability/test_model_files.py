@@ -3,6 +3,9 @@ and against the shapes the model's own document implies; the documents as schema
 
 import io
 import json
+import os
+import shutil
+import signal
 import struct
 import tracemalloc
 import zipfile
@@ -14,10 +17,13 @@ from metricrec import CML
 from metricrec._array_files import MAX_EXPANSION, read_npz, read_safetensors
 from metricrec.data.splits import ratio_split
 from metricrec.data.synthetic import generate
-from metricrec.errors import ModelFileError
+from metricrec.cli.main import main
+from metricrec.errors import CheckpointError, ModelFileError
 from metricrec.models.base import load_model
 from metricrec.models.cml.feature_net import mlp_shapes
 from metricrec.models.schema import read_run_doc
+from metricrec.serialization import load_model_files, save_model_files
+from metricrec.training.json_files import read_json
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +189,171 @@ def test_data_json_is_checked_as_a_schema(tmp_path, text, words):
     (tmp_path / "data.json").write_text(text)
     with pytest.raises(ModelFileError, match=words):
         read_run_doc(tmp_path / "data.json")
+
+
+# ---------------------------------------------------------------------- collapsed tables
+def _degenerate(model, path, side, how):
+    """``model`` (changed in place) saved to ``path`` with its ``side`` table zeroed or every row set to row 3."""
+    table = getattr(model, f"_{side}")
+    table[:] = 0.0 if how == "zero" else table[3].clone()
+    return model.save(path, weights_format="safetensors") if path.suffix == ".st" else model.save(path)
+
+
+@pytest.mark.parametrize("layout, weights", [("dir", "dir/weights.npz"), ("single.npz", "single.npz"),
+                                             ("st.st", "st.st/weights.safetensors")])
+@pytest.mark.parametrize("side, how, rows", [("item", "zero", "zero"), ("user", "one point", "equal")])
+def test_collapsed_tables_are_refused_at_load(models, tmp_path, layout, weights, side, how, rows):
+    plain, _, _ = models
+    model = load_model(plain.save(tmp_path / "keep"))
+    _degenerate(model, tmp_path / layout, side, how)
+    n = getattr(plain, f"{side}_embeddings").shape[0]
+    effect = "every user gets the same list" if side == "user" else "every item scores the same"
+    with pytest.raises(ModelFileError) as info:
+        load_model(tmp_path / layout)
+    assert str(info.value) == (f"{tmp_path / weights}: {side} table is collapsed (all {n:,} rows {rows}); "
+                               f"the model is degenerate ({effect})")
+
+
+def test_a_collapsed_model_is_exit_3_in_one_line(models, tmp_path, capsys):
+    plain, _, _ = models
+    model = load_model(plain.save(tmp_path / "keep"))
+    _degenerate(model, tmp_path / "zeros", "item", "zero")
+    user = str(json.loads((tmp_path / "zeros" / "config.json").read_text())["user_ids"]["values"][0])
+    assert main(["recommend", "--model", str(tmp_path / "zeros"), "--user", user]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        f"metricrec: error: {tmp_path / 'zeros' / 'weights.npz'}: item table is collapsed (all "
+        f"{plain.item_embeddings.shape[0]:,} rows zero); the model is degenerate (every item scores the same) "
+        "(check the path; a damaged model must be trained or saved again)"]
+
+
+def _resized(models, path, user, item):
+    """The plain model's file with these tables instead (no id maps, no liked items)."""
+    _, _, paths = models
+    arrays, meta = load_model_files(paths["single"])
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "user_ids", "item_ids")}
+    meta.update(n_users=user.shape[0], n_items=item.shape[0])
+    save_model_files(path, {"user_embeddings": user, "item_embeddings": item}, meta)
+    return path
+
+
+def test_tables_that_cannot_collapse_or_barely_differ_load(models, tmp_path):
+    plain, _, _ = models
+    one = _resized(models, tmp_path / "one.npz", np.zeros((1, 8), np.float32), np.zeros((1, 8), np.float32))
+    back = load_model(one)  # one user, one item: a table of one row is no collapse, even at zero
+    assert back.user_embeddings.shape == (1, 8)
+    assert back.recommend(0, None, N=1, filter_already_liked_items=False)[0].tolist() == [0]
+    close = plain.item_embeddings.copy()
+    close[:] = close[0]
+    close[1:, 0] += 1e-4 * np.abs(close).max()  # rows 1e-4 apart (relative): distinct points, not refused
+    back = load_model(_resized(models, tmp_path / "close.npz", plain.user_embeddings, close))
+    assert np.array_equal(back.item_embeddings, close)
+    close[1:, 0] = close[0, 0] + 1e-7 * np.abs(close).max()  # within 1e-6 (relative): one point
+    with pytest.raises(ModelFileError, match=r"item table is collapsed \(all 200 rows equal\)"):
+        load_model(_resized(models, tmp_path / "same.npz", plain.user_embeddings, close))
+
+
+def test_trained_bpr_and_tiny_models_load(tmp_path):
+    import scipy.sparse as sp
+
+    from metricrec.models.bpr import BPR
+
+    split = ratio_split(generate(preset="small", seed=1), seed=0)
+    bpr = BPR(factors=8, epochs=1, show_progress=False, verbose=False).fit(split.train)
+    assert np.array_equal(load_model(bpr.save(tmp_path / "bpr")).item_embeddings, bpr.item_embeddings)
+    tiny = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], np.float32))
+    cml = CML(factors=4, epochs=2, show_progress=False, verbose=False).fit(tiny)
+    assert load_model(cml.save(tmp_path / "tiny")).user_embeddings.shape == (3, 4)
+
+
+# ---------------------------------------------------------------------- files that are not files
+@pytest.fixture
+def no_hang():
+    """A FIFO opened for reading would block: fail after 20 s instead of hanging the suite."""
+    def stop(signum, frame):
+        raise TimeoutError("blocked on a FIFO")
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _make(path, kind):
+    """Replace ``path`` by a directory, a FIFO or a dangling link; the message's words for it."""
+    if path.exists():
+        path.unlink()
+    if kind == "dir":
+        path.mkdir()
+        return "is a directory, not"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return "is a FIFO (named pipe), not"
+    os.symlink(path.parent / "gone", path)
+    return f"is a symbolic link to '{path.parent / 'gone'}', which does not exist"
+
+
+KINDS = ["dir", "fifo", "dangling"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name, what", [("weights.npz", "a weights file"), ("config.json", "a model document")])
+def test_model_files_that_are_not_files_are_one_error(models, tmp_path, no_hang, name, what, kind):
+    _, _, paths = models
+    model = shutil.copytree(paths["dir"], tmp_path / "m")
+    words = _make(model / name, kind)
+    expected = f"{model / name}: {words}" + (f" {what}" if kind != "dangling" else "")
+    with pytest.raises(ModelFileError) as info:
+        load_model(model)
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_weights_a_fifo_or_a_folder_is_exit_3_in_one_line(models, tmp_path, capsys, no_hang, kind):
+    _, _, paths = models
+    model = shutil.copytree(paths["dir"], tmp_path / "m")
+    _make(model / "weights.npz", kind)
+    user = str(json.loads((model / "config.json").read_text())["user_ids"]["values"][0])
+    assert main(["recommend", "--model", str(model), "--user", user]) == 3
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a directory"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"metricrec: error: {model / 'weights.npz'}: is {what}, not a weights file (check the path; a damaged "
+        "model must be trained or saved again)"]
+
+
+def test_single_file_model_path_a_fifo_or_a_dangling_link(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "m.npz")
+    with pytest.raises(ModelFileError, match=r"m\.npz: is a FIFO \(named pipe\), not a model file or folder$"):
+        load_model(tmp_path / "m.npz")
+    os.symlink(tmp_path / "gone.npz", tmp_path / "l.npz")
+    with pytest.raises(FileNotFoundError, match=r"no model at .*l\.npz \(a symbolic link to .*gone\.npz'"):
+        load_model(tmp_path / "l.npz")  # as missing as no file: exit 2, as for a wrong path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_data_json_and_checkpoint_documents_that_are_not_files(tmp_path, no_hang, kind):
+    words = _make(tmp_path / "data.json", kind)
+    with pytest.raises(ModelFileError) as info:
+        read_run_doc(tmp_path / "data.json")
+    assert str(info.value) == f"{tmp_path / 'data.json'}: {words}" + (" a run document" if kind != "dangling" else "")
+    words = _make(tmp_path / "state.json", kind)
+    with pytest.raises(CheckpointError) as info:
+        read_json(tmp_path / "state.json")
+    assert str(info.value) == f"{tmp_path / 'state.json'}: {words}" + (
+        " a checkpoint document" if kind != "dangling" else "")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name, what", [("index.json", "an index description"), ("index.faiss", "an index file")])
+def test_index_files_that_are_not_files(models, tmp_path, no_hang, name, what, kind):
+    pytest.importorskip("faiss")
+    from metricrec.serving.ann import AnnIndex
+
+    plain, _, paths = models
+    model = shutil.copytree(paths["dir"], tmp_path / "m")
+    AnnIndex.build(plain.item_embeddings, "flat").save(model / "index")
+    assert load_model(model).ann_index is not None
+    words = _make(model / "index" / name, kind)
+    with pytest.raises(ModelFileError) as info:
+        load_model(model)
+    assert str(info.value) == f"{model / 'index' / name}: {words}" + (f" {what}" if kind != "dangling" else "")
