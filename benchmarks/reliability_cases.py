@@ -152,6 +152,7 @@ def _split_files(tmp: Path, heavy: int | None = None, test: str = "ok", valid: s
     if heavy is not None:
         tr += [(999, i) for i in range(heavy)]
     te = [] if test == "empty" else tr[:15] + te if test == "leak" else te
+    te += [(500, 1), (500, 2), (501, 3)] if test == "strangers" else []  # users in no training pair
     va = [] if valid == "empty" else va
     files = [_pairs_csv(tmp, f"{p}.csv", rows) for p, rows in (("train", tr), ("valid", va), ("test", te))]
     return ["train", "--train", str(files[0]), "--valid", str(files[1]), "--test", str(files[2]),
@@ -179,7 +180,7 @@ def _mutated_checkpoint(tmp: Path, base: Path, how: str) -> list[str]:
     from metricrec.cli.main import main
 
     run = tmp / "run"
-    with mock.patch("metricrec.cli.train_cmd.finish_checkpoint"), contextlib.redirect_stdout(io.StringIO()), \
+    with mock.patch("metricrec.cli.train_exec.finish_checkpoint"), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         assert main(["train", "--synthetic", "small", "--out", str(run), *FAST]) == 0
     ck = run / "checkpoint"
@@ -190,6 +191,9 @@ def _mutated_checkpoint(tmp: Path, base: Path, how: str) -> list[str]:
         doc = json.loads((ck / "state.json").read_text())
         doc["train"]["nnz"] += 1
         (ck / "state.json").write_text(json.dumps(doc))
+    elif how == "fifo":
+        (ck / "state.npz").unlink()
+        os.mkfifo(ck / "state.npz")
     elif how == "huge array":
         doc = json.loads((ck / "state.json").read_text())
         doc["step"]["$tuple"][0]["shape"] = [2**40, 8]
@@ -299,11 +303,69 @@ CASES: list[Case] = [
          "unknown user id"),
     Case(E, "interactions file missing", lambda t, b: ["data", "stats", "--interactions", str(t / "no.csv")], 2,
          "no.csv"),
+    Case(E, "interactions file with a header line, columns by position",
+         lambda t, b: ["data", "stats", "--interactions", str(_input_file(t, "header"))], 2,
+         "h.csv, line 1: looks like a header ('user,item': 'user' names a column); pass --header"),
+    Case(E, "interactions file a directory",
+         lambda t, b: ["data", "stats", "--interactions", str(_input_file(t, "dir"))], 2,
+         "h.csv: is a directory, not a regular file"),
+    Case(E, "interactions file a FIFO",
+         lambda t, b: ["data", "stats", "--interactions", str(_input_file(t, "fifo"))], 2,
+         "h.csv: is a FIFO (named pipe), not a regular file"),
+    Case(E, "--config /dev/zero", lambda t, b: ["train", "--config", "/dev/zero", "--synthetic", "small"], 2,
+         "--config /dev/zero: is a character device, not a regular file"),
     Case(E, "config.json not an object", lambda t, b: _recommend(_raw_config(t, b, "[]"), b), 3,
          "not a metricrec model"),
     Case(E, "weights.npz truncated", lambda t, b: _recommend(_truncated_weights(t, b), b), 3, "cannot read weights"),
     Case(E, "bad flag value (--epochs x)", lambda t, b: ["train", "--epochs", "x"], 2, "invalid int value: 'x'"),
+    Case(E, "weights.npz a directory", lambda t, b: _recommend(_not_a_file(t, b, "weights.npz", "dir"), b), 3,
+         "weights.npz: is a directory, not a weights file"),
+    Case(E, "weights.npz a FIFO", lambda t, b: _recommend(_not_a_file(t, b, "weights.npz", "fifo"), b), 3,
+         "weights.npz: is a FIFO (named pipe), not a weights file"),
+    Case(E, "config.json a dangling symlink", lambda t, b: _recommend(_not_a_file(t, b, "config.json", "link"), b),
+         3, "config.json: is a symbolic link to"),
+    Case(E, "item table all zeros (a collapsed model)", lambda t, b: _recommend(_zero_items(t, b), b), 3,
+         "item table is collapsed (all 200 rows zero)"),
+    Case(D, "--resume, state.npz a FIFO", lambda t, b: _mutated_checkpoint(t, b, "fifo"), 3,
+         "state.npz: is a FIFO (named pipe), not a checkpoint file"),
+    Case(C, "test file with users unknown to train", lambda t, b: _split_files(t, test="strangers"), 0,
+         "2 user(s) with 3 of its 83 pairs are not in the id universe"),
 ]
+
+
+def _not_a_file(tmp: Path, base: Path, name: str, kind: str) -> Path:
+    """A copy of the run whose model/NAME is a directory, a FIFO or a dangling symbolic link."""
+    run = _copy(base, tmp, "r")
+    path = run / "model" / name
+    path.unlink()
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(tmp / "gone", path)
+    return run
+
+
+def _zero_items(tmp: Path, base: Path) -> Path:
+    run = _copy(base, tmp, "r")
+    weights = run / "model" / "weights.npz"
+    arrays = dict(np.load(weights))
+    arrays["item_embeddings"][:] = 0.0
+    np.savez(weights, **arrays)
+    return run
+
+
+def _input_file(tmp: Path, kind: str) -> Path:
+    """``tmp/h.csv``: a header line over 3 pairs (``header``), a directory, or a FIFO (stat'ed, never opened)."""
+    path = tmp / "h.csv"
+    if kind == "header":
+        path.write_text("user,item\n1,2\n2,3\n3,1\n")
+    elif kind == "dir":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    return path
 
 
 def _data_json(tmp: Path, base: Path, text: str) -> Path:

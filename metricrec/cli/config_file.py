@@ -17,10 +17,13 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._file_kind import open_regular
 from ..errors import ConfigError
 
 __all__ = ["add_config_arguments", "read_config_file", "apply_config_file", "parse_with_config"]
 
+#: The largest config file read (a flag file is a few hundred bytes; more is not a config file).
+MAX_CONFIG_BYTES = 1 << 20
 _NO_VALUE = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)  # noqa: SLF001
 _SKIP = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)  # noqa: SLF001
 
@@ -48,11 +51,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        The file is missing, unreadable, not valid JSON/TOML, or not an object.
+        The file is missing, not a regular file (a directory, a FIFO, a device such as ``/dev/zero``:
+        checked before it is opened, so nothing blocks or reads without end), larger than
+        :data:`MAX_CONFIG_BYTES`, unreadable, not valid JSON/TOML, or not an object.
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open_regular(p, "a regular file", ConfigError, where=f"--config {p}") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config {p}: more than {MAX_CONFIG_BYTES:,} bytes: not a config file")
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {p}: cannot read the file (no such file)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {p}: cannot read the file ({exc.__class__.__name__}: {exc})") from None
     if p.suffix.lower() == ".toml":

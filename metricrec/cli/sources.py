@@ -56,12 +56,25 @@ def add_data_arguments(p: argparse.ArgumentParser, *, predefined: bool = True, r
     g.add_argument("--rating-col", help="rating column (default: none, every row is a positive)")
     g.add_argument("--timestamp-col", help="timestamp column (for temporal splits)")
     g.add_argument("--sep", help="field separator (default from the suffix; '\\t' for tab)")
+    add_header_arguments(g, "the --interactions file")
     g.add_argument("--min-rating", type=float, help="positives are ratings >= this (MovieLens default 4)")
     g.add_argument("--synthetic", choices=sorted(PRESETS), help="built-in synthetic data with planted clusters")
     if predefined:
         g.add_argument("--train", metavar="CSV", help="predefined split: train pairs (user,item with header)")
         g.add_argument("--valid", metavar="CSV", help="predefined split: valid pairs")
         g.add_argument("--test", metavar="CSV", help="predefined split: test pairs")
+
+
+def add_header_arguments(g: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """``--header`` / ``--no-header`` (dest ``header``: True, False, default None) for a text file whose
+    columns are given by position: without either, a first line that looks like a header is an error
+    (:mod:`metricrec.data.header_check`)."""
+    both = g.add_mutually_exclusive_group()
+    both.add_argument("--header", dest="header", action="store_const", const=True, default=None,
+                      help=f"the first line of {what} is a header: skip it (default: a first line that looks "
+                           "like a header is an error, columns given by name always read one)")
+    both.add_argument("--no-header", dest="header", action="store_const", const=False,
+                      help=f"the first line of {what} is data, even if it looks like a header")
 
 
 def add_split_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,7 +139,7 @@ def _file_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     kw: dict[str, Any] = {"user_col": _col(args.user_col), "item_col": _col(args.item_col),
                           "rating_col": _col(args.rating_col), "timestamp_col": _col(args.timestamp_col),
-                          "min_rating": args.min_rating}
+                          "min_rating": args.min_rating, "header": getattr(args, "header", None)}
     if plain_suffix(args.interactions) == ".inter":
         for key, default in (("user_col", 0), ("item_col", 1)):
             if kw[key] == default:
@@ -139,7 +152,7 @@ def _file_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def describe_args(args: argparse.Namespace) -> dict[str, Any]:
     """The data-source and split flags as a JSON-able dict (to rebuild the same data later)."""
     keys = ["dataset", "data_dir", "no_verify", "interactions", "user_col", "item_col", "rating_col",
-            "timestamp_col", "sep", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
+            "timestamp_col", "sep", "header", "min_rating", "synthetic", "train", "valid", "test", "split", "ratios", "leave_k",
             "split_seed", "drop_small_users"]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -264,8 +277,8 @@ def _ratios(text: str) -> tuple[float, float, float]:
 def rebuild(desc: dict[str, Any]) -> argparse.Namespace:
     """A namespace of data flags from a saved :func:`describe_args` dict."""
     ns = argparse.Namespace(dataset=None, data_dir=None, no_download=False, no_verify=False, interactions=None,
-                            user_col="0", item_col="1", rating_col=None, timestamp_col=None, sep=None, min_rating=None,
-                            synthetic=None, train=None, valid=None, test=None, split="ratio",
+                            user_col="0", item_col="1", rating_col=None, timestamp_col=None, sep=None, header=None,
+                            min_rating=None, synthetic=None, train=None, valid=None, test=None, split="ratio",
                             ratios="0.6,0.2,0.2", leave_k=1, split_seed=0, drop_small_users=False)
     for k, v in desc.items():
         setattr(ns, k, v)

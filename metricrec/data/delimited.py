@@ -9,9 +9,16 @@ through :func:`read_columns`, so all of them share these rules:
   quote inside) unless ``quoting=False``. pyarrow only splits on one ASCII character; a longer
   separator such as MovieLens-1M's ``::`` is handled by one vectorised byte replacement of the
   separator with a control character that does not occur in the file, before parsing.
-- **Header**: ``header=None`` means "the file has a header line iff a requested column is given by
-  name" -- decided from the arguments, never guessed from the data. A requested name missing from
-  the header is a one-line ``ValueError`` naming the file and the header's columns.
+- **Files**: only regular files are read (also through a link); a directory, a FIFO (named pipe), a
+  device or a socket is one ``DataError`` saying what it is, checked with ``os.stat`` before anything is
+  opened (a FIFO never blocks the reader), and a missing file is ``FileNotFoundError``.
+- **Header**: a requested column given by name means a header line (``header=None`` or ``True``). With
+  every column given by position, ``header=True`` skips the first line and ``header=False`` reads it as
+  data; ``header=None`` (the default) reads it as data unless it looks like a header -- a field names a
+  column (``user``, ``item_id``, ``rating``, ...) or an id column holds text there and integers on every
+  other line -- which is a one-line ``DataError`` asking for ``header=True`` or ``header=False``
+  (:mod:`metricrec.data.header_check`). A requested name missing from the header is a one-line
+  ``ValueError`` naming the file and the header's columns.
 - **Errors** are one-line ``ValueError``\\ s naming the file and the 1-based line: a line with the
   wrong number of fields, a non-numeric or NaN number, an empty id, bytes that do not decode.
   pyarrow's own exceptions never escape.
@@ -30,15 +37,21 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
+from .._file_kind import irregular, open_regular
 from ..errors import DataError
+from .header_check import check_names, check_types
 
 
-__all__ = ["COMPRESSIONS", "Column", "TextTable", "compression_of", "plain_suffix", "read_bytes", "read_columns"]
+__all__ = ["COMPRESSIONS", "Column", "REGULAR", "TextTable", "compression_of", "plain_suffix", "read_bytes",
+           "read_columns", "require_regular_file"]
 
 Column = int | str | None
 
 #: file suffix -> pyarrow codec name
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+#: What a data file must be, in the messages of :func:`require_regular_file` ("is a FIFO (named pipe), not
+#: a regular file").
+REGULAR = "a regular file"
 _STANDINS = ("\x1f", "\x1e", "\x1d", "\x1c", "\x01", "\x02", "\x03", "\x04")
 
 
@@ -55,27 +68,51 @@ def plain_suffix(path: str | os.PathLike) -> str:
     return p.suffix.lower()
 
 
+def require_regular_file(path: str | os.PathLike, what: str = "file") -> str:
+    """``path`` as a str, checked by ``os.stat`` alone (nothing is opened) to be a regular file
+    (:func:`metricrec._file_kind.irregular`).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path`` (``"{what} not found: PATH"``).
+    DataError
+        A directory, a FIFO, a device, a socket, a dangling link: ``"PATH: is a directory, not a regular
+        file"``, ``"PATH: is a FIFO (named pipe), not a regular file"``, ...
+    """
+    path = str(path)
+    try:
+        problem = irregular(path, REGULAR)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+    return path
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The (decompressed) bytes of a file.
+    """The (decompressed) bytes of a regular file, opened only once ``os.stat`` says it is one (and
+    checked again on the open descriptor: :func:`metricrec._file_kind.open_regular`), so a FIFO is never
+    waited on and a device never read without end.
 
     Raises
     ------
     FileNotFoundError
         No such file.
-    ValueError
-        The compressed data is corrupt (naming the file and codec).
+    DataError
+        Not a regular file (see :func:`require_regular_file`), or the compressed data is corrupt
+        (naming the file and codec).
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+    path = require_regular_file(path)
     codec = compression_of(path)
-    if codec is None:
-        return Path(path).read_bytes()
-    try:
-        with pa.input_stream(path, compression=codec) as fh:
+    with open_regular(path, REGULAR, DataError) as fh:
+        if codec is None:
             return fh.read()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot decompress {codec} data ({exc})") from None
+        try:
+            with pa.input_stream(fh, compression=codec) as stream:
+                return stream.read()
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: cannot decompress {codec} data ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -144,11 +181,16 @@ def _one_byte_separator(data: bytes, sep: str, encoding: str, path: str) -> tupl
     raise DataError(f"{path}: cannot handle the separator {sep!r} (every stand-in control character occurs)")
 
 
+def _line_end(data: bytes, start: int) -> int:
+    """End of the line starting at byte ``start``: a line ends at "\\n", "\\r\\n" or a lone "\\r", as
+    pyarrow reads it."""
+    ends = [k for k in (data.find(b"\n", start), data.find(b"\r", start)) if k >= 0]
+    return min(ends) if ends else len(data)
+
+
 def _split_line(data: bytes, start: int, delim: str, encoding: str, quoting: bool, path: str) -> tuple[list[str], int]:
     """(fields of the line starting at byte ``start``, start of the next line), parsed like pyarrow."""
-    # a line ends at "\n", "\r\n" or a lone "\r", as pyarrow reads it
-    ends = [k for k in (data.find(b"\n", start), data.find(b"\r", start)) if k >= 0]
-    stop = min(ends) if ends else len(data)
+    stop = _line_end(data, start)
     line = data.count(b"\n", 0, start) + 1
     text = _decode(data[start:stop], encoding, path, line).lstrip("\ufeff")
     mode = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
@@ -253,7 +295,9 @@ def read_columns(
     sep : str, default ","
         Field separator (any length; ``"::"`` for MovieLens-1M).
     header : bool or None
-        Whether the first line is a header; ``None``: iff a column is given by name.
+        Whether the first line is a header. ``None``: a header iff a column is given by name; with
+        every column by position, a first line that looks like a header is a ``DataError``
+        (:mod:`metricrec.data.header_check`; ``True`` skips it, ``False`` reads it as data).
     encoding : str, default "utf-8"
         An ASCII-compatible encoding (``"iso-8859-1"`` for MovieLens).
     quoting : bool, default True
@@ -278,6 +322,7 @@ def read_columns(
     """
     path = str(path)
     names_given = any(isinstance(c, str) for c in columns.values())
+    check = header is None and not names_given  # the header check (positional columns, header not said)
     if header is None:
         header = names_given
     elif names_given and not header:
@@ -301,13 +346,24 @@ def read_columns(
                          f"{sep!r}, got {len(first)} fields")
     n_fields = len(head) if head is not None else len(first)
     index = _resolve(columns, head, n_fields, set(optional), path, rename)
+    line = _first_line(data, start, delim, sep, encoding, path) if check else ""
+    if check:
+        check_names(path, line, first, index)
     width = len(first) if ragged else n_fields
     present = {r: k for r, k in index.items() if k is not None and k < width}
     table, handler = _parse_checked(data, end, path, sep, delim, quoting, encoding, int(bool(header)), width,
                                     list(present.values()), set(ragged) - {width})
     cols = {r: (table.column(f"f{present[r]}") if r in present else None) for r in columns}
+    if check:
+        check_types(path, line, cols)
     other = [(n, _split_line(t.encode(), 0, delim, "utf-8", quoting, path)[0]) for n, t in handler.other]
     return TextTable(path, cols, table.num_rows, 1 + int(bool(header)), other, index)
+
+
+def _first_line(data: bytes, start: int, delim: str, sep: str, encoding: str, path: str) -> str:
+    """The first line as text (with the caller's separator), for the header check's message."""
+    text = _decode(data[start:_line_end(data, start)], encoding, path)
+    return text.replace(delim, sep) if delim != sep else text
 
 
 def _counts(allowed: set[int]) -> str:

@@ -99,7 +99,10 @@ def read_item_features(path: str | Path, item_ids: np.ndarray, *, min_count: int
         Keep only features present on at least this many items (see :func:`filter_min_count`).
     delimiter : str, default ","
     header : bool or None
-        ``None``: the first line is a header iff a column is given by name (never guessed).
+        ``True``: the first line is a header, ``False``: it is data. ``None``: a header iff a column is
+        given by name; with every column by position a first line that looks like a header (e.g.
+        ``item,feature,value``) is a ``DataError`` asking for one of the two
+        (:mod:`metricrec.data.header_check`; feature names are never taken for column names).
     item_col, feature_col, value_col : int or str
         Field index or header name of each column; the value column may be absent.
 

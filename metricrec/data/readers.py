@@ -5,7 +5,8 @@ every id of a column is canonical integer text, otherwise the exact strings); ra
 numbers; bad input raises ``ValueError`` naming the file and the 1-based line (or row) and what was
 wrong; duplicated (user, item) pairs collapse with a ``DataWarning`` that names the source. Text files
 go through pyarrow's CSV parser (:mod:`metricrec.data.delimited`: compression, quoting, BOM,
-multi-character separators, the header rule), parquet files through ``pyarrow.parquet``.
+multi-character separators, the header rule and its check), parquet files through ``pyarrow.parquet``.
+Only regular files are read: a directory or a FIFO is one ``DataError`` saying so (never a wait on a pipe).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .columns import DelimitedColumns, float_column, id_column, int_column, read_delimited_columns
-from .delimited import Column, TextTable, plain_suffix, read_columns
+from .delimited import Column, TextTable, plain_suffix, read_columns, require_regular_file
 from .id_text import arrow_to_numpy
 from .ids import IdIndex, canonical_ids
 from .interactions import Interactions
@@ -88,9 +89,13 @@ def read_delimited(
     sep : str, default ","
         Field separator; may have several characters (``"::"`` for MovieLens-1M).
     header : bool or None
-        Whether the first line is a header. ``None`` (default): the file has a header iff a column is
-        given by name -- decided from the arguments, never guessed from the data. A header that does
-        not name a requested column is a ``ValueError`` listing the header's columns.
+        Whether the first line is a header. ``True``: it is skipped (or names the columns);
+        ``False``: it is data. ``None`` (default): a header iff a column is given by name; with every
+        column given by position, a first line that looks like a header (a field such as ``user``,
+        ``item_id`` or ``rating``, or a text id over integer ids on every other line) is a
+        ``DataError`` asking for ``header=True`` or ``header=False`` (never read as data silently; see
+        :mod:`metricrec.data.header_check`). A header that does not name a requested column is a
+        ``ValueError`` listing the header's columns.
     min_rating : float, optional
         Keep only lines whose rating is >= this value (ids below it stay in the id universe).
     binary : bool, default True
@@ -113,7 +118,8 @@ def read_delimited(
     ------
     ValueError
         Bad lines (wrong field count, empty id, non-numeric or NaN rating/timestamp), naming the
-        file and the 1-based line; an empty file; a header without a requested column.
+        file and the 1-based line; an empty file; a header without a requested column; a first line
+        that looks like a header with ``header=None``; a path that is not a regular file.
     """
     spec = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": timestamp_col}
     t = read_columns(path, {k: v for k, v in spec.items() if v is not None}, sep=sep, header=header,
@@ -299,9 +305,7 @@ def read_parquet(
     """
     import pyarrow.parquet as pq
 
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"parquet file not found: {path}")
+    path = require_regular_file(path, "parquet file")
     _check_min_rating(min_rating, rating_col, path)
     try:
         names = pq.read_schema(path).names
@@ -334,9 +338,14 @@ def read_interactions(path: str | os.PathLike, **kw: Any) -> Interactions:
     keeps the reader's default field); ``.parquet``/``.pq`` -> :func:`read_parquet` (``user_col`` and
     ``item_col`` required; ``sep`` is ignored); ``.tsv`` -> tab separated and ``.csv`` -> comma
     separated :func:`read_delimited`; any other suffix needs an explicit ``sep``. Keyword arguments
-    go to the reader.
+    go to the reader; ``header`` (see :func:`read_delimited`) is for delimited files only and ignored
+    for ``.inter`` (always a typed header) and parquet files. A path that is not a regular file (a
+    directory, a FIFO) is a ``DataError`` saying what it is, whatever its suffix.
     """
+    require_regular_file(path)
     suffix = plain_suffix(path)
+    if suffix in (".inter", ".parquet", ".pq"):
+        kw.pop("header", None)
     if suffix == ".inter":
         kw.pop("sep", None)
         for old, new in _INTER_KEYS.items():

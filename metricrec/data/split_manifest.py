@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from .._file_kind import irregular
 from ..errors import DataError
 from ..fingerprint import file_sha256
 from .columns import id_column
-from .delimited import read_columns
+from .delimited import REGULAR, read_columns
 from .ids import IdIndex
 
 __all__ = ["MANIFEST", "FORMAT", "ID_FILES", "file_entry", "read_manifest", "check_files", "read_id_list"]
@@ -62,8 +63,12 @@ def check_files(folder: Path, manifest: dict[str, Any], where: Path) -> None:
     """Refuse files of ``folder`` that are not the ones ``manifest`` lists (size, then sha256)."""
     for role, entry in manifest["files"].items():
         path = folder / entry["file"]
-        if not path.is_file():
-            raise DataError(f"{path}: missing; {where} lists it as the {role} file of this split")
+        try:
+            problem = irregular(path, REGULAR)  # by os.stat: a FIFO is never opened (or hashed)
+        except FileNotFoundError:
+            problem = "missing"
+        if problem is not None:
+            raise DataError(f"{path}: {problem}; {where} lists it as the {role} file of this split")
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise DataError(f"{path}: {size:,} bytes, but {where} lists {entry['bytes']:,}: this file was changed "

@@ -10,6 +10,7 @@ import torch
 from metricrec.data.features import as_features, describe_features, filter_min_count, normalize_rows, read_item_features
 from metricrec.models.cml.feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_to_arrays
 from metricrec.data.interactions import DataWarning, Features
+from metricrec.errors import DataError
 from metricrec.serialization import ModelFormatError
 
 
@@ -162,11 +163,17 @@ def test_zero_padded_item_ids_are_not_the_integer(tmp_path):
     assert g.matrix.toarray().tolist() == [[1, 0], [0, 1]]
 
 
-def test_header_is_never_guessed_and_names_must_exist(tmp_path):
+def test_a_header_by_position_is_refused_unless_told_and_names_must_exist(tmp_path):
     p = _write(tmp_path, "item,feature\n1,a\n")
-    with pytest.warns(DataWarning, match="unknown item id.*'item'"):  # positional: the first line is data
-        f = read_item_features(p, np.array([1]))
+    with pytest.raises(DataError, match=r"feats\.csv, line 1: looks like a header \('item,feature'"):
+        read_item_features(p, np.array([1]))  # positional columns: never read as an item named 'item'
+    f = read_item_features(p, np.array([1]), header=True)
+    assert f.names.tolist() == ["a"] and f.matrix.toarray().tolist() == [[1]]
+    with pytest.warns(DataWarning, match="unknown item id.*'item'"):  # header=False: the first line is data
+        f = read_item_features(p, np.array([1]), header=False)
     assert f.names.tolist() == ["a"]
+    q = _write(tmp_path, "a,count\nb,time\n", "words.csv")  # feature names are never taken for column names
+    assert read_item_features(q, np.array(["a", "b"])).names.tolist() == ["count", "time"]
     with pytest.raises(ValueError, match=r"feats\.csv: the header has no column 'item_id'.*\['item', 'feature'\]"):
         read_item_features(p, np.array([1]), item_col="item_id", feature_col="feature")
 

@@ -9,6 +9,7 @@ import pytest
 
 from metricrec.cli.main import main
 from metricrec.data.interactions import DataWarning, Interactions
+from metricrec.errors import DataError
 from metricrec.data.readers import from_dataframe, read_delimited, read_inter, read_interactions, read_parquet
 
 BIG = str(2**63)
@@ -57,20 +58,24 @@ def test_header_by_name_and_string_ids(tmp_path):
 
 
 # ---------------------------------------------------------------------- the header rule
-def test_data_looking_first_line_is_data_without_names(tmp_path):
+def test_text_over_integer_ids_is_refused_as_a_header_unless_told(tmp_path):
     p = write(tmp_path, "a.csv", "u1,itemA\n1,2\n3,4\n")
-    x = read_delimited(p)  # columns by index: no header, whatever the first line looks like
+    with pytest.raises(DataError, match=r"a\.csv, line 1: looks like a header \('u1,itemA': the user id 'u1' is text"):
+        read_delimited(p)  # columns by index, header not said: the check
+    x = read_delimited(p, header=False)  # told so: the first line is data
     assert counts(x) == (3, 3, 3)
     assert sorted(x.user_ids.tolist()) == ["1", "3", "u1"] and "itemA" in x.item_ids.tolist()
-    assert counts(read_delimited(p, header=False)) == (3, 3, 3)
     y = read_delimited(p, header=True)  # told so: the first line is skipped
     assert y.user_ids.tolist() == [1, 3] and y.nnz == 2 and y.meta["n_ratings"] == 2
 
 
-def test_header_words_are_data_unless_asked_for(tmp_path):
+def test_header_words_are_refused_by_position_and_data_only_when_asked_for(tmp_path):
     p = write(tmp_path, "b.csv", "user,item\nu1,i1\nu2,i1\n")
-    x = read_delimited(p)
-    assert counts(x) == (3, 2, 3) and "user" in x.user_ids.tolist()  # no guessing from the data
+    with pytest.raises(DataError, match=r"b\.csv, line 1: looks like a header \('user,item': 'user' names a column\)"):
+        read_delimited(p)  # text ids everywhere: the name decides
+    x = read_delimited(p, header=False)
+    assert counts(x) == (3, 2, 3) and "user" in x.user_ids.tolist()
+    assert counts(read_delimited(p, header=True)) == (2, 1, 2)
     y = read_delimited(p, user_col="user", item_col="item")
     assert y.user_ids.tolist() == ["u1", "u2"] and counts(y) == (2, 1, 2)
 

@@ -186,14 +186,30 @@ def _render(pairs, sep, header, quote):
     return "\n".join(lines) + "\n"
 
 
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def _header_like(pairs):
+    """The header check's types rule (metricrec.data.header_check): a text id on the first line over
+    integer ids on every other. (IDS cannot spell a column name such as 'user'.)"""
+    return len(pairs) > 1 and any(not _INTEGER.match(pairs[0][k]) and all(_INTEGER.match(p[k]) for p in pairs[1:])
+                                  for k in (0, 1))
+
+
 @SETTINGS
 @given(pairs=PAIRS, sep=SEPS, header=st.booleans(), quote=st.booleans())
 def test_well_formed_interaction_files_read_exactly(pairs, sep, header, quote):
+    """Read exactly, or -- by position, header not said, only when the first line looks like a header --
+    refused naming line 1; told header=False, that line is data and the file reads exactly."""
     quote = quote and len(sep) == 1
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.txt"
         path.write_text(_render(pairs, sep, header, quote))
         cols = {"user_col": "user", "item_col": "item"} if header else {"user_col": 0, "item_col": 1}
+        if not header and _header_like(pairs):
+            with pytest.raises(DataError, match="data.txt, line 1: looks like a header"):
+                _quiet(read_interactions, path, sep=sep, **cols)
+            cols["header"] = False
         inter = _quiet(read_interactions, path, sep=sep, **cols)
     assert _pairs_of(inter) == set(pairs)
 
@@ -229,9 +245,10 @@ def test_split_files_read_or_raise_the_library_error(train, valid, test, garble,
     if garble is None:
         assert _pairs_of(split.train) == set(train)
         users = {u for u, _ in train}
-        for name in ("valid", "test"):  # only pairs of users unknown to train are dropped: items of any file are kept
+        for name in ("valid", "test"):  # unknown users are counted (as misses), not ranked; items of any file kept
             known = {(u, i) for u, i in parts[name] if u in users}
             assert _pairs_of(getattr(split, name)) == known
+            assert split.meta["unseen_users"][name] == len({u for u, _ in parts[name] if u not in users})
 
 
 @SETTINGS
