@@ -1,10 +1,12 @@
-"""Side-by-side benchmark: metricrec CML against popularity, LightFM (WARP, BPR), implicit (BPR, ALS).
+"""Side-by-side benchmark: metricrec CML against popularity, LightFM (WARP, BPR), implicit (BPR, ALS), EASE.
 
 Every method trains on the identical split (docs/protocol.md: per-user 60/20/20, seed 0) through the
 same peer protocol and loop (:func:`benchmarks.runner.run_peer`): one epoch at a time, valid
 Recall@50/@100 after each epoch, the best epoch kept (early stopping), test scored there by
 :func:`metricrec.metrics.evaluate_part`. Each (data set, method, setting) runs in its own process so
-that peak RSS is its own; every method gets the same thread count.
+that peak RSS is its own; every method gets the same thread count. A method that cannot run on a data
+set here (EASE where its item-item inverse exceeds its memory budget) is recorded as ``skipped`` with the
+reason, in the JSON and in the table.
 
     python -m benchmarks.compare --data-dir ../shared/data             # the full table
     python -m benchmarks.compare --datasets ml-100k --methods cml lightfm-warp
@@ -39,7 +41,7 @@ DATASETS = ("ml-100k", "citeulike-a", "synthetic-ml-1m", "ml-100k-all")
 #: Data sets whose CML setting was never tuned: a check of the defaults on data they were not chosen on
 #: ("ml-100k-all": ml-100k with every rating a positive, 100,000 pairs instead of 55,375).
 UNTUNED = {"ml-100k-all": ("ml-100k", 1.0)}
-METHODS = ("cml", "popularity", "lightfm-warp", "lightfm-bpr", "implicit-bpr", "implicit-als")
+METHODS = ("cml", "popularity", "lightfm-warp", "lightfm-bpr", "implicit-bpr", "implicit-als", "ease")
 
 # Settings used for the table, each chosen on valid Recall@50 from the grids below (the tuning runs
 # are recorded in results/tuning.md): every method is tuned a little, fairly, on each real data set.
@@ -67,6 +69,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "citeulike-a": {"regularization": 30.0, "alpha": 200.0},
         "*": {"regularization": 10.0, "alpha": 5.0},
     },
+    # ml-100k: best valid R@50 of the grid (results/compare-ease.md); "*": Steck's ML-20M setting, untuned
+    "ease": {"ml-100k": {"lam": 500.0}, "*": {"lam": 500.0}},
 }
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
@@ -75,12 +79,14 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "lightfm-bpr": {"learning_rate": [0.02, 0.05, 0.1]},
     "implicit-bpr": {"learning_rate": [0.01, 0.05, 0.1], "regularization": [0.01, 0.1]},
     "implicit-als": {"regularization": [0.1, 1.0, 10.0, 30.0], "alpha": [5.0, 20.0, 50.0, 100.0, 200.0, 400.0]},
+    # a log grid of lambda (Steck tunes it over decades: 500 on ML-20M, 3000 on Netflix)
+    "ease": {"lam": [1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]},
 }
 
 MAX_EPOCHS = {"ml-100k": 200, "citeulike-a": 200, "synthetic-ml-1m": 30, "ml-100k-all": 200}
 # Methods that need fewer epochs than the data set's cap: popularity is done after one counting
-# pass; ALS converges in a few sweeps.
-EPOCH_CAP = {"popularity": 1, "implicit-als": 50}
+# pass, EASE after its closed form; ALS converges in a few sweeps.
+EPOCH_CAP = {"popularity": 1, "implicit-als": 50, "ease": 1}
 
 
 def settings_for(method: str, dataset: str) -> dict[str, Any]:
@@ -90,6 +96,12 @@ def settings_for(method: str, dataset: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- worker (one run per process)
+def skip_reason(peer: Any, train: Any) -> str | None:
+    """Why ``peer`` cannot run on ``train`` here (its ``skip_reason``; None for peers without one)."""
+    check = getattr(peer, "skip_reason", None)
+    return check(train) if check is not None else None
+
+
 def load_split(dataset: str, data_dir: str | None) -> Split:
     """The protocol's split (per-user 60/20/20, seed 0) of a real data set or the synthetic ML-1M."""
     if dataset == "synthetic-ml-1m":
@@ -109,6 +121,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     split = load_split(spec["dataset"], spec.get("data_dir"))
     method, params = spec["method"], spec["params"]
     peer = make_peer(method, params, num_threads=threads)
+    reason = skip_reason(peer, split.train.matrix)
+    if reason:
+        return {"dataset": spec["dataset"], "method": method, "setting": params, "threads": threads, "skipped": reason}
     epochs = min(spec["max_epochs"], EPOCH_CAP.get(method, spec["max_epochs"]))
     out = run_peer(peer, split, max_epochs=epochs, patience=spec["patience"], eval_fn=protocol_eval(split))
     out.update({"dataset": spec["dataset"], "method": method, "setting": params, "threads": threads})
@@ -141,8 +156,9 @@ HEADER = ("| data | method | best epoch | test R@50 | test R@100 | test NDCG@50 
 
 def row(r: dict[str, Any]) -> str:
     """One line of the markdown table."""
-    if "error" in r:
-        return f"| {r['dataset']} | {r['method']} | error: {r['error']} | | | | | | |"
+    for kind in ("error", "skipped"):
+        if kind in r:
+            return f"| {r['dataset']} | {r['method']} | {kind}: {r[kind]} | | | | | | |"
     t = r["test"]
     return (f"| {r['dataset']} | {r['method']} | {r['best_epoch']} | {t['recall@50']:.4f} | {t['recall@100']:.4f} | "
             f"{t['ndcg@50']:.4f} | {r['median_s_per_epoch']:.3f} | {r['train_seconds_to_best']:.1f} | {r['peak_rss_mb']:.0f} |")
@@ -151,8 +167,8 @@ def row(r: dict[str, Any]) -> str:
 def progress_line(r: dict[str, Any]) -> str:
     """One console line per run."""
     head = f"{r['dataset']:<16} {r['method']:<13} {json.dumps(r.get('setting', r.get('params'))):<80} "
-    if "error" in r:
-        return head + r["error"]
+    if "error" in r or "skipped" in r:
+        return head + r.get("error", f"skipped: {r.get('skipped')}")
     return (head + f"valid R@50 {r['best_valid']['recall@50']:.4f} test R@50 {r['test']['recall@50']:.4f} "
             f"{r['median_s_per_epoch']:.3f} s/epoch best {r['best_epoch']}")
 
@@ -168,12 +184,14 @@ def run_method(dataset: str, method: str, args: argparse.Namespace) -> list[dict
                 "data_dir": args.data_dir}
         results.append(launch(spec))
         print(progress_line(results[-1]), flush=True)
+        if "skipped" in results[-1]:  # the catalogue decides, not the setting: the rest of the grid would be too
+            break
     return results
 
 
 def best_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the best valid Recall@50 (the first run when all failed)."""
-    ok = [r for r in results if "error" not in r]
+    """The run with the best valid Recall@50 (the first run when all failed or were skipped)."""
+    ok = [r for r in results if "error" not in r and "skipped" not in r]
     return max(ok, key=lambda r: r["best_valid"]["recall@50"]) if ok else results[0]
 
 

@@ -5,7 +5,8 @@ flag, one process per run, the protocol's split (per-user 60/20/20, seed 0) -- a
 ``report.json``: test Recall@50 at the best epoch, training seconds to the best epoch (the
 initialisation's seconds included), wall seconds of ``fit`` (initialisation, training, per-epoch
 validation) and the share of that wall time spent validating. Beside each run it puts the tuned
-peers of ``benchmarks/results/compare-real.json`` (:mod:`benchmarks.compare`, each tuned on valid):
+peers of ``benchmarks/results/compare-real.json`` and ``compare-ease.json`` (EASE) (:mod:`benchmarks.compare`,
+each tuned on valid):
 their test Recall@50, training seconds to their best epoch and the wall seconds of their loop
 (training plus per-epoch validation).
 
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .common import RESULTS, ROOT, default_data_dir, write_json, write_text
 
@@ -42,7 +43,8 @@ RUNS: dict[str, list[str]] = {
     "synthetic-ml-1m": ["--synthetic", "ml-1m"],
     "ml-100k-all": ["--dataset", "ml-100k", "--min-rating", "1"],  # never tuned on: every rating a positive
 }
-PEERS_FILE = RESULTS / "compare-real.json"
+#: The benchmarks.compare results whose tuned runs stand beside the defaults (those that exist are read).
+PEERS_FILES = (RESULTS / "compare-real.json", RESULTS / "compare-ease.json")
 
 
 def load_average() -> float:
@@ -98,14 +100,15 @@ def summarise(name: str, report: dict[str, Any], load: float, process_s: float) 
     }
 
 
-def tuned_peers(path: Path = PEERS_FILE) -> dict[str, list[dict[str, Any]]]:
-    """Per data set, the tuned peers' runs of :mod:`benchmarks.compare` (CML's own tuned run as
-    ``cml (hand-tuned)``): test Recall@50, training seconds to best, wall seconds of the loop."""
-    if not path.exists():
-        return {}
+def tuned_peers(paths: Path | Sequence[Path] = PEERS_FILES) -> dict[str, list[dict[str, Any]]]:
+    """Per data set, the tuned peers' runs of :mod:`benchmarks.compare` results files (CML's own tuned
+    run as ``cml (hand-tuned)``): test Recall@50, training seconds to best, wall seconds of the loop.
+    Files that do not exist are passed over; failed and skipped runs are left out."""
+    files = [paths] if isinstance(paths, Path) else list(paths)
+    runs = [r for path in files if path.exists() for r in json.loads(path.read_text())["runs"]]
     best: dict[tuple[str, str], dict[str, Any]] = {}  # a --tune file holds every grid run: keep the best on valid
-    for r in json.loads(path.read_text())["runs"]:
-        if "error" in r or r["method"] == "popularity":
+    for r in runs:
+        if "error" in r or "skipped" in r or r["method"] == "popularity":
             continue
         key = (r["dataset"], r["method"])
         if key not in best or r["best_valid"]["recall@50"] > best[key]["best_valid"]["recall@50"]:
@@ -150,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-load", type=float, help="wait for the 1-minute load average to fall below this first")
     p.add_argument("--wait-max", type=float, default=1800.0, help="give up waiting after this many seconds")
     p.add_argument("--name", default="defaults", help="results file stem (default defaults)")
-    p.add_argument("--peers", type=Path, default=PEERS_FILE,
-                   help="benchmarks.compare results of the tuned peers (default results/compare-real.json)")
+    p.add_argument("--peers", type=Path, nargs="+", default=list(PEERS_FILES),
+                   help="benchmarks.compare results of the tuned peers (default results/compare-real.json and "
+                        "compare-ease.json)")
     args = p.parse_args(argv)
     peers = tuned_peers(args.peers)
     runs = []
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("config", "features")}), flush=True)
     text = table(runs, peers)
     print("\n" + text)
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_file": str(args.peers.name),
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_files": [p.name for p in args.peers],
             "note": "train s to best = initialisation + epochs up to the best; wall = fit (initialisation, training, "
                     "validation), test scoring excluded; peers: training to best and training + validation of "
                     "benchmarks.compare's loop"}

@@ -1,5 +1,6 @@
 """Peer recommenders for side-by-side benchmarks: popularity, LightFM (WARP/BPR), implicit BPR and
-ALS, and metricrec's own CML (:class:`benchmarks.cml_peer.CMLPeer`) behind the same protocol.
+ALS, EASE (:class:`benchmarks.ease.EASEPeer`) and metricrec's own CML
+(:class:`benchmarks.cml_peer.CMLPeer`) behind the same protocol.
 
 Benchmark-only code: ``implicit`` and ``lightfm`` (the ``rectools-lightfm`` fork) are not metricrec
 dependencies; see benchmarks/README.md for the install commands.
@@ -13,6 +14,8 @@ the caller can evaluate on valid after each epoch and keep the best epoch (docs/
   float32 ``torch.Tensor`` of shape (b, n_items), higher is better. The scorer holds a *copy* of
   the current parameters, so a scorer kept at the best epoch stays valid while training goes on.
 - ``peer.params() -> dict``: the settings, for the results file.
+- optionally ``peer.skip_reason(train_csr) -> str | None``: why the method cannot run on this data
+  here (EASE: the item-item inverse would not fit in memory), checked before training.
 
 :func:`benchmarks.runner.run_peer` is the loop that drives them; :func:`make_peer` builds one by name.
 """
@@ -29,9 +32,10 @@ import torch
 from metricrec.metrics import Scorer, embedding_scorer
 
 from .cml_peer import CMLPeer
+from .ease import EASEPeer
 
 __all__ = ["PopularityPeer", "LightFMPeer", "lightfm_item_features", "ImplicitBPRPeer", "ImplicitALSPeer",
-           "CMLPeer", "PEERS", "make_peer"]
+           "CMLPeer", "EASEPeer", "PEERS", "make_peer"]
 
 # Implicit's own threads do the work; nested BLAS threads only oversubscribe the cores.
 _BLAS_THREADS = 1
@@ -255,6 +259,7 @@ PEERS: dict[str, Callable[..., Any]] = {
     "lightfm-bpr": lambda **kw: LightFMPeer(loss="bpr", **kw),
     "implicit-bpr": ImplicitBPRPeer,
     "implicit-als": ImplicitALSPeer,
+    "ease": EASEPeer,
 }
 
 

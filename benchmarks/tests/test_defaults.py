@@ -42,3 +42,20 @@ def test_tuned_peers_keep_each_methods_best_run_on_valid(tmp_path):
     peers = tuned_peers(tmp_path / "c.json")["d"]
     assert sorted((p["method"], p["test_recall@50"]) for p in peers) == [("implicit-als", 0.44), ("lightfm-warp", 0.3)]
     assert peers[0]["wall_seconds"] == 3.0
+
+
+def test_tuned_peers_read_every_results_file_and_leave_out_skipped_runs(tmp_path):
+    import json
+
+    from benchmarks.defaults import tuned_peers
+
+    def run(method, valid, test):
+        return {"dataset": "d", "method": method, "best_valid": {"recall@50": valid}, "test": {"recall@50": test},
+                "best_epoch": 1, "train_seconds_to_best": 0.5, "train_seconds_total": 0.5, "eval_seconds_total": 0.1}
+    (tmp_path / "real.json").write_text(json.dumps({"runs": [run("implicit-als", 0.4, 0.5)]}))
+    (tmp_path / "ease.json").write_text(json.dumps({"runs": [
+        run("ease", 0.45, 0.52), run("ease", 0.47, 0.55),
+        {"dataset": "big", "method": "ease", "skipped": "EASE needs ~9 GiB"}]}))
+    peers = tuned_peers([tmp_path / "real.json", tmp_path / "ease.json", tmp_path / "absent.json"])
+    assert list(peers) == ["d"]
+    assert sorted((p["method"], p["test_recall@50"]) for p in peers["d"]) == [("ease", 0.55), ("implicit-als", 0.5)]

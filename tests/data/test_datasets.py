@@ -19,7 +19,8 @@ def feature_names(feats, row):
 
 # ---------------------------------------------------------------- registry and data dir
 def test_available():
-    assert available_datasets() == ["citeulike-a", "ml-100k", "ml-1m"]
+    assert available_datasets() == ["amazon-beauty", "amazon-toys", "citeulike-a", "filmtrust", "ml-100k", "ml-1m",
+                                    "steam-200k"]
     with pytest.raises(ValueError, match="unknown data set 'ml-20m'.*ml-100k"):
         load_dataset("ml-20m")
 

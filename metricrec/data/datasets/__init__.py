@@ -3,9 +3,11 @@
 Files live in ``<data_dir>/<name>/``. The data directory is, in order: the ``data_dir`` argument, the
 ``METRICREC_DATA`` environment variable, or the user cache (``$XDG_CACHE_HOME/metricrec``, default
 ``~/.cache/metricrec``). MovieLens archives are downloaded from GroupLens when missing (sha256 and size
-pinned, an overall deadline, nothing left behind: see :mod:`.download`); citeulike-a must be put there by
-hand. Every load checks the data set's files against the official release (sizes and sha256, see
-:mod:`.verify`): a truncated or edited file is a :class:`~metricrec.errors.DataError`, never loaded.
+pinned, an overall deadline, nothing left behind: see :mod:`.download`); the others (citeulike-a,
+steam-200k, filmtrust, amazon-beauty, amazon-toys) must be put there by hand. Every load checks the
+data set's files against the official release (sizes and sha256, see :mod:`.verify`): a truncated or
+edited file is a :class:`~metricrec.errors.DataError`, never loaded. :func:`load_dataset_split` gives
+the authors' own split where a data set ships one (steam-200k).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from pathlib import Path
 from typing import Callable
 
 from ..interactions import Interactions
+from ..splits import Split
 from .citeulike import CITEULIKE_CHECKS, CITEULIKE_FILES, load_citeulike_a, read_item_tags
 from .download import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Archive, DownloadError, ensure_files
 from .movielens import (ML1M, ML1M_CHECKS, ML1M_FILES, ML100K, ML100K_CHECKS, ML100K_FILES, load_ml1m, load_ml100k,
                         titles_of)
+from .filmtrust import FILMTRUST_CHECKS, FILMTRUST_FILES, load_filmtrust
+from .s3rec import S3REC_SETS
+from .steam import STEAM_CHECKS, STEAM_FILES, STEAM_SPLIT_CHECKS, STEAM_SPLIT_FILES, load_steam_200k, load_steam_split
 from .verify import FileSpec, verify_files
 
 __all__ = [
-    "DATA_ENV", "DownloadError", "available_datasets", "dataset_folder", "explicit_data_dir", "item_titles",
-    "load_dataset", "read_item_tags", "resolve_data_dir",
+    "DATA_ENV", "DownloadError", "available_datasets", "dataset_description", "dataset_folder", "explicit_data_dir",
+    "item_titles", "load_dataset", "load_dataset_split", "read_item_tags", "resolve_data_dir",
 ]
 
 DATA_ENV = "METRICREC_DATA"
@@ -39,6 +45,16 @@ class _Dataset:
     loader: Callable[[Path, float | None], Interactions]
     description: str
     checks: tuple[FileSpec, ...]
+    #: The authors' split, where the data set ships one: its files, their checks and its reader.
+    split_files: tuple[str, ...] = ()
+    split_checks: tuple[FileSpec, ...] = ()
+    split_loader: Callable[[Path, Interactions], Split] | None = None
+
+
+def _s3rec(name: str, title: str, counts: str) -> _Dataset:
+    s = S3REC_SETS[name]
+    return _Dataset(name, s.files, None, s.load, f"{title} (S3-Rec 5-core sequences): {counts}, in time order "
+                    "(positives: every item; timestamps: position in the user's sequence)", (s.check,))
 
 
 _REGISTRY: dict[str, _Dataset] = {
@@ -49,13 +65,28 @@ _REGISTRY: dict[str, _Dataset] = {
                       "MovieLens 1M: 6,040 users, 3,706 rated movies, 1,000,209 ratings (positives: rating >= 4)",
                       ML1M_CHECKS),
     "citeulike-a": _Dataset("citeulike-a", CITEULIKE_FILES, None, load_citeulike_a,
-                            "citeulike-a: 5,551 users, 16,980 articles, 204,986 pairs, article tags", CITEULIKE_CHECKS),
+                            "citeulike-a: 5,551 users, 16,980 articles, 204,986 pairs, article tags (positives: every "
+                            "pair)", CITEULIKE_CHECKS),
+    "steam-200k": _Dataset("steam-200k", STEAM_FILES, None, load_steam_200k,
+                           "Steam-200k (LibCML's implicit version): 3,757 users, 5,113 games, 115,139 pairs "
+                           "(positives: every pair); the authors' split: load_dataset_split", STEAM_CHECKS,
+                           STEAM_SPLIT_FILES, STEAM_SPLIT_CHECKS, load_steam_split),
+    "filmtrust": _Dataset("filmtrust", FILMTRUST_FILES, None, load_filmtrust,
+                          "FilmTrust: 1,508 users, 2,071 films, 35,497 ratings 0.5..4, 35,494 pairs (positives: "
+                          "every rating; min_rating thresholds)", FILMTRUST_CHECKS),
+    "amazon-beauty": _s3rec("amazon-beauty", "Amazon Beauty", "22,363 users, 12,101 items, 198,502 pairs"),
+    "amazon-toys": _s3rec("amazon-toys", "Amazon Toys and Games", "19,412 users, 11,924 items, 167,597 pairs"),
 }
 
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
     return sorted(_REGISTRY)
+
+
+def dataset_description(name: str) -> str:
+    """One line on data set ``name``: its size and which pairs are positives."""
+    return _spec(name).description
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -138,11 +169,13 @@ def load_dataset(
     Parameters
     ----------
     name : str
-        One of :func:`available_datasets` (``"ml-100k"``, ``"ml-1m"``, ``"citeulike-a"``).
+        One of :func:`available_datasets` (``"ml-100k"``, ``"ml-1m"``, ``"citeulike-a"``, ``"steam-200k"``,
+        ``"filmtrust"``, ``"amazon-beauty"``, ``"amazon-toys"``; :func:`dataset_description` says what each is).
     data_dir : path-like, optional
         See :func:`resolve_data_dir`.
     min_rating : float, optional
-        MovieLens: positives are ratings >= this (default 4; ``1`` keeps every rating).
+        Positives are ratings >= this: MovieLens default 4 (``1`` keeps every rating), FilmTrust default
+        0.5 (every rating). The data sets without ratings refuse a threshold above 1.
     download : bool, default True
         Download missing MovieLens files; when False (or offline) a missing file raises an error that
         names the URL, the directory and the files to put there.
@@ -171,6 +204,43 @@ def load_dataset(
     checked = verify_files(folder, spec.checks, name, remedy) if verify else []
     data = spec.loader(folder, min_rating)
     return dataclasses.replace(data, meta={**data.meta, "verified": checked})
+
+
+def load_dataset_split(
+    name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = True,
+) -> Split:
+    """The data set's own train/valid/test split, as its authors published it (steam-200k's three
+    ``user_{train,val,test}_matrix.npz``).
+
+    The data set is loaded as :func:`load_dataset` does and the split's files are checked against
+    their official sizes and sha256 before they are read (without pickle); the parts are checked to be
+    disjoint and to make up the data set exactly.
+
+    Returns
+    -------
+    Split
+        Parts over the data set's users and items; ``meta["method"]`` is ``"predefined"``,
+        ``meta["verified"]`` the split files checked.
+
+    Raises
+    ------
+    ValueError
+        The data set ships no split (use :mod:`metricrec.data.splits` on it).
+    FileNotFoundError
+        A split file is missing (the message names the folder and the files).
+    DataError
+        A split file differs from the official one, or the parts overlap or differ from the data set.
+    """
+    spec = _spec(name)
+    if spec.split_loader is None:
+        with_split = [n for n in available_datasets() if _REGISTRY[n].split_loader is not None]
+        raise ValueError(f"data set {name!r} ships no predefined split (those that do: {', '.join(with_split)}); "
+                         "split it with ratio_split, leave_k_out or temporal_split")
+    data = load_dataset(name, data_dir, download=False, verify=verify)
+    folder = ensure_files(name, resolve_data_dir(data_dir), spec.folder, spec.split_files, None, download=False)
+    checked = verify_files(folder, spec.split_checks, name) if verify else []
+    split = spec.split_loader(folder, data)
+    return dataclasses.replace(split, meta={**split.meta, "verified": checked})
 
 
 def item_titles(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> dict:
