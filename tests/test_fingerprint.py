@@ -144,7 +144,7 @@ def test_the_models_own_fingerprint_is_checked_first(tmp_path):
     import argparse
     from types import SimpleNamespace
 
-    from metricrec.cli.train_cmd import _data_for_run
+    from metricrec.cli.train_exec import _data_for_run
     from metricrec.cli.sources import rebuild
 
     csv = _pairs_csv(tmp_path / "a.csv", 0)

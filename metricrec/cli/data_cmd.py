@@ -6,10 +6,11 @@ import argparse
 
 from ..data.split_files import write_split
 from .sources import add_data_arguments, add_split_arguments, describe_args, load_data, make_split
+from .commands import COMMANDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="inspect and split data")
+    data = sub.add_parser("data", help=COMMANDS["data"].help)
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="{stats,split}")
     stats = dsub.add_parser("stats", help="users, items, interactions, density and split sizes")
     add_data_arguments(stats)

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .commands import COMMANDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build an ANN index (faiss HNSW or IVF) over a saved model's items")
+    p = sub.add_parser("index", help=COMMANDS["index"].help)
     p.add_argument("--model", required=True,
                    help="a folder written by 'metricrec train' (its model/ is used) or by model.save()")
     p.add_argument("--kind", choices=("hnsw", "ivf", "flat"), default="hnsw",

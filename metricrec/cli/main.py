@@ -1,41 +1,70 @@
 """The `metricrec` command: parse, dispatch, and end every failure as one line and a documented exit
-status (:mod:`metricrec.cli.boundary`)."""
+status (:mod:`metricrec.cli.boundary`).
+
+Only the module of the command asked for is imported (:data:`metricrec.cli.commands.COMMANDS`): the
+other commands are listed by name and help, so `metricrec --help` and `--version` import no torch,
+and `train` writes its run record before the training side is imported."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
+from typing import Sequence
 
 from .. import __version__
-from . import data_cmd, recommend_cmd, train_cmd
-from . import index_cmd, serve_cmd
-from . import report_cmd, tune_cmd
-from .config_file import add_config_arguments, parse_with_config
 from .boundary import EPILOG, OneLineParser, add_debug_flags, run_guarded
+from .commands import COMMANDS
+from .config_file import add_config_arguments, parse_with_config
 from .sources import quiet_warnings_to_stderr
 
+_TOP_FLAGS_WITH_VALUE = ("--config",)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not a top-level option), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _TOP_FLAGS_WITH_VALUE:
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command (``only=None``), or of ``only`` in full and the others by name and
+    help (what :func:`main` uses: their modules are not imported)."""
     p = OneLineParser(
         prog="metricrec",
         description="Collaborative Metric Learning recommenders: data, training, evaluation, recommendations.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"metricrec {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,train,evaluate,recommend,index,serve,tune,report}")
-    data_cmd.register(sub)
-    train_cmd.register(sub)
-    recommend_cmd.register(sub)
-    index_cmd.register(sub); serve_cmd.register(sub)  # noqa: E702
-    tune_cmd.register(sub); report_cmd.register(sub)  # noqa: E702
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    full = list(dict.fromkeys(c.module for c in COMMANDS.values())) if only is None else \
+        ([COMMANDS[only].module] if only in COMMANDS else [])
+    registered: set[str] = set()
+    for name, command in COMMANDS.items():
+        if command.module in full and command.module not in registered:
+            importlib.import_module(f"{__package__}.{command.module}").register(sub)
+            registered.add(command.module)
+        elif command.module not in full:
+            sub.add_parser(name, help=command.help)
     add_config_arguments(p)  # --config FILE on every subcommand
     add_debug_flags(p)  # --debug (alias --traceback) before or after the subcommand
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    parser = build_parser(only=command) if command is not None else build_parser(only="")
     try:
         args = parse_with_config(parser, argv)
     except ValueError as exc:  # --config FILE unreadable, or a key or value its subcommand refuses

@@ -4,6 +4,7 @@ to CSV/parquet, or new users folded in from their liked items -- all from the mo
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,13 +13,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..data.datasets import item_titles
-from ..data.ids import canonical_ids
+from ..data.columns import id_column
+from ..data.delimited import read_columns
 from ..data.readers import read_interactions
 from ..errors import ConfigError, DataError
 from ..models.base import EmbeddingRecommender, load_model
 from ..models.schema import read_run_doc
 from ..serialization import atomic_output
-from .sources import model_data_warning, note
+from .sources import add_header_arguments, model_data_warning, note
+from .commands import COMMANDS
 
 __all__ = ["register", "cmd_recommend"]
 
@@ -28,16 +31,18 @@ USERS_PER_CHUNK = 4096
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    rec = sub.add_parser("recommend", help="top-N items by raw id: one user, all users to a file, or new users")
+    rec = sub.add_parser("recommend", help=COMMANDS["recommend"].help)
     rec.add_argument("--model", required=True, help="a folder written by 'metricrec train' (or its model/ folder)")
     who = rec.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="one raw user id: print the list (with titles for MovieLens when at hand)")
-    who.add_argument("--users", metavar="all|FILE", help="'all', or a file of raw user ids (one a line, no header)")
+    who.add_argument("--users", metavar="all|FILE", help="'all', or a file of raw user ids (one a line; a first "
+                                                          "line that looks like a header needs --header or --no-header)")
     who.add_argument("--new-users", metavar="CSV", help="user,item rows (header user,item) of new users to fold in")
     rec.add_argument("-n", "--n", type=int, default=10, help="how many items per user (default 10)")
     rec.add_argument("--output", help="recs.csv or recs.parquet: user,rank,item,score rows (default: print)")
     rec.add_argument("--keep-liked", action="store_true", help="do not filter the users' training items")
     rec.add_argument("--approximate", action="store_true", help="use the model's ANN index (metricrec index)")
+    add_header_arguments(rec, "the --users file")
     rec.set_defaults(func=cmd_recommend)
 
 
@@ -50,7 +55,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.new_users:
         users, recs = _new_users(model, args)
     else:
-        users = _users(model, args.users)
+        users = _users(model, args.users, args.header)
         recs = _chunks(model, users, args)
     t0 = time.perf_counter()
     n_rows = _write(recs, args.output)
@@ -61,12 +66,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def _load(path: str) -> tuple[EmbeddingRecommender, Path]:
     run = Path(path)
-    model_dir = run / "model" if (run / "model" / "config.json").is_file() else run
+    model_dir = run / "model" if os.path.lexists(run / "model" / "config.json") else run
     model = load_model(model_dir)
     if model.user_items is None and model.user_map is None:
         note("(this model has no raw id maps: user and item ids are row indices)")
     run = run if model_dir != run else run.parent
-    if warning := model_data_warning(model, read_run_doc(run / "data.json") if (run / "data.json").is_file() else None):
+    doc = read_run_doc(run / "data.json") if os.path.lexists(run / "data.json") else None  # a FIFO: refused
+    if warning := model_data_warning(model, doc):
         note(warning)  # a synthetic fallback is never shown as the real data set
     return model, run
 
@@ -88,7 +94,7 @@ def _print_one(model: EmbeddingRecommender, run: Path, args: argparse.Namespace)
 def _titles(run: Path) -> dict:
     """MovieLens titles when the run's data.json names a data set whose files are still there."""
     doc_path = run / "data.json"
-    if not doc_path.is_file():
+    if not os.path.lexists(doc_path):
         return {}
     src = read_run_doc(doc_path).get("source", {})  # checked: a damaged data.json is one clear error
     name, data_dir = src.get("name", ""), src.get("data_dir")
@@ -104,11 +110,11 @@ def _titles(run: Path) -> dict:
     return {}
 
 
-def _users(model: EmbeddingRecommender, spec: str) -> np.ndarray:
+def _users(model: EmbeddingRecommender, spec: str, header: bool | None) -> np.ndarray:
     n_users = model.user_embeddings.shape[0]
     if spec == "all":
         return np.arange(n_users) if model.user_map is None else model.user_map.ids
-    ids = _read_ids(spec)
+    ids = _read_ids(spec, header)
     model.user_index(ids)  # unknown ids: one error naming them, before any work
     return ids
 
@@ -199,18 +205,10 @@ def _write_parquet(recs: Iterator[tuple], path: Path) -> int:
     return n
 
 
-def _read_ids(path: str) -> np.ndarray:
-    """Raw ids, one a line, no header (the id rule of :func:`metricrec.data.ids.canonical_ids`)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    if not Path(path).is_file():
-        raise DataError(f"user file not found: {path}")
-    try:
-        table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=["id"]),
-                               convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}))
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: not a list of ids, one a line ({exc})") from None
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no user ids")
-    return canonical_ids(table.column("id").to_numpy(zero_copy_only=False).astype(str))
+def _read_ids(path: str, header: bool | None) -> np.ndarray:
+    """Raw ids, one a line (the id rule of :func:`metricrec.data.ids.canonical_ids`), read like every
+    text file (:func:`metricrec.data.delimited.read_columns`): a regular file only, and a first line
+    that looks like a header (``user``, ``user_id``, text over integer ids) refused unless ``header``
+    (``--header`` / ``--no-header``) says what it is."""
+    t = read_columns(path, {"id": 0}, header=header, fields=1, what="user ids")
+    return id_column(t, "id", "user")

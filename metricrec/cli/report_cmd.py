@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from .commands import COMMANDS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
-    p = sub.add_parser("report", help="write DIR/report.html: curves, metrics, item map (a run) or history (a study)",
+    p = sub.add_parser("report", help=COMMANDS["report"].help,
                        description="One self-contained HTML page (matplotlib figures as embedded PNG) of a "
                                    "'metricrec train' run folder or a 'metricrec tune' --out folder.")
     p.add_argument("run_dir", metavar="DIR", help="a 'metricrec train' run folder or a 'metricrec tune' --out folder")

@@ -29,7 +29,7 @@ from .. import __version__
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fingerprint import compare_fingerprints
 from ..serialization import atomic_write_json
-from ..training.checkpoint import read_json
+from ..training.json_files import read_json
 
 __all__ = ["RUN_FILE", "STATUSES", "read_run", "check_out_record", "start_run", "mark_run", "check_run_data",
            "finished_line"]
@@ -72,8 +72,9 @@ def read_run(run: Path, *, known_args: Container[str] | None = None) -> dict[str
     if doc.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: run record format_version {doc.get('format_version')!r} is not supported")
     args, data = doc.get("args"), doc.get("data")
+    fp = data.get("train_fingerprint") if isinstance(data, dict) else None
     if doc.get("status") not in STATUSES or not isinstance(args, dict) or not isinstance(data, dict) \
-            or not isinstance(data.get("train_fingerprint"), dict) \
+            or not (isinstance(fp, dict) or (fp is None and doc.get("status") == "started")) \
             or (known_args is not None and any(k not in known_args for k in args)):
         raise CheckpointError(f"{path}: damaged run record (status one of {', '.join(STATUSES)}, the run's args "
                               "and the data's train_fingerprint expected)")
@@ -90,10 +91,12 @@ def check_out_record(out: Path) -> None:
                               "choose another --out") from None
 
 
-def start_run(out: Path, args: dict[str, Any], source: dict[str, Any], train_fingerprint: dict[str, Any], *,
-              previous: dict[str, Any] | None = None, checkpointed: bool = False) -> None:
+def start_run(out: Path, args: dict[str, Any], source: dict[str, Any] | None,
+              train_fingerprint: dict[str, Any] | None, *, previous: dict[str, Any] | None = None,
+              checkpointed: bool = False) -> None:
     """Write ``out/run.json`` at the start of a run: status ``started`` (``training`` when going on
-    from a checkpoint); a resumed or restarted run keeps the ``started_at`` of ``previous``."""
+    from a checkpoint); a resumed or restarted run keeps the ``started_at`` of ``previous``. The
+    first record of a new run has no ``source`` and fingerprint yet (None: the data is not loaded)."""
     now = _now()
     atomic_write_json(out / RUN_FILE, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "metricrec_version": __version__,
@@ -113,6 +116,8 @@ def mark_run(out: Path, status: str) -> None:
 def check_run_data(run: Path, record: dict[str, Any], actual: dict[str, Any], what: str) -> None:
     """:class:`DataError` naming what changed when the data's training part is not the one ``record``
     (the run's ``run.json``) was started on."""
+    if record["data"]["train_fingerprint"] is None:  # killed before its data was loaded: nothing to compare
+        return
     diffs = compare_fingerprints(record["data"]["train_fingerprint"], actual,
                                  sides=("when the run started", "now"))
     if diffs:

@@ -9,13 +9,13 @@ import threading
 from typing import Any
 
 from ..errors import ConfigError
+from .commands import COMMANDS
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a saved model over HTTP (GET/POST /recommend, /similar-items, /health; "
-                                     "ids are strings; schemas at /openapi.json)")
+    p = sub.add_parser("serve", help=COMMANDS["serve"].help)
     p.add_argument("--model", required=True,
                    help="a folder written by 'metricrec train' (its model/) or model.save(); its index/ is used")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

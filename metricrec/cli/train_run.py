@@ -25,13 +25,16 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..data.splits import Split
 from ..errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
-from ..models.base import EmbeddingRecommender
-from ..training.checkpoint import Checkpointer, StopSignals, read_json
-from .run_folder import RUN_FILE, check_out_record, check_run_data, finished_line, mark_run, read_run
+from ..training.json_files import read_json
+
+if TYPE_CHECKING:  # the training side is imported where a run trains: parsing `train` needs no torch
+    from ..data.splits import Split
+    from ..models.base import EmbeddingRecommender
+    from ..training.checkpoint import Checkpointer
+from .run_folder import RUN_FILE, check_out_record, check_run_data, finished_line, mark_run, read_run, start_run
 from .sources import note
 
 __all__ = ["add_run_arguments", "resumed_args", "check_resumed_data", "check_before_training", "fit_resumable",
@@ -112,6 +115,45 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace | None:
     merged.run_record = record
     merged.no_progress = args.no_progress or doc.get("no_progress", False)
     return merged
+
+
+def record_start(args: argparse.Namespace) -> None:
+    """A new run with ``--out`` writes ``OUT/run.json`` before anything else -- before the data is
+    loaded, torch imported or a kernel compiled -- with its arguments and status ``started`` (the
+    data's fingerprint follows once the data is split: :func:`~metricrec.cli.run_folder.start_run`).
+    A run killed in its first second is so restarted by ``--resume OUT``. Not for a resumed or
+    restarted run (its record exists), nor without ``--out`` (the folder's name comes from the data),
+    nor on a torchrun rank other than 0."""
+    if args.resume or getattr(args, "run_record", None) is not None or args.out is None \
+            or os.environ.get("RANK", "0") != "0":
+        return
+    out = Path(args.out)
+    _check_out(out)  # the checks training makes of --out, before writing into it
+    created = [p for p in (out, *out.parents) if not p.exists()]  # the folders the record makes, deepest first
+    start_run(out, saved_args(args), None, None)
+    args.early_record = (out, created)
+
+
+def discard_early_record(args: argparse.Namespace, out: Path | None = None) -> None:
+    """Remove the record :func:`record_start` wrote in ``--out`` (and the folder when it made it)
+    while it is still that first record: when the run writes to ``out`` after all (a synthetic
+    fallback: ``OUT-synthetic-fallback``), or (``out`` None) when the command failed before the data
+    was split -- a run refused for its data or flags leaves nothing behind, a killed one its record."""
+    early = getattr(args, "early_record", None)
+    if early is None or early[0] == out:
+        return
+    folder, created = early
+    try:
+        record = read_run(folder)
+    except CheckpointError:
+        return
+    if record is None or record["data"]["train_fingerprint"] is not None:
+        return  # the run's full record: the folder is the run's now
+    (folder / RUN_FILE).unlink(missing_ok=True)
+    for made in created:
+        if made.is_dir() and not any(made.iterdir()):
+            made.rmdir()
+    args.early_record = None
 
 
 def check_resumed_data(args: argparse.Namespace, out: Path, train_fingerprint: dict[str, Any], what: str) -> None:
@@ -197,6 +239,8 @@ def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args
             inside = f", inside epoch {state.get('epochs_done', 0) + 1} at pair {pos.get('pair')}" \
                 if isinstance(pos, dict) and isinstance(state.get("epochs_done"), int) else ""
             note(f"RESUME: {out} from its checkpoint: {state.get('epochs_done')} epoch(s) done{inside}")
+    from ..training.checkpoint import Checkpointer, StopSignals
+
     with StopSignals() as stop:
         ckpt = Checkpointer(out / "checkpoint", every_minutes=every if isinstance(every, float) else None,
                             resume=bool(args.resume), files={"args.json": saved_args(args)}, stop=stop,

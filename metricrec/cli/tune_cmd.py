@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..fingerprint import fingerprint
 from ..models.cml.config import CMLConfig
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
@@ -18,6 +20,7 @@ from ..training.backends import CHOICES as BACKEND_CHOICES
 from .sources import (add_data_arguments, add_feature_arguments, add_split_arguments, describe_args, load_data,
                       load_item_features, make_split, note, rebuild)
 from .train_cmd import _add_config_arguments, config_from_args
+from .commands import COMMANDS
 
 _EPILOG = f"""\
 search space (one trial draws each; a hyperparameter flag fixes that setting instead):
@@ -33,7 +36,7 @@ See docs/tuning.md.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``tune`` subcommand."""
-    p = sub.add_parser("tune", help="tune CML's hyperparameters with Optuna (TPE, pruning, resumable SQLite study)",
+    p = sub.add_parser("tune", help=COMMANDS["tune"].help,
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     add_split_arguments(p)
@@ -82,6 +85,8 @@ def _objective(args: argparse.Namespace) -> tuple[Objective, dict[str, Any], dic
     space = select(args.params.split(",") if args.params else None, fixed)
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1, got {args.trials}")
+    if args.timeout is not None and not args.timeout > 0:  # NaN too
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     data, desc = load_data(args)
     split = make_split(args, data)
     sizes = split.sizes()
@@ -111,6 +116,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     src = data_doc["source"]
     name = args.study_name or "cml-" + str(src.get("name") or src.get("preset") or Path(str(src.get("path", "data"))).stem)
     out = Path(args.out or Path("runs") / f"tune-{name}")
+    if os.path.lexists(out) and not out.is_dir():  # found now, not after the first trial
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     extra = {"data": data_doc, "data_flags": _data_flags(args), "out": str(out.resolve())}
     study = run_study(objective, storage=args.storage, name=name, trials=args.trials, timeout=args.timeout,
                       seed=args.sampler_seed, pruner=pruner, out=out, identity=identity, extra=extra)

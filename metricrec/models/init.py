@@ -32,9 +32,13 @@ matrix too small for a spectral basis (fewer than 3 users or items) the random s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a table is made: reading INITS (the CLI's flags) does not need it
+    import torch
 
 __all__ = ["INITS", "random_tables", "spectral_tables"]
 
@@ -59,6 +63,8 @@ INSIDE = 1.0 - 2.0 ** -16
 
 def random_tables(n_users: int, n_items: int, factors: int, std: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded normal tables with standard deviation ``std`` (users drawn first, then items)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n_users, factors, generator=gen) * std, torch.randn(n_items, factors, generator=gen) * std
 
@@ -117,6 +123,8 @@ def _right_singular(a: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np
     """Top-``k`` right singular vectors and values of ``a`` by a seeded randomised range finder
     (Halko, Martinsson & Tropp 2011) with ``POWER_ITERATIONS`` normalised power iterations; float32
     sparse products (scipy) and QR factorisations (torch, the caller's thread count)."""
+    import torch
+
     a = sp.csr_matrix(a, dtype=np.float32)
     at = a.T.tocsr()
     width = min(k + 10, min(a.shape))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:  # imported where a device or thread count is handled: the CLI reads CHOICES without torch
+    import torch
 
 from ..errors import ConfigError
 
@@ -77,6 +78,8 @@ def resolve_backend(name: str, device: str | torch.device) -> str:
     ConfigError
         An unknown name, a backend that cannot run on the device, or one whose module is missing.
     """
+    import torch
+
     device = torch.device(device)
     if name == AUTO:
         return next(b for b in _AUTO_ORDER if BACKENDS[b].available() and BACKENDS[b].runs_on(device))
@@ -99,6 +102,8 @@ def thread_policy(backend: str) -> Iterator[None]:
     fight over the cores, and on a machine with any other load that turned a 0.4 s epoch into tens of
     seconds. The torch backend keeps torch's threads.
     """
+    import torch
+
     threads = torch.get_num_threads()
     if backend != NUMBA:
         yield

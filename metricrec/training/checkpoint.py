@@ -40,17 +40,18 @@ import numpy as np
 import torch
 
 from .._array_files import read_npz
+from .._file_kind import open_regular
 from .._atomic import atomic_directory, write_new_file
 from ..errors import CheckpointError, TrainingInterrupted
 from ..fingerprint import fingerprint
 from .history import History
+from .json_files import read_json  # noqa: F401 (also imported from here)
 
 __all__ = ["Checkpointer", "StopSignals", "capture", "restore", "write_checkpoint", "read_checkpoint",
            "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "metricrec.checkpoint"
 FORMAT_VERSION = 1
-_MAX_DOC = 1 << 30
 _SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
@@ -191,18 +192,6 @@ def write_checkpoint(folder: str | Path, doc: dict[str, Any], arrays: Mapping[st
     return folder
 
 
-def read_json(path: Path, what: str = "checkpoint document") -> Any:
-    """A JSON file of a checkpoint, size-capped; :class:`CheckpointError` naming it otherwise."""
-    try:
-        if path.stat().st_size > _MAX_DOC:
-            raise CheckpointError(f"{path}: larger than {_MAX_DOC:,} bytes: not a {what}")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (no checkpoint here: was the run started with checkpoints?)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
-
-
 def _check_doc(doc: Any, trainer: Any, where: Path) -> None:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{where}: not a metricrec checkpoint")
@@ -247,7 +236,7 @@ def read_checkpoint(folder: str | Path, trainer: Any) -> tuple[dict[str, Any], d
                                   f"checkpoint can hold")
 
     try:
-        with open(folder / "state.npz", "rb") as fh:
+        with open_regular(folder / "state.npz", "a checkpoint file", CheckpointError) as fh:  # never a FIFO
             arrays = read_npz(fh, folder / "state.npz", check, error=CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{folder / 'state.npz'}: missing (an incomplete checkpoint)") from None

@@ -22,6 +22,11 @@ SAMPLERS = ("uniform", "popularity")
 
 C = TypeVar("C", bound="TrainingConfig")
 
+#: Seconds a collective of data-parallel training (:mod:`metricrec.training.distributed`) waits for
+#: the other ranks before the job is given up. Rank 0's validation pass runs while the others wait
+#: at the next collective, so this must exceed one validation.
+DEFAULT_TIMEOUT_S = 600.0
+
 
 @dataclass(frozen=True)
 class TrainingConfig:

@@ -44,9 +44,7 @@ import torch.distributed as dist
 __all__ = ["DataParallel", "RankFailedError", "CommStats", "launched", "init_from_env", "current", "active",
            "shutdown", "DEFAULT_TIMEOUT_S"]
 
-#: Seconds a collective waits for the other ranks before the job is given up. Rank 0's validation
-#: pass runs while the others wait at the next collective, so this must exceed one validation.
-DEFAULT_TIMEOUT_S = 600.0
+from .config import DEFAULT_TIMEOUT_S  # noqa: E402  (defined beside the other settings: the CLI reads it without torch)
 
 _ACTIVE: "DataParallel | None" = None
 

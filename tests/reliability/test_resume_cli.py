@@ -50,12 +50,20 @@ def _signal_after(proc, out, sig, epochs, timeout=300):
     return proc.communicate(timeout=timeout)
 
 
-def _kill_before_the_first_checkpoint(out, args=ARGS, timeout=300):
-    """Start a run and SIGKILL it once its run.json exists. ``--checkpoint-every 60`` (minutes) puts its
-    only checkpoint at the end of its last epoch, so the kill always comes first (checked)."""
+def _has_fingerprint(out):
+    try:
+        return json.loads((out / "run.json").read_text())["data"]["train_fingerprint"] is not None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _kill_before_the_first_checkpoint(out, args=ARGS, timeout=300, with_data=False):
+    """Start a run and SIGKILL it once its run.json exists (``with_data``: once it also holds the data's
+    fingerprint). ``--checkpoint-every 60`` (minutes) puts its only checkpoint at the end of its last
+    epoch, so the kill always comes first (checked)."""
     proc = _start(out, "--checkpoint-every", "60", args=args)
     t0 = time.monotonic()
-    while not (out / "run.json").is_file():
+    while not (out / "run.json").is_file() or (with_data and not _has_fingerprint(out)):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() - t0 < timeout, "the run wrote no run.json in time"
         time.sleep(0.002)
@@ -136,6 +144,32 @@ def test_sigkill_before_the_first_checkpoint_then_resume_restarts_it_to_the_unin
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
+def test_sigkill_one_second_after_the_start_then_resume_is_the_uninterrupted_run(reference, tmp_path):
+    """The issue's case: SIGKILL 1 s after `metricrec train` starts. The run records its arguments before
+    importing torch or reading the data (0.4 s after the start on a 2-core machine), so the folder is
+    there; --resume alone restarts it and ends where the uninterrupted run ends (bitwise: one thread)."""
+    out = tmp_path / "run"
+    proc = _start(out, "--checkpoint-every", "60")
+    time.sleep(1.0)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert (out / "run.json").is_file(), "no run record 1 s after the start"
+    assert not (out / "checkpoint").exists() and not (out / "model").exists()
+    done = _resume(out)
+    assert "restarting from scratch with its recorded arguments" in done.stderr
+    _assert_same_run(reference, out)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["data"]["train_fingerprint"] is not None
+
+
+def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path):
+    out = tmp_path / "deep" / "run"
+    done = subprocess.run(_cli("train", "--interactions", str(tmp_path / "missing.csv"), "--out", str(out)),
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 2 and "missing.csv" in done.stderr
+    assert not (tmp_path / "deep").exists()  # the first record and the folders it made are gone
+
+
 def _files(folder):
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -174,7 +208,7 @@ def test_resume_on_changed_data_is_one_line_naming_the_change(tmp_path, checkpoi
     if checkpointed:  # the fingerprint check comes before the checkpoint's own (exit 3, naming no change)
         _signal_after(_start(out, args=args), out, signal.SIGKILL, 1)
     else:
-        _kill_before_the_first_checkpoint(out, args)
+        _kill_before_the_first_checkpoint(out, args, with_data=True)  # killed before its data was read: no change
     _csv(csv, extra_user=True)
     done = subprocess.run(_cli("train", "--resume", str(out)), capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 2, done.stderr
@@ -191,7 +225,7 @@ def test_a_run_folder_of_an_older_version_resumes_from_its_checkpoint_arguments(
     from metricrec.cli.main import main
 
     out = tmp_path / "run"
-    with mock.patch("metricrec.cli.train_cmd.finish_checkpoint"):  # keep the final checkpoint, as a kill would
+    with mock.patch("metricrec.cli.train_exec.finish_checkpoint"):  # keep the final checkpoint, as a kill would
         assert main(["train", "--synthetic", "small", "--epochs", "2", "--factors", "8", "--threads", "1",
                      "--no-progress", "--out", str(out)]) == 0
     for name in ("run.json", "report.json", "data.json"):  # what a run of an older version, killed, left

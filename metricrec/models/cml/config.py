@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 from ...training.config import check_choice, check_finite
 from ..config import EmbeddingConfig
-from .losses import COV_FORMULAS
 
 __all__ = ["CMLConfig"]
+
+
+#: Formulas of the covariance regulariser (:func:`metricrec.models.cml.losses.covariance_loss`).
+COV_FORMULAS = ("paper", "offdiag", "tf_signed")
 
 
 @dataclass(frozen=True)

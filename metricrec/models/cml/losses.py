@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rank_weight", "metric_loss", "covariance_loss", "COV_FORMULAS"]
+from .config import COV_FORMULAS
 
-COV_FORMULAS = ("paper", "offdiag", "tf_signed")
+__all__ = ["rank_weight", "metric_loss", "covariance_loss", "COV_FORMULAS"]
 
 
 def rank_weight(n_impostors: torch.Tensor, n_items: int, n_negatives: int) -> torch.Tensor:

@@ -1,0 +1,256 @@
+"""`metricrec train` and `metricrec evaluate` at work: load the data, train, score and save.
+
+Imported by :mod:`.train_cmd` only when a command runs (after the run's folder records its
+arguments), since it pulls in torch and the models."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..models.cml.model import CML
+from ..fingerprint import check_fingerprint, fingerprint
+from ..metrics import evaluate_part
+from ..models.base import EmbeddingRecommender, load_model
+from ..models.schema import read_run_doc
+from ..serialization import atomic_write_json, jsonable
+from ..training import distributed
+from ..data.splits import Split
+from ..models.cml.feature_reg import default_feature_weight
+from .run_folder import start_run
+from .train_cmd import config_from_args
+from .train_run import (check_before_training, check_resumed_data, discard_early_record, finish_checkpoint, fit_resumable,
+                        saved_args)
+from .sources import (describe_args, fallback_out, load_data, load_item_features, make_split, model_data_warning, note,
+                      rebuild, source_summary)
+
+# ---------------------------------------------------------------------- train
+TEST_KS = (10, 20, 50, 100)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """One process, or under torchrun (RANK/WORLD_SIZE set) one rank of data-parallel training:
+    rank 0 validates, prints and writes; the other ranks train silently."""
+    if not distributed.launched():
+        return _train(args)
+    rank, world, local = distributed.env_rank()
+    if args.device in ("cuda", "auto") and torch.cuda.is_available():
+        args.device = f"cuda:{local}"
+    parallel = distributed.init_from_env(args.device, timeout_s=args.dist_timeout)
+    try:
+        with contextlib.ExitStack() as quiet:
+            if rank != 0:
+                devnull = quiet.enter_context(open(os.devnull, "w"))
+                quiet.enter_context(contextlib.redirect_stdout(devnull))
+                quiet.enter_context(contextlib.redirect_stderr(devnull))
+            return _train(args, parallel)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None = None) -> int:
+    config = config_from_args(args)  # validate flags before loading anything
+    data, desc = load_data(args, fallback_synthetic=bool(args.dataset) and not args.no_fallback)
+    split = make_split(args, data)
+    name = desc.get("fallback_for") or desc.get("name") or desc.get("preset") or \
+        Path(desc.get("path", desc.get("train", "run"))).stem
+    out = Path(args.out or Path("runs") / str(name))
+    if desc.get("fallback_for"):  # the folder's name must not claim the real data set
+        out = fallback_out(out)
+        note(f"DATA: FALLBACK run: writing to {out}")
+    discard_early_record(args, out)
+    sizes = split.sizes()
+    note(f"DATA: {_source_line(desc)} | {split.train.n_users:,} users x {split.train.n_items:,} items | "
+         f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} pairs")
+    train_fp = fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)
+    check_resumed_data(args, out, train_fp, _source_line(desc))  # --resume: the data the run started on
+    check_before_training(args, split, out)  # empty or leaking parts, the device, --out: before any training
+    features, feature_doc = load_item_features(args, split.train)
+    if features is not None and config.feature_weight == 0:
+        config = config.replace(feature_weight=default_feature_weight(features))
+    if features is None and config.feature_weight > 0:
+        raise ValueError("--feature-weight needs item features: add --item-features tags|genres|FILE")
+    if features is not None:
+        note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
+             f"{feature_doc['n_rows_with_features']:,} of {feature_doc['n_rows']:,} items | "
+             f"lambda_f {config.feature_weight:g}, hidden {list(config.feature_hidden)}, dropout {config.feature_dropout:g}")
+    if parallel is None or parallel.rank == 0:  # from here on the folder can be resumed or restarted
+        start_run(out, saved_args(args), _absolute_paths(desc), train_fp,
+                  previous=getattr(args, "run_record", None), checkpointed=bool(args.resume))
+    model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
+                show_progress=not args.no_progress and sys.stderr.isatty())
+    model.data_source = source_summary(desc)  # saved in the model's config.json: later commands show a fallback
+    save = functools.partial(_save_run, model, args, desc, split, out, feature_doc, parallel, time.perf_counter())
+    ckpt = fit_resumable(model, split, features, args, out, parallel, lambda why: save(interrupted=why))
+    if parallel is not None and parallel.rank != 0:
+        return 0
+    save(resumed_from=None if ckpt is None else ckpt.resumed_from)
+    finish_checkpoint(out)  # model and report saved: nothing left to resume
+    return 0
+
+
+def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path,
+              feature_doc: dict[str, Any], parallel: distributed.DataParallel | None, t0: float, *,
+              interrupted: str | None = None, resumed_from: dict[str, Any] | None = None) -> str:
+    """Save the model, ``data.json`` and ``report.json`` of a run; print the summary. An interrupted run
+    (``interrupted``: why) saves its best-so-far weights without test metrics and returns what it saved."""
+    if interrupted is not None:
+        trainer = model._trainer
+        if trainer is None or not trainer.history.epochs:
+            return "no epoch had finished, so no model was saved"
+        if trainer.best.state is not None:  # the checkpoint holds the current state; the model gets the best
+            trainer.step.restore(trainer.best.state)
+        model.history = trainer.history
+        model._finish(trainer, split.train)
+    config, sizes = model.config, split.sizes()
+    if model.feature_info is not None:
+        feature_doc.update(weight=config.feature_weight, hidden=list(config.feature_hidden),
+                           dropout=config.feature_dropout, n_cold_items=model.feature_info["n_cold"])
+    wall = time.perf_counter() - t0
+    test, eval_s = (None, 0.0) if interrupted else _score(model, split, "test")
+    model.save(out / "model", weights_format=args.weights_format)
+    data_doc = _data_doc(args, desc, split, out)
+    atomic_write_json(out / "data.json", data_doc)
+    hist = model.history
+    report = {
+        "metricrec_version": __version__,
+        "config": config.to_dict(),
+        "batch_size_used": config.resolved_batch_size(sizes["train"], sum(split.train.shape)),
+        "n_negatives_used": config.resolved_n_negatives(*split.train.shape, sizes["train"]),
+        "data": data_doc,
+        "epochs": [e.to_dict() for e in hist.epochs],
+        "best_epoch": hist.best_epoch,
+        "stopped_early": hist.stopped_early,
+        "init_seconds": model.init_seconds,
+        "train_seconds": hist.train_seconds,
+        "seconds_to_best": hist.seconds_to_best,
+        "median_epoch_seconds": float(np.median([e.seconds for e in hist.epochs])),
+        "wall_seconds": wall,
+        "test": test,
+        "test_eval_seconds": eval_s,
+        "features": _absolute_paths(feature_doc) or None,
+        "parallel": None if parallel is None else {"world_size": parallel.world, "backend": parallel.backend,
+                                                   "per_step": parallel.stats.per_step(), "by_op": parallel.stats.by_op},
+        "environment": {"device": str(model.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "peak_rss_mb": _peak_rss_mb()},
+        "interrupted": interrupted, "resumed_from": resumed_from,
+    }
+    atomic_write_json(out / "report.json", report)
+    if interrupted is not None:
+        return (f"best-so-far model (epoch {hist.best_epoch}) saved to {out / 'model'}; "
+                f"continue with: metricrec train --resume {out}")
+    print(f"best epoch {hist.best_epoch} of {len(hist.epochs)}; training {hist.train_seconds:.2f} s "
+          f"(median {report['median_epoch_seconds']:.3f} s/epoch)")
+    _print_metrics(test, "test")
+    print(f"saved model -> {out / 'model'}; report -> {out / 'report.json'}")
+    return "saved"
+
+
+def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path) -> dict[str, Any]:
+    """What ``data.json`` records: the data source and flags (absolute paths), the split, the run folder
+    and the fingerprint of the training part (checked by ``metricrec evaluate``)."""
+    return {"source": _absolute_paths(desc), "args": _absolute_paths(describe_args(args)),
+            "split": jsonable(split.meta), "sizes": split.sizes(), "out": os.path.abspath(out),
+            "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
+
+
+def _score(model: CML, split: Split, part: str) -> tuple[dict[str, float], float]:
+    t0 = time.perf_counter()
+    metrics = evaluate_part(model.scorer(), split, part, ks=TEST_KS)
+    return metrics, time.perf_counter() - t0
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    names = ["recall", "precision", "ndcg", "hitrate", "map"]
+    print(f"{title} ({int(metrics.get('n_users', 0)):,} users)  " + "  ".join(f"@{k:<6}" for k in TEST_KS))
+    for n in names:
+        if f"{n}@{TEST_KS[0]}" in metrics:
+            print(f"  {n:<10}" + "".join(f"  {metrics[f'{n}@{k}']:.4f}" for k in TEST_KS))
+    extra = [f"{k} {metrics[k]:.4f}" for k in ("mrr", "auc") if k in metrics]
+    if extra:
+        print("  " + "   ".join(extra))
+
+
+def _source_line(desc: dict[str, Any]) -> str:
+    kind = desc["kind"]
+    if kind == "dataset":
+        rating = f", rating >= {desc['min_rating']:g}" if desc.get("min_rating") is not None else ""
+        unverified = ", files NOT verified (--no-verify)" if desc.get("verified") is False else ""
+        return f"{desc['name']} from {desc['data_dir']}{rating}{unverified}"
+    if kind == "synthetic":
+        extra = f" -- FALLBACK: {desc['fallback_for']} was not available" if "fallback_for" in desc else ""
+        return f"built-in synthetic data (preset {desc['preset']}){extra}"
+    if kind == "file":
+        return f"file {desc['path']}"
+    return f"predefined split {desc['train']} | {desc['valid']} | {desc['test']}"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load_run(model_dir: str) -> tuple[EmbeddingRecommender, dict[str, Any]]:
+    """The model of a run folder (or a model folder / file itself) and the run's ``data.json`` ({} if none)."""
+    run = Path(model_dir)
+    is_model = (run / "config.json").is_file() or run.suffix == ".npz"
+    model = load_model(run if is_model else run / "model")  # a half-swapped model folder is recovered
+    data_json = (run.parent if is_model else run) / "data.json"
+    if not data_json.is_file():
+        return model, {}
+    return model, read_run_doc(data_json)  # checked as a schema: one error naming the file and key
+
+
+def _data_for_run(args: argparse.Namespace, doc: dict[str, Any], model: EmbeddingRecommender) -> Split:
+    """The split to score: from the data flags given, else rebuilt from ``data.json``; refused unless its
+    training part is the model's training data (fingerprints; only the shape for older runs)."""
+    has_flags = any(getattr(args, k, None) for k in ("dataset", "interactions", "synthetic", "train"))
+    if has_flags:
+        data_args = args
+    elif doc.get("args"):
+        data_args = rebuild(doc["args"])
+        if doc.get("source", {}).get("kind") == "synthetic":  # a fallback run: rebuild what it really used
+            data_args.dataset, data_args.synthetic = None, doc["source"]["preset"]
+    else:
+        raise ValueError(f"{args.model}: no data.json next to the model; give the data flags (e.g. --dataset)")
+    data, desc = load_data(data_args)
+    split = make_split(data_args, data)
+    expected = getattr(model, "data_fingerprint", None) or doc.get("train_fingerprint")
+    if expected:
+        actual = fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)
+        check_fingerprint(expected, actual, f"the data ({_source_line(desc)}, training part)")
+    elif split.train.shape != (model.user_embeddings.shape[0], model.item_embeddings.shape[0]):
+        raise ValueError(f"the data has shape {split.train.shape} but the model was trained on "
+                         f"{model.user_embeddings.shape[0]} users x {model.item_embeddings.shape[0]} items")
+    return split
+
+
+def _absolute_paths(desc: dict[str, Any]) -> dict[str, Any]:
+    """``desc`` with the file and folder paths it records made absolute (run metadata outlives the cwd)."""
+    keys = ("path", "data_dir", "interactions", "train", "valid", "test")
+    return {k: os.path.abspath(os.path.expanduser(v)) if k in keys and isinstance(v, str) and v and v != "None" else v
+            for k, v in desc.items()}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, doc = _load_run(args.model)
+    if warning := model_data_warning(model, doc):
+        note(warning)
+    split = _data_for_run(args, doc, model)
+    metrics, seconds = _score(model, split, args.part)
+    _print_metrics(metrics, args.part)
+    print(f"evaluated in {seconds:.3f} s")
+    if args.json:
+        atomic_write_json(args.json, metrics)
+    return 0
