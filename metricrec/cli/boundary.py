@@ -33,6 +33,7 @@ EXIT_STATUSES = {
     3: "model or checkpoint file error: corrupt, truncated, foreign or inconsistent",
     4: "training diverged (non-finite or collapsed embeddings): no model was written",
     5: "out of memory",
+    141: "the output pipe closed (e.g. `| head`): stopped quietly, no message",
     130: "interrupted (SIGINT, Ctrl-C); a training saves its best-so-far model and a checkpoint first",
     143: "terminated (SIGTERM); as 130",
 }
@@ -131,6 +132,16 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def run_guarded(func: Callable[[], Any], *, debug: bool = False, stream: Any = None) -> int:
     """Run ``func()`` (a subcommand) and return its exit status: 0 (or what it returns), else the status
     of :func:`describe_failure` after printing its one line (and the traceback first with ``debug``)."""
@@ -138,6 +149,9 @@ def run_guarded(func: Callable[[], Any], *, debug: bool = False, stream: Any = N
     try:
         with _sigterm_raises():
             return int(func() or 0)
+    except BrokenPipeError:  # the reader left (`metricrec ... | head`): stop quietly, as a shell tool does
+        _silence_stdout()
+        return 141
     except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - the boundary
         if debug:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)

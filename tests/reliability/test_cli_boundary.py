@@ -90,3 +90,15 @@ def test_sigterm_outside_training_is_one_line_and_143(capsys):
     assert run_guarded(slow) == 143
     assert capsys.readouterr().err == "metricrec: terminated (SIGTERM)\n"
     assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while the command runs
+
+
+def test_a_closed_output_pipe_stops_quietly_with_141(capsys):
+    """`metricrec ... | head`: the write that finds the pipe closed ends the command without a line."""
+    import io
+
+    def write_to_closed_pipe():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    err = io.StringIO()
+    assert run_guarded(write_to_closed_pipe, stream=err) == 141
+    assert err.getvalue() == ""  # no "metricrec: error: Broken pipe"
