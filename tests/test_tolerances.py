@@ -28,4 +28,5 @@ def test_rankings_agree_up_to_ties_only():
     padded = np.array([1.0, 0.5, -np.inf, -np.inf])
     assert_rankings_agree(np.array([3, 1, -1, -1]), padded, np.array([3, 1, -1, -1]), padded)
     with pytest.raises(AssertionError, match="length"):
-        assert_rankings_agree(np.array([3, 1, -1, -1]), padded, np.array([3, 1, 8, -1]), np.array([1.0, 0.5, 0.1, -np.inf]))
+        assert_rankings_agree(np.array([3, 1, -1, -1]), padded,
+                              np.array([3, 1, 8, -1]), np.array([1.0, 0.5, 0.1, -np.inf]))

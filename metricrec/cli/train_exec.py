@@ -31,8 +31,8 @@ from ..data.splits import Split
 from ..models.cml.feature_reg import default_feature_weight
 from .run_folder import start_run
 from .train_cmd import config_from_args
-from .train_run import (check_before_training, check_resumed_data, discard_early_record, finish_checkpoint, fit_resumable,
-                        saved_args)
+from .train_run import (check_before_training, check_resumed_data, discard_early_record, finish_checkpoint,
+                        fit_resumable, saved_args)
 from .sources import (describe_args, fallback_out, load_data, load_item_features, make_split, model_data_warning, note,
                       rebuild, source_summary)
 

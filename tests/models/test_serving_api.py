@@ -36,7 +36,8 @@ def test_raw_ids_in_and_out_match_the_index_api(model, split):
     # raw ids given as text find integer ids (the id rule), and unknown ones are named
     one_items, one_scores = model.recommend_raw([str(raw_users[0])], N=6)[0]
     # one user scores in a GEMV, three in a GEMM: the same list up to ties within rounding
-    assert_rankings_agree(np.asarray(one_items), np.asarray(one_scores), np.asarray(lists[0][0]), np.asarray(lists[0][1]))
+    assert_rankings_agree(np.asarray(one_items), np.asarray(one_scores),
+                          np.asarray(lists[0][0]), np.asarray(lists[0][1]))
     with pytest.raises(UnknownIdError, match="no-such-user"):
         model.recommend_raw(["no-such-user"])
 
