@@ -143,6 +143,7 @@ def evaluate(
     users: np.ndarray | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics averaged over users with at least one target item.
 
@@ -167,6 +168,11 @@ def evaluate(
         (cache-friendly, measured fastest) and 64 MB on other devices.
     device : str or torch.device
         Where ranking runs; scores are moved there.
+    per_user : dict, optional
+        When given, filled with each evaluated user's own values: ``per_user["users"]`` (int64,
+        ascending) and, for every top-K metric and cut-off, ``per_user["recall@50"]`` etc. (float64,
+        in the same order): what a paired comparison of two models on the same users needs
+        (:mod:`metricrec.training.budget`).
 
     Returns
     -------
@@ -176,6 +182,7 @@ def evaluate(
     metrics, kl = _parse_metrics(metrics, ks)
     target, exclude = _check_parts(target, exclude)
     plan = _Plan(metrics, kl, target, exclude, torch.device(device))
+    plan.per_user = {} if per_user is not None else None
     eval_users = _eval_users(plan.n_target, users, target.shape[0])
     batch_size = _chunk_size(batch_size, plan.device, target.shape[1])
     # Chunks of users with similar target counts: AUC pads each chunk's target list to its
@@ -183,6 +190,8 @@ def evaluate(
     eval_users = eval_users[np.argsort(plan.n_target[eval_users], kind="stable")]
     for lo in range(0, len(eval_users), batch_size):
         plan.add_chunk(scorer, eval_users[lo: lo + batch_size])
+    if per_user is not None:
+        per_user.update(plan.per_user_values(eval_users))
     return plan.result(len(eval_users))
 
 
@@ -201,6 +210,7 @@ class _Plan:
         if "mrr" in metrics:
             self.sums["mrr"] = 0.0
         self.auc_sum, self.auc_users = 0.0, 0
+        self.per_user: dict[str, list[np.ndarray]] | None = None  # metric -> per-chunk values (evaluate's per_user)
         # discount 1/log2(r+2) for r = 0..kmax-1 and its prefix sums (ideal DCG)
         disc = 1.0 / np.log2(np.arange(self.kmax, dtype=np.float64) + 2.0)
         self.disc = torch.from_numpy(disc).to(device)
@@ -246,10 +256,21 @@ class _Plan:
         hf = hits.to(torch.float64)
         cum = hf.cumsum(1)
         for m in self.want_topk:
-            tot = self._topk_values(m, hf, cum, nt).sum(0).tolist()
+            values = self._topk_values(m, hf, cum, nt)
+            tot = values.sum(0).tolist()
             for j, k in enumerate(self.kl):
                 self.sums[f"{m}@{k}"] += tot[j]
+                if self.per_user is not None:
+                    self.per_user.setdefault(f"{m}@{k}", []).append(values[:, j].cpu().numpy())
         return first_rank
+
+    def per_user_values(self, eval_users: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-user values collected (``eval_users`` in chunk order), sorted by user index."""
+        order = np.argsort(eval_users, kind="stable")
+        out: dict[str, np.ndarray] = {"users": np.asarray(eval_users, dtype=np.int64)[order]}
+        for key, chunks in (self.per_user or {}).items():
+            out[key] = np.concatenate(chunks)[order] if chunks else np.zeros(0)
+        return out
 
     def _topk_values(self, m: str, hf: torch.Tensor, cum: torch.Tensor, nt: torch.Tensor) -> torch.Tensor:
         """(b, n_k) per-user values of metric ``m`` at every K."""

@@ -14,7 +14,9 @@ from metricrec.metrics import evaluate
 
 # epochs: the learning-rate schedule spans the config's epochs, so the peer needs the same; eval_every=1:
 # fit validates every epoch as the peer loop does
-CML_SETTING = dict(factors=16, margin=1.0, n_negatives=5, batch_size=500, seed=0, epochs=12, eval_every=1)
+# the peer loop decides the epochs from outside (fit_partial), as with a fixed schedule: not the adaptive budget
+CML_SETTING = dict(factors=16, margin=1.0, n_negatives=5, batch_size=500, seed=0, epochs=12, eval_every=1,
+                   lr_schedule="linear")
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,9 @@ def capture(trainer: Any, position: tuple[int, float, dict[str, float]] | None =
         "position": None if position is None else {"pair": int(position[0]), "loss": _encode(float(position[1]), {}),
                                                    "parts": {k: _encode(float(v), {}) for k, v in position[2].items()}},
         "history": trainer.history.to_dict(),
-        "best": {"score": _encode(float(best.score), {}), "waited": int(best.waited), "state": _encode(best.state, arrays)},
+        "best": {"score": _encode(float(best.score), {}), "waited": int(best.waited), "state": _encode(best.state, arrays),
+                 "per_user": _encode(best.per_user, arrays)},
+        "budget": trainer.schedule.state() if hasattr(trainer.schedule, "load_state") else None,
         "step": _encode(step.state(), arrays),
         "step_extra": _encode(extra() if extra else None, arrays),
         "optimizers": [_encode(_opt_state(o), arrays) for o in trainer._opt],
@@ -171,6 +173,9 @@ def restore(trainer: Any, doc: dict[str, Any], arrays: Mapping[str, np.ndarray])
     best = trainer.best
     best.score, best.waited, best.state = _decode(doc["best"]["score"], {}), doc["best"]["waited"], \
         _decode(doc["best"]["state"], arrays)
+    best.per_user = _decode(doc["best"].get("per_user"), arrays)
+    if doc.get("budget") is not None and hasattr(trainer.schedule, "load_state"):
+        trainer.schedule.load_state(doc["budget"])
     pos = doc.get("position")
     trainer.resume_at = None if pos is None else (
         pos["pair"], _decode(pos["loss"], {}), {k: _decode(v, {}) for k, v in pos["parts"].items()})

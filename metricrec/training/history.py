@@ -56,6 +56,9 @@ class History:
     epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    #: The adaptive budget's record (:mod:`metricrec.training.budget`): the decay's final horizon
+    #: ``end_epoch``, the epochs it was ``extensions``-ed at, ``max_epochs``, ``knots``; None otherwise.
+    budget: dict[str, Any] | None = None
 
     @property
     def train_seconds(self) -> float:
@@ -77,11 +80,14 @@ class History:
             "stopped_early": self.stopped_early,
             "train_seconds": self.train_seconds,
             "seconds_to_best": self.seconds_to_best,
+            **({"budget": self.budget} if self.budget is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "History":
         """Inverse of :meth:`to_dict` (``ValueError``/``KeyError``/``TypeError`` on a malformed doc)."""
         best = doc.get("best_epoch")
+        budget = doc.get("budget")
         return cls([EpochRecord.from_dict(e) for e in doc.get("epochs") or []],
-                   None if best is None else int(best), bool(doc.get("stopped_early", False)))
+                   None if best is None else int(best), bool(doc.get("stopped_early", False)),
+                   dict(budget) if isinstance(budget, Mapping) else None)

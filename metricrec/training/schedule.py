@@ -20,9 +20,11 @@ import math
 
 __all__ = ["LRSchedule", "SCHEDULES"]
 
-#: ``"linear"``: warm-up, then linear decay to zero at the end of the run; ``"cosine"``: warm-up,
-#: then half a cosine to zero; ``"constant"``: warm-up, then the base rate throughout.
-SCHEDULES = ("linear", "cosine", "constant")
+#: ``"adaptive"``: warm-up, then a linear decay whose horizon validation extends, then a floor until
+#: validation stops improving (:mod:`metricrec.training.budget`); ``"linear"``: warm-up, then linear
+#: decay to zero at the end of the run; ``"cosine"``: warm-up, then half a cosine to zero;
+#: ``"constant"``: warm-up, then the base rate throughout.
+SCHEDULES = ("adaptive", "linear", "cosine", "constant")
 
 
 class LRSchedule:
@@ -39,6 +41,8 @@ class LRSchedule:
     """
 
     def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0) -> None:
+        if kind == "adaptive":
+            raise ValueError("the 'adaptive' schedule is metricrec.training.budget.AdaptiveSchedule")
         if kind not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
         if total_steps < 1 or warmup_steps < 0:

@@ -26,6 +26,7 @@ from .config import TrainingConfig
 from .guards import check_tables, trainable_pairs
 from .history import EpochRecord, History
 from .optim import GradBuffer, make_optimizer
+from .budget import EXTEND, SHORTEN, STOP, AdaptiveSchedule, decide, paired_gain
 from .schedule import LRSchedule
 from .sampling import NegativeDraw, make_sampler
 
@@ -148,8 +149,23 @@ class Trainer:
         self.n_negatives = config.resolved_n_negatives(*self.train.shape, self.n_pairs)
         #: Optimiser steps per epoch and the learning-rate schedule over the run (:mod:`.schedule`).
         self.steps_per_epoch = -(-self.n_pairs // self.batch_size)
-        self.schedule = LRSchedule.for_run(config.lr_schedule, config.epochs, self.steps_per_epoch,
-                                           config.warmup_epochs)
+        #: The most epochs this run takes: ``config.epochs`` (without a valid set the adaptive budget
+        #: has nothing to judge by and ends with its first horizon).
+        replay = bool(config.decay_knots)
+        self.epoch_cap = config.epochs if valid is not None or not config.adaptive or replay \
+            else config.resolved_horizon()
+        self.schedule: LRSchedule | AdaptiveSchedule
+        if config.adaptive:
+            self.schedule = AdaptiveSchedule(self.steps_per_epoch, config.resolved_horizon(), config.warmup_epochs,
+                                             config.lr_floor, self.epoch_cap)
+            if config.decay_knots:
+                self.schedule.replay(config.decay_knots)
+        else:
+            self.schedule = LRSchedule.for_run(config.lr_schedule, config.epochs, self.steps_per_epoch,
+                                               config.warmup_epochs)
+        #: (gain over the best so far, its paired standard error) of the latest validation.
+        self.last_gain: tuple[float, float] = (0.0, 0.0)
+        self._per_user_now: np.ndarray | None = None
         self._gen = torch.Generator().manual_seed(config.seed)
         rank = 0 if self.parallel is None else self.parallel.rank
         self._sampler = make_sampler(config.sampler, pairs, alpha=config.sampler_alpha,
@@ -190,18 +206,27 @@ class Trainer:
         if self.valid is not None and self._validates(epoch):
             t0 = time.perf_counter()
             if self.parallel is None or self.parallel.rank == 0:
+                per_user: dict[str, np.ndarray] = {}
                 record.valid = evaluate(self.step.scorer(), self.valid, self.train, ks=_VALID_KS,
-                                        metrics=("recall",), users=self.valid_users, device=self.device)
+                                        metrics=("recall",), users=self.valid_users, device=self.device,
+                                        per_user=per_user)
+                self._per_user_now = per_user.get(VALID_METRIC)
+                self.last_gain = paired_gain(self._per_user_now, self.best.per_user) \
+                    if self._per_user_now is not None else (0.0, 0.0)
             if self.parallel is not None:  # every rank takes the same early-stopping decisions
-                record.valid = self.parallel.broadcast(record.valid)
+                record.valid, self.last_gain = self.parallel.broadcast((record.valid, self.last_gain))
             record.eval_seconds = time.perf_counter() - t0
         self.history.epochs.append(record)
         self._print_row(record)
         return record
 
     def _validates(self, epoch: int) -> bool:
-        """Validation runs every ``eval_every`` epochs and after the last one."""
-        return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
+        """Validation runs every ``eval_every`` epochs and after the last one; with the adaptive budget
+        also at the end of the decay and after every epoch of the tail."""
+        if epoch % self.config.eval_every == 0 or epoch == self.config.epochs or epoch == self.epoch_cap:
+            return True
+        sched = self.schedule
+        return isinstance(sched, AdaptiveSchedule) and (epoch == sched.end_epoch or sched.in_tail(epoch))
 
     def _train_pairs(self) -> tuple[float, dict[str, float]]:
         cfg, step, par, clock = self.config, self.step, self.parallel, self.phase_seconds
@@ -261,7 +286,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> History:
-        """Run up to ``config.epochs`` epochs; return the history.
+        """Run up to ``config.epochs`` epochs (the adaptive budget: as many as
+        :mod:`metricrec.training.budget` decides, up to that); return the history.
 
         With a valid set, the best epoch's (valid Recall@50) state is restored at the end, and with
         ``patience > 0`` training stops after ``patience`` epochs without a better one.
@@ -269,17 +295,22 @@ class Trainer:
         for hook in self.hooks:  # may restore a checkpoint: history, best, position, every state
             hook.on_fit_start(self)
         done = len(self.history.epochs)
-        bar = tqdm(range(done, 0 if self.finished else self.config.epochs), desc=self.step.name, unit="epoch",
+        bar = tqdm(range(done, 0 if self.finished else self.epoch_cap), desc=self.step.name, unit="epoch",
                    disable=not self.progress, file=sys.stderr, leave=False, dynamic_ncols=True, initial=done)
         best = self.best
         for _ in bar:
             record = self.run_epoch()
             if record.valid:
                 bar.set_postfix(loss=f"{record.loss:.4g}", R50=f"{record.valid[VALID_METRIC]:.4f}")
-            if (record.valid or self.valid is None) and best.offer(record, self):
+            improved = bool((record.valid or self.valid is None) and best.offer(record, self))
+            if improved:
                 self.history.best_epoch = record.epoch
+                best.per_user = self._per_user_now
             stop = any(bool(cb(record, self)) for cb in self.callbacks)
-            if self.valid is not None and self.config.patience and best.waited >= self.config.patience:
+            if record.valid and self._budget_says_stop(record.epoch, improved):
+                self.history.stopped_early = stop = stop or record.epoch < self.epoch_cap
+            patient = self.config.patience and not self.config.adaptive  # the budget's rule decides instead
+            if self.valid is not None and patient and best.waited >= self.config.patience:
                 self.history.stopped_early = stop = True
             for hook in self.hooks:
                 hook.after_epoch(self, record, stop)
@@ -290,9 +321,24 @@ class Trainer:
             self.step.restore(best.state)
         if self.valid is None:
             self.history.best_epoch = self.history.epochs[-1].epoch
+        if isinstance(self.schedule, AdaptiveSchedule):
+            self.history.budget = {**self.schedule.state(), "max_epochs": self.epoch_cap}
         if self.parallel is not None:
             self.parallel.check_identical(self.step.user_emb, self.step.item_emb)
         return self.history
+
+    def _budget_says_stop(self, epoch: int, improved: bool) -> bool:
+        """Apply the adaptive budget's rule after a validation (:func:`metricrec.training.budget.decide`):
+        extend the decay, or say that training is done."""
+        if not isinstance(self.schedule, AdaptiveSchedule) or self.config.decay_knots:
+            return False  # a replayed decay (decay_knots) is followed as given, up to epochs
+        cfg = self.config
+        what = decide(self.schedule, epoch, improved, *self.last_gain, eval_every=cfg.eval_every, z=cfg.budget_z)
+        if what == EXTEND:
+            self.schedule.extend(epoch, max(cfg.eval_every, -(-cfg.resolved_horizon() // 2)))
+        elif what == SHORTEN:
+            self.schedule.shorten(epoch, cfg.eval_every)
+        return what == STOP
 
     # ------------------------------------------------------------------ table
     def _print_row(self, r: EpochRecord) -> None:
@@ -320,6 +366,8 @@ class _Best:
 
     def __init__(self) -> None:
         self.score, self.state, self.waited = -math.inf, None, 0
+        #: the best epoch's per-user validation Recall@50 (for paired gains; rank 0 only)
+        self.per_user: np.ndarray | None = None
 
     def offer(self, record: EpochRecord, trainer: Trainer) -> bool:
         score = record.valid.get(VALID_METRIC, -record.loss) if record.valid else -record.loss
@@ -339,8 +387,13 @@ def _valid_sample(valid: sp.csr_matrix, config: TrainingConfig) -> np.ndarray | 
     took longer than the epoch it judged. The same users are ranked every epoch, so epoch-to-epoch
     differences are not sampling noise.
     """
-    users = np.flatnonzero(np.diff(valid.indptr) > 0)
-    if config.valid_users is None or users.size <= config.valid_users:
+    counts = np.diff(valid.indptr)
+    users = np.flatnonzero(counts > 0)
+    size = config.valid_users
+    if size is not None and config.valid_pairs is not None and users.size:
+        per_user = counts[users].mean()  # the sample grows until it holds about valid_pairs pairs
+        size = max(size, int(math.ceil(config.valid_pairs / per_user)))
+    if size is None or users.size <= size:
         return None
     rng = np.random.default_rng(config.seed + 2)
-    return np.sort(rng.choice(users, size=config.valid_users, replace=False))
+    return np.sort(rng.choice(users, size=size, replace=False))

@@ -46,7 +46,11 @@ class CrashAfter(Checkpointer):
 VARIANTS = {
     "adagrad, mid-epoch checkpoints": ({}, 1e-9, 13),
     "adam with early stopping, epoch-end checkpoints": ({"optimizer": "adam", "learning_rate": 0.05, "patience": 2,
-                                                        "epochs": 12}, None, 30),
+                                                        "epochs": 12, "lr_schedule": "constant"}, None, 30),
+    # the adaptive budget moves its horizon at epoch 4 and validates every tail epoch: the crash in epoch 8
+    # comes after that, so the resumed run must carry the moved schedule and the best epoch's per-user values
+    "adaptive budget, epoch-end checkpoints": ({"epochs": 30, "horizon_epochs": 6, "eval_every": 2, "init": "random",
+                                                "learning_rate": 0.05}, None, 66),
     "CML+F, mid-epoch checkpoints": ({"feature_weight": 1.0, "feature_hidden": (16,)}, 1e-9, 11),
 }
 
@@ -67,6 +71,7 @@ def _same(a, b):
     assert [(e.epoch, e.loss, e.parts, e.valid) for e in a.history.epochs] == \
         [(e.epoch, e.loss, e.parts, e.valid) for e in b.history.epochs]
     assert (a.history.best_epoch, a.history.stopped_early) == (b.history.best_epoch, b.history.stopped_early)
+    assert a.history.budget == b.history.budget
     if a._item_mlp is not None:
         for (k, v), (k2, w) in zip(a._item_mlp.state_dict().items(), b._item_mlp.state_dict().items()):
             assert k == k2 and torch.equal(v, w)
@@ -87,6 +92,9 @@ def test_resume_after_a_crash_is_bitwise_the_uninterrupted_run(split, tmp_path, 
     _same(reference, again)
     if extra.get("patience"):
         assert reference.history.stopped_early
+    if extra.get("horizon_epochs"):  # stopped by the budget's rule after the crash point
+        h = reference.history
+        assert h.stopped_early and len(h.epochs) > 8 and h.budget["extensions"] + h.budget["shortenings"] == [4]
 
 
 def test_resuming_a_finished_checkpoint_trains_nothing_and_gives_the_same_model(split, tmp_path):

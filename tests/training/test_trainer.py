@@ -230,7 +230,7 @@ def test_validation_ranks_a_fixed_sample_of_users_and_can_skip_epochs(split):
     from metricrec.metrics import evaluate
 
     calls = []
-    m = _cml(epochs=4, patience=0, valid_users=50, eval_every=2)
+    m = _cml(epochs=4, patience=0, valid_users=50, valid_pairs=None, eval_every=2)  # 50 users, not grown
     m.fit(split.train, split.valid, callbacks=[lambda r, t: calls.append((r.epoch, bool(r.valid), t.valid_users))])
     assert [c[:2] for c in calls] == [(1, False), (2, True), (3, False), (4, True)]
     sample = calls[0][2]
@@ -255,3 +255,18 @@ def test_the_batch_cap_grows_with_large_tables():
     assert cfg.resolved_batch_size(11_948_660, 138_493 + 26_744) == 826_185  # ML-20M shape: 5 x rows
     assert cfg.resolved_batch_size(597_881, 6_040 + 3_706) == 50_000  # ML-1M shape: unchanged
     assert cfg.resolved_batch_size(123_000, 5_551 + 16_980) == 15_375  # citeulike-a: an eighth
+
+
+def test_the_validation_sample_grows_to_hold_valid_pairs():
+    from metricrec.errors import ConfigError
+    from metricrec.training.config import TrainingConfig
+    from metricrec.training.trainer import _valid_sample
+    rows = np.repeat(np.arange(3000), 2)[:5000]  # 2,500 users with 2 validation pairs each
+    valid = sp.csr_matrix((np.ones(5000), (rows, np.arange(5000) % 7)), shape=(4000, 7))
+    assert _valid_sample(valid, TrainingConfig(valid_users=100)).size == 100
+    grown = _valid_sample(valid, TrainingConfig(valid_users=100, valid_pairs=1000))
+    assert grown.size == 500 and np.diff(valid.indptr)[grown].sum() == 1000  # 1,000 pairs / 2 per user
+    assert _valid_sample(valid, TrainingConfig(valid_users=100, valid_pairs=10_000)) is None  # all 2,500 users
+    assert _valid_sample(valid, TrainingConfig(valid_users=None, valid_pairs=1000)) is None
+    with pytest.raises(ConfigError, match="valid_pairs"):
+        TrainingConfig(valid_pairs=0)

@@ -57,8 +57,8 @@ class CMLConfig(EmbeddingConfig):
         lower on citeulike-a).
     learning_rate, lr_schedule, warmup_epochs : see :class:`~metricrec.training.config.TrainingConfig`
         Defaults 0.2, ``"linear"``, 1.
-    valid_users, eval_every : see :class:`~metricrec.training.config.TrainingConfig`
-        Defaults 1,000 and 5.
+    valid_users, valid_pairs, eval_every : see :class:`~metricrec.training.config.TrainingConfig`
+        Defaults 1,000 users, grown to hold 5,000 validation pairs, and every 5 epochs.
     batch_size : int or None
         Positive pairs per step. None (default): about an eighth of the training pairs, between
         1,000 and 50,000 (more for very large tables; see ``TrainingConfig.resolved_batch_size``).
@@ -70,9 +70,13 @@ class CMLConfig(EmbeddingConfig):
     sampler_alpha : float
         Exponent of the popularity sampler.
     epochs : int
-        Epochs of the run and of the learning-rate schedule (default 20).
+        The most epochs the run takes (default 60); the adaptive budget (``lr_schedule``, default
+        ``"adaptive"``, :mod:`metricrec.training.budget`) decides how many it needs: a decay over
+        ``horizon_epochs`` (default 20) that validation extends while it gains beyond noise and
+        brings forward on a plateau, then the floor rate until an epoch fails to improve.
     patience : int
-        Early stopping: epochs without a better valid Recall@50 before stopping (0: never stop early).
+        Early stopping of the non-adaptive schedules: epochs without a better valid Recall@50 before
+        stopping (0: never stop early). The default adaptive budget decides by its own rule.
     init, init_std : see :class:`~metricrec.models.config.EmbeddingConfig`
         Default ``"spectral"``.
     seed : int
@@ -104,11 +108,13 @@ class CMLConfig(EmbeddingConfig):
     """
 
     factors: int = 128
-    epochs: int = 20
+    epochs: int = 60
+    horizon_epochs: int | None = 20
     learning_rate: float = 0.2
-    lr_schedule: str = "linear"
+    lr_schedule: str = "adaptive"
     warmup_epochs: float = 1.0
     valid_users: int | None = 1000
+    valid_pairs: int | None = 5000
     eval_every: int = 5
     init: str = "spectral"
     margin: float = 1.25
