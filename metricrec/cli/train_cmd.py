@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_feature_arguments(train)
     _add_config_arguments(train)
     train.add_argument("--out", help="output folder (default runs/<data>)")
+    train.add_argument("--final", action="store_true",
+                       help="after the validated run, train a production model on EVERY interaction (train, valid "
+                            "and test) for the validated run's best epoch count with its schedule, into OUT/final "
+                            "(recommend/serve --model OUT/final); the test metrics stay the validated run's")
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--kernel", choices=BACKEND_CHOICES, default="auto",
@@ -70,6 +74,13 @@ def _int_or_none(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of users or 'all', got {text!r}") from None
 
 
+def _knots(text: str) -> tuple[tuple[float, float], ...]:
+    try:
+        return tuple((float(e), float(m)) for e, m in (p.split(":") for p in text.split(",") if p.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epoch:multiplier pairs like 0:1,20:0.05, got {text!r}") from None
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("0", "none", ""):
         return ()
@@ -99,6 +110,22 @@ _FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "valid_users": (None, {"type": _int_or_none, "metavar": "N|all",
                            "help": "validation users ranked each epoch for early stopping (default {default}; all: "
                                    "every one)"}),
+    "epochs": (None, {"type": int, "help": "the most epochs the run takes (default {default}); the adaptive budget "
+                                           "(--lr-schedule adaptive) decides how many it needs"}),
+    "patience": (None, {"type": int, "help": "epochs without a better valid Recall@50 before stopping, for the "
+                                             "non-adaptive schedules (default {default})"}),
+    "decay_knots": (None, {"type": _knots, "metavar": "E:M[,E:M...]",
+                           "help": "adaptive budget: replay this decay (epoch:multiplier points) instead of deciding "
+                                   "by validation (what --final does)"}),
+    "valid_pairs": (None, {"type": _int_or_none, "metavar": "N|none",
+                           "help": "grow the validation sample to hold about N validation pairs (default {default}; "
+                                   "none: keep --valid-users)"}),
+    "horizon_epochs": (None, {"type": int, "help": "first decay horizon of the adaptive budget (default {default}; "
+                                                   "--epochs is the most the run takes)"}),
+    "lr_floor": (None, {"type": float, "help": "adaptive budget: the rate the decay ends at and the tail keeps, as a "
+                                               "share of the peak (default {default})"}),
+    "budget_z": (None, {"type": float, "help": "adaptive budget: standard errors a validation gain must exceed to "
+                                               "extend the decay (default {default})"}),
     "max_norm": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
     "init_std": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import platform
 import resource
@@ -98,6 +99,8 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
         return 0
     save(resumed_from=None if ckpt is None else ckpt.resumed_from)
     finish_checkpoint(out)  # model and report saved: nothing left to resume
+    if args.final:
+        _train_final(model, split, features, args, out, parallel)
     return 0
 
 
@@ -133,6 +136,7 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
         "epochs": [e.to_dict() for e in hist.epochs],
         "best_epoch": hist.best_epoch,
         "stopped_early": hist.stopped_early,
+        "budget": hist.budget,
         "init_seconds": model.init_seconds,
         "train_seconds": hist.train_seconds,
         "seconds_to_best": hist.seconds_to_best,
@@ -153,9 +157,69 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
                 f"continue with: metricrec train --resume {out}")
     print(f"best epoch {hist.best_epoch} of {len(hist.epochs)}; training {hist.train_seconds:.2f} s "
           f"(median {report['median_epoch_seconds']:.3f} s/epoch)")
+    if hist.budget is not None:
+        print(budget_line(hist.budget, hist.best_epoch, len(hist.epochs), hist.seconds_to_best + (model.init_seconds or 0.0)))
     _print_metrics(test, "test")
     print(f"saved model -> {out / 'model'}; report -> {out / 'report.json'}")
     return "saved"
+
+
+def final_schedule(config: Any, history: Any) -> tuple[int, tuple[tuple[float, float], ...]]:
+    """(epochs, decay_knots) that replay a validated run's schedule up to its best epoch: the adaptive
+    budget's decay as it was (extended or shortened), a linear decay as its straight line; a constant
+    rate is a flat line. (A cosine is replayed as the linear decay of the same length.)"""
+    epochs = int(history.best_epoch or len(history.epochs))
+    if history.budget is not None:
+        knots = tuple((float(e), float(m)) for e, m in history.budget["epoch_knots"])
+    elif config.lr_schedule == "constant":
+        knots = ((0.0, 1.0), (float(config.epochs), 1.0))
+    else:
+        knots = ((0.0, 1.0), (float(config.epochs), 0.0))
+    return epochs, knots
+
+
+def _train_final(model: CML, split: Split, features: Any, args: argparse.Namespace, out: Path,
+                 parallel: distributed.DataParallel | None) -> None:
+    """``--final``: a production model on every interaction, trained as the validated run was, up to its best
+    epoch; saved to ``OUT/final`` and described in ``report.json``'s ``final`` section."""
+    epochs, knots = final_schedule(model.config, model.history)
+    config = model.config.replace(epochs=epochs, lr_schedule="adaptive", decay_knots=knots,
+                                  lr_floor=knots[-1][1])
+    every = (split.train.matrix + split.valid.matrix + split.test.matrix).tocsr()
+    every.data[:] = 1.0
+    data = split.train.with_matrix(every, None, split_part="all")
+    note(f"FINAL: training on every interaction ({every.nnz:,} pairs, {data.n_users:,} users) for {epochs} epochs, "
+         f"the validated run's best, with its learning-rate schedule")
+    final = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
+                show_progress=not args.no_progress and sys.stderr.isatty())
+    final.data_source = {**(model.data_source or {}), "final": True}
+    t0 = time.perf_counter()
+    final.fit(data, item_features=features)
+    seconds = time.perf_counter() - t0
+    if parallel is not None and parallel.rank != 0:
+        return
+    final.save(out / "final", weights_format=args.weights_format)
+    report = json.loads((out / "report.json").read_text())
+    report["final"] = {"folder": os.path.abspath(out / "final"), "epochs": epochs, "pairs": int(every.nnz),
+                       "decay_knots": [list(k) for k in knots], "seconds": seconds,
+                       "note": "trained on train + valid + test: its quality is the validated run's test figure"}
+    atomic_write_json(out / "report.json", report)
+    print(f"final model ({every.nnz:,} pairs, {epochs} epochs, {seconds:.2f} s) -> {out / 'final'}; "
+          f"recommend/serve --model {out / 'final'}")
+
+
+def budget_line(budget: dict[str, Any], best: int | None, run: int, to_best: float) -> str:
+    """One line on what the adaptive budget did (:mod:`metricrec.training.budget`)."""
+    moved = [f"extended at epoch {e}" for e in budget.get("extensions", [])] + \
+        [f"brought forward at epoch {e}" for e in budget.get("shortenings", [])]
+    if run >= budget["max_epochs"]:
+        why = f"stopped at the cap of {budget['max_epochs']} epochs"
+    elif run > budget["end_epoch"]:
+        why = f"stopped at epoch {run}, the first after the decay not to improve"
+    else:
+        why = f"stopped at epoch {run}"
+    return (f"budget: decay to epoch {budget['end_epoch']}{' (' + ', '.join(moved) + ')' if moved else ''}; {why}; "
+            f"{to_best:.2f} s to the best epoch {best}")
 
 
 def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path) -> dict[str, Any]:
@@ -247,6 +311,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, doc = _load_run(args.model)
     if warning := model_data_warning(model, doc):
         note(warning)
+    if (getattr(model, "data_source", None) or {}).get("final"):
+        raise ValueError(f"{args.model} is a final model (train --final): it was trained on every interaction, "
+                         "test included, so no split can score it; its quality is the validated run's test figure "
+                         "(report.json, or evaluate the run's own model/)")
     split = _data_for_run(args, doc, model)
     metrics, seconds = _score(model, split, args.part)
     _print_metrics(metrics, args.part)
