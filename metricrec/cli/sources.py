@@ -25,7 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import DownloadError, available_datasets, explicit_data_dir, load_dataset, resolve_data_dir
+from ..data.datasets import (DownloadError, available_datasets, dataset_has_split, explicit_data_dir, load_dataset,
+                             load_dataset_split, resolve_data_dir)
 from ..data.delimited import plain_suffix
 from ..data.features import describe_features, filter_min_count, read_item_features
 from ..data.interactions import Features, Interactions
@@ -35,7 +36,7 @@ from ..data.split_files import read_split
 from ..data.synthetic import PRESETS, generate
 from ..errors import DataError
 
-SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal")
+SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal", "predefined")
 #: Synthetic preset a training falls back to, and the suffix of its output folder.
 FALLBACK_PRESET = "small"
 FALLBACK_SUFFIX = "-synthetic-fallback"
@@ -57,7 +58,9 @@ def add_data_arguments(p: argparse.ArgumentParser, *, predefined: bool = True, r
     g.add_argument("--timestamp-col", help="timestamp column (for temporal splits)")
     g.add_argument("--sep", help="field separator (default from the suffix; '\\t' for tab)")
     add_header_arguments(g, "the --interactions file")
-    g.add_argument("--min-rating", type=float, help="positives are ratings >= this (MovieLens default 4)")
+    g.add_argument("--min-rating", type=float,
+                   help="positives are ratings >= this (default: the data set's own rule -- MovieLens 4, FilmTrust "
+                        "every rating 0.5-4; an --interactions file with --rating-col: every row)")
     g.add_argument("--synthetic", choices=sorted(PRESETS), help="built-in synthetic data with planted clusters")
     if predefined:
         g.add_argument("--train", metavar="CSV", help="predefined split: train pairs (user,item with header)")
@@ -79,7 +82,9 @@ def add_header_arguments(g: argparse.ArgumentParser | argparse._ArgumentGroup, w
 
 def add_split_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("split (ignored with a predefined split)")
-    g.add_argument("--split", choices=SPLIT_METHODS, default="ratio", help="split method (default: the paper's 60/20/20 per user)")
+    g.add_argument("--split", choices=SPLIT_METHODS, default="ratio",
+                   help="split method (default: the paper's 60/20/20 per user; 'predefined': the data set's own "
+                        "published split, e.g. steam-200k's)")
     g.add_argument("--ratios", default="0.6,0.2,0.2", help="train,valid,test ratios (ratio and temporal splits)")
     g.add_argument("--leave-k", type=int, default=1, help="items per user held out for test (and valid) with leave-k-out")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
@@ -254,6 +259,8 @@ def make_split(args: argparse.Namespace, data: Interactions | None) -> Split:
     """The split the flags ask for (or the predefined one)."""
     if data is None:
         return read_split(args.train, args.valid, args.test)
+    if args.split == "predefined":
+        return _published_split(args)
     ratios = _ratios(args.ratios)
     if args.split == "ratio":
         return ratio_split(data, ratios, seed=args.split_seed, drop_small_users=args.drop_small_users)
@@ -262,6 +269,21 @@ def make_split(args: argparse.Namespace, data: Interactions | None) -> Split:
     if args.split == "leave-latest":
         return leave_k_out(data, args.leave_k, mode="latest", seed=args.split_seed)
     return temporal_split(data, ratios)
+
+
+def _published_split(args: argparse.Namespace) -> Split:
+    """``--split predefined``: the split a data set's authors published (:func:`load_dataset_split`)."""
+    with_split = [n for n in available_datasets() if dataset_has_split(n)]
+    if not getattr(args, "dataset", None):
+        raise ValueError(f"--split predefined takes the published split of a --dataset ({', '.join(with_split)}); "
+                         "for your own files give --train/--valid/--test")
+    if not dataset_has_split(args.dataset):
+        raise ValueError(f"--split predefined: {args.dataset} ships no split (those that do: {', '.join(with_split)}); "
+                         "choose --split ratio, leave-k-out, leave-latest or temporal")
+    if args.min_rating is not None:
+        raise ValueError(f"--split predefined uses {args.dataset}'s published parts as they are; --min-rating "
+                         "would change them")
+    return load_dataset_split(args.dataset, args.data_dir, verify=not getattr(args, "no_verify", False))
 
 
 def _ratios(text: str) -> tuple[float, float, float]:

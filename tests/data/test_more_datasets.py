@@ -242,3 +242,31 @@ def test_real_ml1m_without_ratings_is_one_line_naming_it(capsys):
     assert main(["data", "stats", "--dataset", "ml-1m", "--data-dir", str(SHARED_DATA), "--no-download"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "ratings.dat" in err and "Traceback" not in err
+
+
+def test_train_split_predefined_uses_the_published_parts(tmp_path, capsys):
+    """``--split predefined``: steam-200k's own parts reach the trainer unchanged (and ``evaluate`` rebuilds
+    them); a data set without one, or a flag that would change them, is one clear line."""
+    folder = write(tmp_path, "steam-200k", STEAM_USERS)
+    train, valid, test = [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]], [[0, 0, 0, 1], [0] * 4, [0, 0, 1, 0]], \
+        [[0] * 4, [0] * 4, [0, 0, 0, 1]]
+    save_parts(folder, (train, valid, test))
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "steam-200k", "--data-dir", str(tmp_path), "--no-download", "--no-verify",
+            "--factors", "4", "--epochs", "2", "--no-progress", "--out", str(out)]
+    assert main(base + ["--split", "predefined"]) == 0
+    import json
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["split"]["method"] == "predefined" and report["data"]["args"]["split"] == "predefined"
+    assert report["data"]["sizes"] == {"train": 3, "valid": 2, "test": 1}
+    assert main(["evaluate", "--model", str(out)]) == 0
+    capsys.readouterr()
+    write(tmp_path, "filmtrust", FILMTRUST)
+    for argv, match in (
+            (["train", "--dataset", "filmtrust", "--data-dir", str(tmp_path), "--no-verify", "--split", "predefined",
+              "--out", str(tmp_path / "f")], "filmtrust ships no split.*steam-200k"),
+            (["train", "--dataset", "steam-200k", "--data-dir", str(tmp_path), "--no-verify", "--split", "predefined",
+              "--min-rating", "2", "--out", str(tmp_path / "g")], "steam-200k has no ratings")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert re.search(match, err.strip().splitlines()[-1]) and "Traceback" not in err

@@ -31,7 +31,7 @@ from .verify import FileSpec, verify_files
 
 __all__ = [
     "DATA_ENV", "DownloadError", "available_datasets", "dataset_description", "dataset_folder", "explicit_data_dir",
-    "item_titles", "load_dataset", "load_dataset_split", "read_item_tags", "resolve_data_dir",
+    "item_titles", "load_dataset", "load_dataset_split", "dataset_has_split", "read_item_tags", "resolve_data_dir",
 ]
 
 DATA_ENV = "METRICREC_DATA"
@@ -204,6 +204,11 @@ def load_dataset(
     checked = verify_files(folder, spec.checks, name, remedy) if verify else []
     data = spec.loader(folder, min_rating)
     return dataclasses.replace(data, meta={**data.meta, "verified": checked})
+
+
+def dataset_has_split(name: str) -> bool:
+    """Whether data set ``name`` ships a published train/valid/test split (:func:`load_dataset_split`)."""
+    return _spec(name).split_loader is not None
 
 
 def load_dataset_split(
