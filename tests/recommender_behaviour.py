@@ -114,3 +114,29 @@ class RecommenderBehaviour:
             self.make().fit(sp.csr_matrix((4, 5)))
         with pytest.raises(ConfigError):
             self.make(epochs=0)
+
+    def test_implicit_ranking_metrics_take_the_default_ids(self, fitted, data_split):
+        implicit_eval = pytest.importorskip("implicit.evaluation")
+        train, test = sp.csr_matrix(data_split.train.matrix), sp.csr_matrix(data_split.test.matrix)
+        got = implicit_eval.ranking_metrics_at_k(fitted, train, test, K=10, show_progress=False)
+        # implicit's precision@K divides the hits by min(K, |test|); recomputed from recommend's lists
+        ids, _ = fitted.recommend(np.arange(train.shape[0]), train, N=10)
+        counts = np.diff(test.indptr)
+        hits = sum(len(set(test[u].indices.tolist()) & set(ids[u].tolist())) for u in np.flatnonzero(counts))
+        assert got["precision"] == pytest.approx(hits / np.minimum(counts, 10).sum(), rel=1e-6)
+
+    def test_a_dataframe_with_string_ids_and_new_ids_of_any_length(self, data_split):
+        pd = pytest.importorskip("pandas")
+        train = data_split.train
+        u, i, _ = train.to_coo_arrays()
+        df = pd.DataFrame({"user": [f"U{x}" for x in train.user_ids[u]], "item": [f"I{x}" for x in train.item_ids[i]]})
+        m = self.make(epochs=2).fit(df)
+        n_users, n_items = m.user_embeddings.shape[0], m.item_embeddings.shape[0]
+        long_item, long_user = "I-new-and-longer-than-any-known-item", "U-new-and-longer-than-any-known-user"
+        assert m.add_items([long_item], m.item_embeddings[:1]).tolist() == [n_items]
+        liked = [long_item, df["item"].iloc[0]]
+        assert m.partial_fit_users([long_user], [liked], epochs=2).tolist() == [n_users]
+        assert m.user_ids[-1] == long_user and m.item_ids[-1] == long_item
+        items, _ = m.recommend_raw([long_user], N=10)[0]
+        assert len(items) == 10 and not set(liked) & set(items.tolist())
+        assert set(items.tolist()) <= set(m.item_ids.tolist())

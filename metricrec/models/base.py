@@ -30,6 +30,7 @@ from .config import EmbeddingConfig
 from .init import random_tables, spectral_tables
 from .retrieval import DISTANCES
 from .fold_in import FoldInMixin
+from .frames import frame_interactions, is_dataframe
 from .persistence import MODELS, PersistenceMixin, load_model
 from .raw_ids import RawIdMixin
 from .retrieval_api import RetrievalMixin
@@ -55,9 +56,10 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
     kernel : str
         Training-step backend, one of :data:`metricrec.training.backends.CHOICES` (``"auto"``: the
         compiled numba kernel on CPU when installed and the model has one, torch otherwise).
-    id_dtype : {"int64", "int32"}
-        Integer type of the item indices :meth:`recommend` returns (``"int32"`` for implicit's
-        evaluation functions, which want C ints).
+    id_dtype : {"int32", "int64"}
+        Integer type of the item indices :meth:`recommend` returns. ``"int32"`` (the default) is what
+        implicit's evaluation functions (``implicit.evaluation.ranking_metrics_at_k``, compiled for C
+        ints) accept; a catalogue of more than 2**31 - 1 items gets int64 whatever the setting.
     **params
         Any field of the config class.
 
@@ -100,7 +102,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
             MODELS[cls.model_name] = cls
 
     def __init__(self, config: EmbeddingConfig | None = None, *, device: str = "cpu", num_threads: int | None = None,
-                 show_progress: bool = True, verbose: bool = True, kernel: str = "auto", id_dtype: str = "int64",
+                 show_progress: bool = True, verbose: bool = True, kernel: str = "auto", id_dtype: str = "int32",
                  **params: Any) -> None:
         base = config if config is not None else self.config_class()
         if not isinstance(base, self.config_class):
@@ -160,11 +162,16 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
 
         Parameters
         ----------
-        user_items : scipy.sparse matrix or Interactions, shape (n_users, n_items)
-            Non-zero entries are positives (weights must be finite and >= 0; zeros are ignored).
+        user_items : scipy.sparse matrix, Interactions or pandas.DataFrame, shape (n_users, n_items)
+            Non-zero entries are positives (weights must be finite and >= 0; zeros are ignored). A
+            DataFrame has one row per interaction: a ``user`` (or ``user_id``, ``userId``) and an
+            ``item`` (or ``item_id``, ``itemId``) column and optionally a ``rating`` (or ``weight``)
+            column (:mod:`metricrec.models.frames`); the model then keeps its raw ids, users and
+            items in sorted id order.
         valid : same type, optional
             Held-out positives: per-epoch Recall@50/@100 in the table, early stopping on Recall@50
-            with the best epoch's weights restored.
+            with the best epoch's weights restored. A DataFrame is read in the users and items of
+            ``user_items`` (an id they lack is an :class:`~metricrec.errors.UnknownIdError`).
         callbacks : sequence of callables
             ``callback(record, trainer)`` after each epoch; return True to stop.
         show_progress : bool, optional
@@ -176,6 +183,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         -------
         self
         """
+        user_items, valid = _from_frames(user_items, valid)
         train, valid_m = self._fit_data(user_items, valid)
         self._init_tables(*train.shape, train=train)
         trainer = self._trainer_for(train, valid_m, user_items, callbacks, show_progress, fit_kw)
@@ -187,7 +195,8 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
     def fit_partial(self, user_items: sp.spmatrix | Interactions, epochs: int = 1, **fit_kw: Any):
         """Train ``epochs`` more epochs, continuing the tables and optimiser state of earlier calls
         on the same data (the first call initialises; new data of the same shape keeps the tables
-        and restarts the optimiser). No validation, no early stopping.
+        and restarts the optimiser). No validation, no early stopping. ``user_items`` as in
+        :meth:`fit` (a DataFrame too).
 
         Returns
         -------
@@ -195,6 +204,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+        user_items, _ = _from_frames(user_items, None)
         train, _ = self._fit_data(user_items, None)
         trainer = self._trainer
         if trainer is None or not _same_matrix(trainer.train, train):
@@ -335,7 +345,8 @@ def as_matrix(data: sp.spmatrix | Interactions, name: str) -> sp.csr_matrix:
     elif sp.issparse(data):
         m = data
     else:
-        raise TypeError(f"{name} must be a scipy sparse matrix or an Interactions, got {type(data).__name__}")
+        raise TypeError(f"{name} must be a scipy sparse matrix, an Interactions or a pandas DataFrame, "
+                        f"got {type(data).__name__}")
     m = sp.csr_matrix(m, dtype=np.float64, copy=True)
     if m.nnz and not np.all(np.isfinite(m.data)):
         raise DataError(f"{name} contains NaN or infinite values")
@@ -345,6 +356,19 @@ def as_matrix(data: sp.spmatrix | Interactions, name: str) -> sp.csr_matrix:
     m.sum_duplicates()
     m.sort_indices()
     return m
+
+
+def _from_frames(user_items: Any, valid: Any) -> tuple[Any, Any]:
+    """DataFrames given to ``fit`` as :class:`Interactions` (valid in the users and items of the
+    training frame); anything else unchanged."""
+    if is_dataframe(user_items):
+        user_items = frame_interactions(user_items, "user_items")
+    if is_dataframe(valid):
+        if not isinstance(user_items, Interactions):
+            raise TypeError("valid is a DataFrame but user_items is a matrix without ids: give user_items as a "
+                            "DataFrame or an Interactions too, so that valid's ids can be matched")
+        valid = frame_interactions(valid, "valid", like=user_items)
+    return user_items, valid
 
 
 def _same_matrix(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:

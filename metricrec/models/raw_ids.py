@@ -149,15 +149,24 @@ def _lookup(index: IdIndex | None, raw: Any, n: int, what: str) -> np.ndarray:
 
 
 def _grown(index: IdIndex | None, raw: list[Any], n: int, what: str) -> tuple[IdIndex, np.ndarray, int]:
-    """(the index with the unknown raw ids appended, rows of all raw ids, number appended)."""
+    """(the index with the unknown raw ids appended, rows of all raw ids, number appended).
+
+    String ids are appended at their own width: numpy's concatenation of str arrays takes the widest
+    of the two (casting the new ids to the old dtype would cut ``'Uabcd'`` to ``'Uabc'`` in a map of
+    ids ``'U1'..'U943'``). Integer-like ids joining a map of strings are kept as their decimal text,
+    the id rule's match for them; a map of integer ids takes only integers (turning it into text would
+    change the type of every id the model returns)."""
     if index is None:
         index = IdIndex(np.arange(n, dtype=np.int64), name=what)
     values = canonical_ids(np.asarray([str(x) for x in raw]))
     if index.kind == "int" and values.dtype.kind not in "iu":
-        raise DataError(f"the model's {what} ids are integers; {values[0]!r} is not one")
+        bad = next(v for v in values.tolist() if canonical_ids([v]).dtype.kind not in "iu")
+        raise DataError(f"the model's {what} ids are integers; {bad!r} is not one")
     found = np.atleast_1d(index.lookup(values, missing="mask"))
     new = np.unique(values[found < 0])
     if new.size == 0:
         return index, found.astype(np.int64), 0
-    grown = IdIndex(np.concatenate([index.ids, new.astype(index.ids.dtype)]), name=what)
+    if index.kind == "str":
+        new = new.astype(str)  # no width given: each int-like id as its full decimal text
+    grown = IdIndex(np.concatenate([index.ids, new]), name=what)
     return grown, np.atleast_1d(grown.lookup(values)).astype(np.int64), int(new.size)

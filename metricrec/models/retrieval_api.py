@@ -63,7 +63,7 @@ class RetrievalMixin:
 
         Returns
         -------
-        ids : numpy.ndarray of ``id_dtype`` (int64; int32 for implicit's evaluation), shape (N,) or (n_users, N)
+        ids : numpy.ndarray of ``id_dtype`` (int32 by default: implicit's evaluation), shape (N,) or (n_users, N)
         scores : numpy.ndarray of float32, same shape
             Best first (negative Euclidean distances for a metric model). Where a user has fewer
             than N candidates left after filtering, the tail is id -1 and score -inf.
@@ -153,7 +153,8 @@ class RetrievalMixin:
             ids, scores = _top_n_on_device(q, cand_t, k, excl, filt, only, self.distance)
         else:
             ids, scores = self._top_n_chunks(q, cand_t, k, excl, filt, only, candidates is None)
-        return _padded(ids.astype(self.id_dtype, copy=False), scores, N)
+        dtype = self.id_dtype if cand_t.shape[0] <= np.iinfo(np.int32).max else np.dtype(np.int64)  # never wraps
+        return _padded(ids.astype(dtype, copy=False), scores, N)
 
     def _top_n_chunks(self, q, cand_t, N, excl, filt, only, items_table: bool):
         cand = cand_t.detach().numpy()

@@ -13,14 +13,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ...data.features import as_features
 from ...data.interactions import Features
-from ...errors import NotFittedError
+from ...errors import DataError, NotFittedError
 from ...serialization import ModelFormatError
 from ...training.optim import clip_rows
 from ..base import EmbeddingRecommender
 from .config import CMLConfig
 from .feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_shapes, mlp_to_arrays
-from .feature_reg import make_item_regularizer
+from .feature_reg import default_feature_weight, make_item_regularizer
 from .step import CMLStep
 
 __all__ = ["CML"]
@@ -60,6 +61,7 @@ class CML(EmbeddingRecommender):
         self._item_placement: tuple[torch.Tensor, float] | None = None  # (centre c, scale s) for f's items
         self.item_feature_names: np.ndarray | None = None
         self.feature_info: dict[str, Any] | None = None
+        self._chosen_feature_weight: float | None = None  # lambda_f that fit chose (the caller gave 0)
 
     def fit(self, user_items, valid=None, *, item_features: Features | sp.spmatrix | np.ndarray | None = None,
             callbacks=(), show_progress: bool | None = None) -> "CML":
@@ -69,13 +71,37 @@ class CML(EmbeddingRecommender):
         Parameters
         ----------
         item_features : Features, scipy sparse matrix or 2-D array, shape (n_items, n_features), optional
-            Item features for CML+F (needs ``feature_weight > 0``). When omitted and
-            ``feature_weight > 0``, the ``item_features`` of an :class:`Interactions` ``user_items``
-            are used. Items with features but no training interaction are placed by f alone
-            (``v_j = c + s (f(x_j) - c)``, see :meth:`item_vectors_from_features`).
+            Item features for CML+F, rows in the model's item order (an :class:`Interactions`' or,
+            for a DataFrame, the sorted item ids). With ``feature_weight`` 0 (the default) the model
+            takes the CLI's lambda_f for them,
+            :func:`~metricrec.models.cml.feature_reg.default_feature_weight` (100 x the squared
+            share of distinct feature rows), and its ``config.feature_weight`` then records it; a
+            positive ``feature_weight`` is used as given. When omitted and ``feature_weight > 0``,
+            the ``item_features`` of an :class:`Interactions` ``user_items`` are used. Items with
+            features but no training interaction are placed by f alone (``v_j = c + s (f(x_j) - c)``,
+            see :meth:`item_vectors_from_features`).
         """
+        self.config = self._feature_config(item_features)
         return super().fit(user_items, valid, callbacks=callbacks, show_progress=show_progress,
                            item_features=item_features)
+
+    def _feature_config(self, item_features: Any) -> CMLConfig:
+        """The config a ``fit`` with these features trains with: lambda_f by the CLI's rule when the
+        caller left it at 0. A weight an earlier ``fit`` chose this way counts as unset (a later fit
+        with other features or none is not held to it)."""
+        config = self.config
+        if self._chosen_feature_weight is not None and config.feature_weight == self._chosen_feature_weight:
+            config = config.replace(feature_weight=0.0)
+        self._chosen_feature_weight = None
+        if item_features is None or config.feature_weight != 0:
+            return config
+        shape = item_features.matrix.shape if isinstance(item_features, Features) else np.shape(item_features)
+        rows = shape[0] if shape else 0
+        weight = default_feature_weight(as_features(item_features, rows))  # their type and values checked first
+        if weight == 0:
+            raise DataError("item_features: no item has any feature (an empty feature set)")
+        self._chosen_feature_weight = weight
+        return config.replace(feature_weight=weight)
 
     # ------------------------------------------------------------------ the step
     def _make_step(self, config: CMLConfig, user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,

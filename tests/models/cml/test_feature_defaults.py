@@ -56,3 +56,25 @@ def test_a_model_with_row_norm_saves_and_places_items_the_same(tmp_path):
     # doubling every feature value places every item at the same point
     doubled = Features(feats.matrix * 2.0, feats.names)
     np.testing.assert_allclose(back.item_vectors_from_features(doubled), m.item_vectors_from_features(feats), atol=1e-5)
+
+
+def test_item_features_from_python_get_the_clis_default_weight():
+    data = generate(preset="small", seed=0)
+    feats = data.item_features
+    want = default_feature_weight(feats)
+    assert want > 0
+    kw = dict(factors=8, epochs=2, batch_size=256, show_progress=False, verbose=False)
+    auto = CML(**kw).fit(data, item_features=feats)  # feature_weight left at 0
+    assert auto.config.feature_weight == pytest.approx(want) and auto.feature_info["weight"] == pytest.approx(want)
+    given = CML(feature_weight=want, **kw).fit(data, item_features=feats)
+    # bitwise: the same weight, seed and kernel in one process train the same model
+    assert np.array_equal(auto.item_embeddings, given.item_embeddings)
+    # a weight the model chose is not the caller's: a later fit without features trains without them
+    auto.fit(data.with_matrix(data.matrix))
+    assert auto.config.feature_weight == 0 and auto._item_mlp is None and auto.feature_info is None
+    # a weight the caller gave stays as given
+    assert CML(feature_weight=2.5, **kw).fit(data, item_features=feats).feature_info["weight"] == 2.5
+    with pytest.raises(ValueError, match="no item has any feature"):
+        CML(**kw).fit(data, item_features=sp.csr_matrix(feats.matrix.shape, dtype=np.float32))
+    with pytest.raises(TypeError, match="item_features must be"):
+        CML(**kw).fit(data, item_features="tags")

@@ -179,8 +179,9 @@ def test_features_off_ignores_carried_features_and_init_from_features_starts_els
 
 def test_feature_argument_errors(cold_setup):
     data, split, *_ = cold_setup
+    # fit takes the CLI's default weight for features given at 0 (test_feature_defaults.py); fit_partial does not
     with pytest.raises(ValueError, match="feature_weight is 0"):
-        CML(epochs=1, **FAST).fit(split.train, item_features=data.item_features)
+        CML(epochs=1, **FAST).fit_partial(split.train, item_features=data.item_features)
     with pytest.raises(ValueError, match="needs item features"):
         CML(epochs=1, feature_weight=1.0, **FAST).fit(split.train.matrix)
     with pytest.raises(ValueError, match="has 199 rows, expected 200"):
