@@ -100,17 +100,22 @@ def ease_weights(train: sp.spmatrix, lam: float) -> np.ndarray:
 
 
 class EASEScorer:
-    """Scores ``X_u B`` over copies of the train rows and of ``B`` (float32), as every peer's scorer."""
+    """Scores ``X_u B`` over copies of the train rows and of ``B`` (float32), as every peer's scorer.
+
+    The product is sparse rows times dense ``B``: a user's scores sum the rows of ``B`` of the items they hold,
+    so a batch costs (its train pairs) x n_items, not (its users) x n_items^2 as with the rows densified (on
+    amazon-beauty, 22k users with ~5 train items each over 12k items, ~2,000 times fewer operations).
+    """
 
     def __init__(self, train: sp.spmatrix, weights: np.ndarray) -> None:
         self.train = sp.csr_matrix(train, dtype=np.float32, copy=True)
         self.train.data[:] = 1.0
-        self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32))
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
-        """Scores of shape (len(users), n_items), higher is better."""
-        rows = torch.from_numpy(self.train[np.asarray(users, dtype=np.int64)].toarray())
-        return rows @ self.weights
+        """Scores of shape (len(users), n_items), float32, higher is better."""
+        rows = self.train[np.asarray(users, dtype=np.int64)]
+        return torch.from_numpy(np.ascontiguousarray(rows @ self.weights, dtype=np.float32))
 
 
 class EASEPeer:

@@ -20,11 +20,11 @@ def test_summarise_counts_the_initialisation_and_the_validation_share():
 
 def test_table_puts_the_peers_under_each_default_run():
     run = summarise("citeulike-a", _report(), load=0.5, process_s=6.0)
-    peers = {"citeulike-a": [{"method": "implicit-als", "test_recall@50": 0.354, "best_epoch": 42,
+    peers = {"citeulike-a": [{"method": "implicit-als", "test_recall@50": 0.354, "test_ndcg@10": 0.2, "best_epoch": 42,
                               "train_seconds_to_best": 3.27, "wall_seconds": 26.7, "setting": {}}]}
     lines = table([run, {**run, "run": "citeulike-a+tags"}, {"run": "ml-100k", "error": "boom"}], peers).splitlines()
     assert "**0.3600**" in lines[2] and "2.50" in lines[2] and "5%" in lines[2]
-    assert lines[3].startswith("| citeulike-a | implicit-als (tuned) | 0.3540 | 42 | 3.27 | 26.70")
+    assert lines[3].startswith("| citeulike-a | implicit-als (tuned) | 0.3540 | 0.2000 | 42 | 3.27 | 26.70")
     assert "--item-features tags" in lines[4] and "error: boom" in lines[5]
 
 
@@ -59,3 +59,16 @@ def test_tuned_peers_read_every_results_file_and_leave_out_skipped_runs(tmp_path
     peers = tuned_peers([tmp_path / "real.json", tmp_path / "ease.json", tmp_path / "absent.json"])
     assert list(peers) == ["d"]
     assert sorted((p["method"], p["test_recall@50"]) for p in peers["d"]) == [("ease", 0.55), ("implicit-als", 0.5)]
+
+
+def test_gaps_state_the_ratio_to_the_best_tuned_peer_and_whether_the_best_epoch_was_the_last():
+    from benchmarks.defaults import gaps
+
+    run = summarise("citeulike-a", _report(), load=0.5, process_s=6.0)
+    assert run["best_is_last"]  # best 10 of 10 epochs
+    peers = {"citeulike-a": [{"method": "implicit-als", "test_recall@50": 0.40},
+                             {"method": "ease", "test_recall@50": 0.45, "tuned": False},
+                             {"method": "cml (hand-tuned)", "test_recall@50": 0.5}]}
+    lines = gaps([run, {**run, "run": "filmtrust", "best_is_last": False}], peers).splitlines()
+    assert lines[2] == "| citeulike-a | 0.3600 | implicit-als | 0.4000 | 0.900 | yes |"
+    assert lines[3] == "| filmtrust | 0.3600 | (no tuned peer) | | | no |"
