@@ -51,8 +51,8 @@ class TrainingConfig:
         Positive pairs per step. None: about an eighth of the training pairs, between 1,000 and
         50,000 (:meth:`resolved_batch_size`).
     learning_rate : float
-        Peak rate of the schedule (default 0.1; CML 0.2: with the decay, 0.2 beat 0.1 by 0.01 on citeulike-a
-        after 15 epochs; 0.3 and 0.4 were no better, 0.8 worse).
+        Peak rate of the schedule (default 0.1; CML 0.3, chosen across the development sets with the
+        adaptive budget: benchmarks/results/rules.md).
     lr_schedule : {"adaptive", "linear", "cosine", "constant"}
         Multiplier of the rate per step (:mod:`metricrec.training.schedule`): linear warm-up over
         ``warmup_epochs``, then ``"adaptive"`` (CML's default, :mod:`metricrec.training.budget`): a
