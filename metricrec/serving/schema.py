@@ -1,18 +1,27 @@
 """The service's request and response schemas (pydantic, extra ``serve``): what ``/openapi.json``
 and ``/docs`` show.
 
-The routes build their JSON themselves (no validation pass per response); these models only
-document it. Ids are JSON strings in every response: the raw id's text (an integer id ``196`` is
+FastAPI validates every request against these models (the query parameters are declared on the
+routes); the routes build their JSON responses themselves (no validation pass per response), and the
+response models document them. Ids are JSON strings in every response: the raw id's text (an integer id ``196`` is
 ``"196"``). Requests may send an id as a string or as a JSON number, which stands for its decimal
 text (see :func:`metricrec.serving.service.request_id`).
 """
 
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "Health", "NewUserRequest", "NewUserResponse", "RecommendResponse",
-           "SimilarItemsResponse", "new_user_body", "query_parameters"]
+__all__ = ["BatchRequest", "BatchResponse", "ERROR_RESPONSES", "ErrorBody", "Health", "MAX_ID_LENGTH", "NewUserRequest",
+           "NewUserResponse", "RawId", "RecommendResponse", "SimilarItemsResponse"]
+
+#: Longest raw id a request may send (characters).
+MAX_ID_LENGTH = 1000
+#: A raw id in a request body: a string, or a JSON number standing for its decimal text (a whole number
+#: up to 2**53; :func:`metricrec.serving.service.request_id` applies the rule). Strict: ``true`` is no id.
+RawId = Union[StrictInt, StrictFloat, StrictStr]
+_ID_TEXT = ("Raw ids: strings, or JSON numbers standing for their decimal text (172 is the id \"172\"; "
+            "\"0172\" is another id).")
 
 _ITEMS = "Recommended raw item ids, as strings, best first (shorter than n when fewer are left)."
 _SCORES = ("The model's score of each item, same order (negative Euclidean distances for CML, higher is "
@@ -55,10 +64,30 @@ class NewUserRequest(BaseModel):
     """The POST /recommend body."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": ["50", 172, "181"], "n": 5}]})
-    items: list[Union[str, int]] = Field(min_length=1, description=(
-        "Raw ids of the items the new user likes: strings, or JSON numbers standing for their decimal text "
-        "(172 is the id \"172\"; \"0172\" is another id)."))
-    n: int = Field(10, ge=1, description="How many items to recommend (at most the server's --max-n).")
+    items: list[RawId] = Field(min_length=1, description="The items the new user likes. " + _ID_TEXT)
+    n: StrictInt = Field(10, ge=1, description="How many items to recommend (at most the server's --max-n).")
+    include: Optional[list[RawId]] = Field(None, description="Only these items may be recommended.")
+    exclude: Optional[list[RawId]] = Field(None, description="These items are never recommended (besides `items`).")
+
+
+class BatchRequest(BaseModel):
+    """The POST /recommend/batch body: several known users, one scoring call."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"users": ["196", 186], "n": 5,
+                                                                               "exclude": ["50"]}]})
+    users: list[RawId] = Field(min_length=1, description="Known users (at most the server's --max-users). " + _ID_TEXT)
+    n: StrictInt = Field(10, ge=1, description="How many items per user (at most the server's --max-n).")
+    include: Optional[list[RawId]] = Field(None, description="Only these items may be recommended, to every user.")
+    exclude: Optional[list[RawId]] = Field(None, description="These items are never recommended (besides each "
+                                                             "user's liked items).")
+
+
+class BatchResponse(BaseModel):
+    """POST /recommend/batch: one GET /recommend document per user, in the order of the request."""
+
+    model_config = _example({"results": [{"user": "196", "items": ["216", "70"], "scores": [-0.98, -0.99]},
+                                         {"user": "186", "items": ["302", "258"], "scores": [-0.91, -0.93]}]})
+    results: list[RecommendResponse]
 
 
 class Health(BaseModel):
@@ -101,19 +130,3 @@ ERROR_RESPONSES = {
     "get": _errors(404, 422, 500), "post": _errors(400, 404, 413, 415, 422, 500), "health": _errors(500),
     "reload": _errors(409, 500),
 }
-
-
-def query_parameters(id_name: str, what: str) -> dict[str, Any]:
-    """``openapi_extra`` of a GET route read from the raw query string: its ``id_name`` and ``n``."""
-    return {"parameters": [
-        {"name": id_name, "in": "query", "required": True, "description": f"The {what}'s raw id (text).",
-         "schema": {"type": "string", "minLength": 1, "maxLength": 1000}},
-        {"name": "n", "in": "query", "required": False, "description": "How many items (at most --max-n).",
-         "schema": {"type": "integer", "minimum": 1, "default": 10}},
-    ]}
-
-
-def new_user_body() -> dict[str, Any]:
-    """``openapi_extra`` of ``POST /recommend``: the body schema (the route parses the body itself)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": NewUserRequest.model_json_schema()}}}}

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from ..errors import MetricrecError, UnknownIdError
 
 __all__ = ["Limits", "ModelHolder", "RequestError", "Snapshot", "load_model_only", "load_serving_model",
-           "model_path", "request_id"]
+           "model_path", "recommend_new_user", "recommend_user", "recommend_users", "request_id", "similar_items"]
 
 
 _FOLD_IN_LOCK = threading.Lock()
@@ -42,6 +42,7 @@ class Limits:
     max_n: int = 1000
     max_items: int = 1000
     max_body_bytes: int = 1_000_000
+    max_users: int = 1000
 
 
 def model_path(path: str | os.PathLike) -> Path:
@@ -240,15 +241,56 @@ def _result(key: str, query: str | list[str], items: np.ndarray, scores: np.ndar
 
 
 # ---------------------------------------------------------------------- queries
-def recommend_user(snap: Snapshot, user: Any, n: int) -> dict[str, Any]:
-    """Top-``n`` items for a known user (already-liked items filtered)."""
-    text = request_id(user, "user")
+def _item_filters(snap: Snapshot, include: Any, exclude: Any, limits: Limits) -> tuple[Any, Any]:
+    """(candidate items, items to leave out) of a request as the model's raw ids, or None where the
+    request gives none: ``include`` restricts the candidates to those items, ``exclude`` removes
+    items. Each is a list of ids (strings or JSON integers, :func:`request_id`) of at most
+    ``limits.max_items``; an id the model does not know is a 404 (``unknown_id``)."""
+    out = []
+    item_map = getattr(snap.model, "item_map", None)
+    for name, ids in (("include", include), ("exclude", exclude)):
+        if ids is None:
+            out.append(None)
+            continue
+        if not isinstance(ids, (list, tuple)):
+            raise RequestError(422, f"invalid_{name}", f"{name} must be a list of item ids")
+        if len(ids) > limits.max_items:
+            raise RequestError(422, "too_many_items", f"{name}: at most {limits.max_items} items, got {len(ids)}")
+        raws = [_model_id(t, item_map) for t in dict.fromkeys(request_id(x, "item") for x in ids)]
+        try:
+            snap.model.item_index(raws)  # unknown ids: 404 here, naming them
+        except (UnknownIdError, KeyError) as exc:
+            raise _unknown(exc) from None
+        out.append(raws)
+    return out[0], out[1]
+
+
+def recommend_user(snap: Snapshot, user: Any, n: int, *, include: Any = None, exclude: Any = None,
+                   limits: Limits = Limits()) -> dict[str, Any]:
+    """Top-``n`` items for a known user (already-liked items filtered; ``include``/``exclude``: item
+    filters, see :func:`_item_filters`)."""
+    return recommend_users(snap, [user], n, include=include, exclude=exclude, limits=limits)["results"][0]
+
+
+def recommend_users(snap: Snapshot, users: Any, n: int, *, include: Any = None, exclude: Any = None,
+                    limits: Limits = Limits()) -> dict[str, Any]:
+    """``POST /recommend/batch``: top-``n`` items for each of several known users in one scoring call
+    (each user's liked items filtered, the same item filters for all); ``{"results": [...]}`` in the
+    order of ``users``, one :func:`recommend_user` document each. An unknown user makes the whole
+    request a 404 naming it (no partial answer that a client could take for complete)."""
+    if not isinstance(users, (list, tuple)) or not users:
+        raise RequestError(422, "invalid_users", "users must be a non-empty list of user ids")
+    if len(users) > limits.max_users:
+        raise RequestError(422, "too_many_users", f"at most {limits.max_users} users, got {len(users)}")
+    texts = [request_id(u, "user") for u in users]
+    user_map = getattr(snap.model, "user_map", None)
+    candidates, dropped = _item_filters(snap, include, exclude, limits)
     try:
-        items, scores = snap.model.recommend_raw([_model_id(text, getattr(snap.model, "user_map", None))], N=n,
-                                                 approximate=snap.approximate)[0]
+        found = snap.model.recommend_raw([_model_id(t, user_map) for t in texts], N=n, filter_items=dropped,
+                                         items=candidates, approximate=snap.approximate)
     except (UnknownIdError, KeyError) as exc:
         raise _unknown(exc) from None
-    return _result("user", text, items, scores)
+    return {"results": [_result("user", t, items, scores) for t, (items, scores) in zip(texts, found)]}
 
 
 def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
@@ -268,13 +310,14 @@ def similar_items(snap: Snapshot, item: Any, n: int) -> dict[str, Any]:
 
 
 def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, Any]:
-    """Fold a new user in from its liked items (``{"items": [...], "n": 10}``) and recommend
-    ``n`` items it has not liked."""
+    """Fold a new user in from its liked items (``{"items": [...], "n": 10}``, optionally
+    ``"include"``/``"exclude"`` item filters) and recommend ``n`` items it has not liked."""
     if not isinstance(body, dict):
         raise RequestError(422, "invalid_body", f"the body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - {"items", "n"})
+    unknown = sorted(set(body) - {"items", "n", "include", "exclude"})
     if unknown:
-        raise RequestError(422, "invalid_body", f"unknown field(s) {', '.join(map(repr, unknown))} (known: items, n)")
+        raise RequestError(422, "invalid_body", f"unknown field(s) {', '.join(map(repr, unknown))} "
+                                                "(known: items, n, include, exclude)")
     liked = body.get("items")
     if not isinstance(liked, list) or not liked:
         raise RequestError(422, "invalid_items", "items must be a non-empty list of item ids")
@@ -285,6 +328,7 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
     item_map = getattr(model, "item_map", None)
     texts = list(dict.fromkeys(request_id(x, "item") for x in liked))  # "1" and 1 are one item
     raws = [_model_id(t, item_map) for t in texts]
+    candidates, dropped = _item_filters(snap, body.get("include"), body.get("exclude"), limits)
     try:
         rows = np.unique(np.asarray(model.item_index(raws), dtype=np.int64))
         with _FOLD_IN_LOCK:  # one at a time: it is parallel itself, and numba's workqueue layer is not re-entrant
@@ -293,7 +337,9 @@ def recommend_new_user(snap: Snapshot, body: Any, limits: Limits) -> dict[str, A
         raise _unknown(exc) from None
     n_items = model.item_embeddings.shape[0]
     exclude = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), rows, [0, rows.size]), shape=(1, n_items))
-    ids, scores = model.recommend_vectors(vec, N=n, exclude=exclude, approximate=snap.approximate)
+    cols = [None if f is None else np.asarray(model.item_index(f), dtype=np.int64) for f in (candidates, dropped)]
+    ids, scores = model.recommend_vectors(vec, N=n, exclude=exclude, items=cols[0], filter_items=cols[1],
+                                          approximate=snap.approximate)
     ids, scores = np.asarray(ids)[0], np.asarray(scores)[0]
     ok = ids >= 0
     items = model.item_map.raw(ids[ok]) if getattr(model, "item_map", None) is not None else ids[ok]

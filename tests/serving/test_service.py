@@ -78,6 +78,42 @@ def test_new_user_is_folded_in_and_gets_unliked_items(served):
     assert body["scores"] == sorted(body["scores"], reverse=True)
 
 
+def test_item_filters_restrict_and_exclude(served):
+    _, client, model = served
+    full, _ = model.recommend_raw([100], N=80)[0]  # every unliked item, best first
+    top = full[:6].tolist()
+    r = client.get("/recommend", params=[("user", "100"), ("n", "4"), ("exclude", top[0]), ("exclude", top[2])])
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == [i for i in top if i not in (top[0], top[2])][:4]
+    allowed = full[[5, 1, 9]].tolist()  # any order in: ranked out in the model's order
+    r = client.get("/recommend", params=[("user", "100")] + [("include", a) for a in allowed])
+    assert r.json()["items"] == [i for i in full.tolist() if i in allowed]
+    liked = sorted(_liked(model, 100))[0]  # an included liked item is still left out
+    r = client.get("/recommend", params=[("user", "100"), ("include", liked), ("include", allowed[0])])
+    assert r.json()["items"] == [allowed[0]]
+    r = client.post("/recommend", json={"items": ["item-1", "item-2"], "n": 3, "exclude": ["item-3"],
+                                        "include": ["item-3", "item-4", "item-7", "item-9"]})
+    assert r.status_code == 200 and set(r.json()["items"]) <= {"item-4", "item-7", "item-9"}, r.text
+    assert len(r.json()["items"]) == 3
+    r = client.get("/recommend", params=[("user", "100"), ("exclude", "nope")])
+    assert r.status_code == 404 and r.json()["error"] == "unknown_id" and "nope" in r.json()["detail"]
+
+
+def test_batch_is_the_single_user_answer_for_each_user(served):
+    _, client, model = served
+    users = ["100", 101, "117", "100"]
+    r = client.post("/recommend/batch", json={"users": users, "n": 5, "exclude": ["item-3"]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["user"] for x in results] == ["100", "101", "117", "100"]
+    for x in results:
+        one = client.get("/recommend", params=[("user", x["user"]), ("n", "5"), ("exclude", "item-3")]).json()
+        assert x["items"] == one["items"] and x["scores"] == pytest.approx(one["scores"], abs=2e-6)
+        assert "item-3" not in x["items"] and not set(x["items"]) & _liked(model, int(x["user"]))
+    r = client.post("/recommend/batch", json={"users": ["100", "nobody"]})
+    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+
+
 @pytest.fixture(scope="module")
 def served_int_ids(tmp_path_factory):
     """A model whose user and item ids are all integers (users 150..209, items 200..279), no index."""
@@ -144,11 +180,20 @@ def test_openapi_says_ids_are_strings(served):
         assert {"type": "number"} in props["scores"]["items"]["anyOf"]
         assert doc["paths"][path][method]["responses"]["404"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"}
-    params = {p["name"]: p["schema"]["type"] for p in doc["paths"]["/recommend"]["get"]["parameters"]}
-    assert params == {"user": "string", "n": "integer"}
-    body = doc["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["properties"]["items"]["items"]["anyOf"] == [{"type": "string"}, {"type": "integer"}]
-    assert set(doc["paths"]) == {"/health", "/recommend", "/similar-items", "/reload"}
+    # the parameters FastAPI validates: the id, n within the server's limit, repeatable item filters
+    params = {p["name"]: p for p in doc["paths"]["/recommend"]["get"]["parameters"]}
+    assert set(params) == {"user", "n", "include", "exclude"} and params["user"]["required"]
+    assert params["user"]["schema"]["type"] == "string" and params["user"]["schema"]["maxLength"] == 1000
+    assert params["n"]["schema"]["type"] == "integer" and params["n"]["schema"]["maximum"] == 1000
+    assert params["n"]["schema"]["minimum"] == 1 and params["n"]["schema"]["default"] == 10
+    assert {"type": "array", "items": {"type": "string"}, "maxItems": 1000} in params["exclude"]["schema"]["anyOf"]
+    for path, name in (("/recommend", "NewUserRequest"), ("/recommend/batch", "BatchRequest")):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        body = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert ref.endswith(name) and body["additionalProperties"] is False
+        ids = body["properties"]["items" if name == "NewUserRequest" else "users"]["items"]["anyOf"]
+        assert ids == [{"type": "integer"}, {"type": "number"}, {"type": "string"}]
+    assert set(doc["paths"]) == {"/health", "/recommend", "/recommend/batch", "/similar-items", "/reload"}
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text
 
@@ -221,6 +266,19 @@ BAD_REQUESTS = [
      "body_too_large"),  # chunked: no Content-Length, cut off while streaming
     ("POST", "/recommend", {"content": b'{"items": ["item-1"]}', "headers": {"content-type": "text/plain"}}, 415,
      "unsupported_media_type"),
+    ("GET", "/recommend?user=100&exclude=" + "&exclude=".join(["item-1"] * 1001), {}, 422, "too_many_items"),
+    ("POST", "/recommend", {"json": {"items": ["item-1"], "exclude": [None]}}, 422, "invalid_item"),
+    ("POST", "/recommend", {"json": {"items": ["item-1"], "include": "item-2"}}, 422, "invalid_include"),
+    ("POST", "/recommend", {"json": {"items": ["item-1"], "include": ["nope"]}}, 404, "unknown_id"),
+    ("POST", "/recommend/batch", {"json": {"users": []}}, 422, "invalid_users"),
+    ("POST", "/recommend/batch", {"json": {"users": "100"}}, 422, "invalid_users"),
+    ("POST", "/recommend/batch", {"json": {"users": [True]}}, 422, "invalid_user"),
+    ("POST", "/recommend/batch", {"json": {"users": ["100"], "n": 1001}}, 422, "invalid_n"),
+    ("POST", "/recommend/batch", {"json": {"users": ["100"], "m": 3}}, 422, "invalid_body"),
+    ("POST", "/recommend/batch", {"json": {"users": ["100"] * 1001}}, 422, "too_many_users"),
+    ("POST", "/recommend/batch", {"content": b'{"users": [', "headers": {"content-type": "application/json"}}, 400,
+     "malformed_json"),
+    ("GET", "/recommend/batch", {}, 405, "method_not_allowed"),
     ("PUT", "/recommend", {}, 405, "method_not_allowed"),
     ("DELETE", "/health", {}, 405, "method_not_allowed"),
     ("GET", "/recommendations", {}, 404, "not_found"),
@@ -244,6 +302,21 @@ def test_no_response_was_a_500(served):
     _, client, _ = served
     assert client.get("/health").status_code == 200  # the server survived all of the above
     assert RESPONSES and all(r.status_code < 500 for r in RESPONSES), [r.status_code for r in RESPONSES]
+
+
+def test_every_request_is_one_json_line_in_the_access_log(served):
+    import json
+
+    server, client, _ = served
+    client.get("/recommend", params={"user": "100", "n": 3, "exclude": "item-3"})
+    client.get("/recommend", params={"user": "nobody"})
+    time.sleep(0.2)  # the line is written after the response is sent
+    lines = [json.loads(x) for x in server.output().splitlines() if x.startswith('{"ts"')]
+    ok = [x for x in lines if x["query"] == "user=100&n=3&exclude=item-3"]
+    bad = [x for x in lines if x["query"] == "user=nobody"]
+    assert ok and ok[-1]["status"] == 200 and ok[-1]["method"] == "GET" and ok[-1]["path"] == "/recommend"
+    assert bad and bad[-1]["status"] == 404 and bad[-1]["bytes"] > 0
+    assert all(0 <= x["ms"] < 10_000 and x["client"].startswith("127.0.0.1:") for x in ok + bad)
 
 
 def _hammer(url: str, stop: threading.Event, results: list) -> None:
