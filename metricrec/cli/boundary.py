@@ -158,3 +158,13 @@ def run_guarded(func: Callable[[], Any], *, debug: bool = False, stream: Any = N
         code, line = describe_failure(exc)
         print(f"metricrec: {line}", file=stream)
         return code
+
+
+def quiet_warnings_to_stderr() -> None:
+    """Show data warnings once, as one plain line each."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show  # type: ignore[assignment]

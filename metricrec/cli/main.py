@@ -14,10 +14,9 @@ import warnings
 from typing import Sequence
 
 from .. import __version__
-from .boundary import EPILOG, OneLineParser, add_debug_flags, run_guarded
+from .boundary import EPILOG, OneLineParser, add_debug_flags, quiet_warnings_to_stderr, run_guarded
 from .commands import COMMANDS
 from .config_file import add_config_arguments, parse_with_config
-from .sources import quiet_warnings_to_stderr
 
 _TOP_FLAGS_WITH_VALUE = ("--config",)
 

@@ -35,6 +35,7 @@ from ..data.splits import Split, leave_k_out, ratio_split, temporal_split
 from ..data.split_files import read_split
 from ..data.synthetic import PRESETS, generate
 from ..errors import DataError
+from .boundary import quiet_warnings_to_stderr  # noqa: F401 (its former home)
 
 SPLIT_METHODS = ("ratio", "leave-k-out", "leave-latest", "temporal", "predefined")
 #: Synthetic preset a training falls back to, and the suffix of its output folder.
@@ -307,9 +308,3 @@ def rebuild(desc: dict[str, Any]) -> argparse.Namespace:
     return ns
 
 
-def quiet_warnings_to_stderr() -> None:
-    """Show data warnings once, as one plain line each."""
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        print(f"warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = show  # type: ignore[assignment]
