@@ -122,19 +122,26 @@ def study_history(trials: Sequence[Mapping[str, Any]]) -> bytes:
 
     fig, ax = _figure(8, 3.8)
     best, xs, ys = float("-inf"), [], []
+    n_pruned = sum(t["state"] == "PRUNED" for t in trials)
     for t in trials:
         if t["state"] == "COMPLETE" and t["value"] is not None:
-            ax.scatter(t["number"], t["value"], color="tab:blue", s=22, zorder=3)
+            star = bool(t.get("defaults"))
+            ax.scatter(t["number"], t["value"], color="tab:green" if star else "tab:blue", marker="*" if star else "o",
+                       s=90 if star else 22, zorder=4 if star else 3)
             best = max(best, t["value"])
         elif t["state"] == "PRUNED" and t.get("intermediate"):
-            ax.scatter(t["number"], list(t["intermediate"].values())[-1], color="tab:gray", marker="x", s=22)
+            # above the best-so-far line, in black: a study with many pruned trials must show them
+            ax.scatter(t["number"], list(t["intermediate"].values())[-1], color="black", marker="x", s=30,
+                       linewidths=1.2, zorder=5)
         if best > float("-inf"):
             xs.append(t["number"])
             ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color="tab:red", label="best so far")
     ax.scatter([], [], color="tab:blue", label="complete")
-    ax.scatter([], [], color="tab:gray", marker="x", label="pruned (last value)")
+    if any(t.get("defaults") for t in trials):
+        ax.scatter([], [], color="tab:green", marker="*", s=90, label="the defaults")
+    ax.scatter([], [], color="black", marker="x", label=f"pruned ({n_pruned}, last value)")
     ax.legend(loc="best", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="optimisation history", xlabel="trial", ylabel="valid Recall@50")

@@ -14,6 +14,8 @@ __all__ = ["render_study", "param_importances"]
 
 #: Fewer complete trials than this: no importances (fANOVA on a handful of points is noise).
 MIN_TRIALS_FOR_IMPORTANCE = 4
+#: Fewer complete trials than this: importances are shown with a warning that they are a rough guide.
+FEW_TRIALS_FOR_IMPORTANCE = 20
 
 
 def param_importances(doc: Mapping[str, Any]) -> tuple[dict[str, float] | None, str]:
@@ -27,7 +29,9 @@ def param_importances(doc: Mapping[str, Any]) -> tuple[dict[str, float] | None, 
     except ImportError:
         return None, "parameter importances need Optuna (pip install 'metricrec[tune]')"
     dists = {k: optuna.distributions.json_to_distribution(v) for k, v in (doc.get("distributions") or {}).items()}
-    complete = [t for t in doc.get("trials") or [] if t.get("state") == "COMPLETE" and t.get("value") is not None]
+    # the defaults' trial draws no parameter: it has no place in a fit of value against parameters
+    complete = [t for t in doc.get("trials") or [] if t.get("state") == "COMPLETE" and t.get("value") is not None
+                and not t.get("defaults") and set(dists) <= set(t.get("params") or {})]
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return None, (f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials "
                       f"({len(complete)} so far)")
@@ -46,7 +50,10 @@ def param_importances(doc: Mapping[str, Any]) -> tuple[dict[str, float] | None, 
         return None, "parameter importances need scikit-learn (pip install 'metricrec[tune]')"
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return None, f"parameter importances failed: {exc}"
-    return {k: float(v) for k, v in scores.items()}, ""
+    caveat = "" if len(complete) >= FEW_TRIALS_FOR_IMPORTANCE else (
+        f"warning: fitted to only {len(complete)} complete trials (fewer than {FEW_TRIALS_FOR_IMPORTANCE}): a rough "
+        "guide to what mattered, not a ranking to act on; run more trials before trusting it")
+    return {k: float(v) for k, v in scores.items()}, caveat
 
 
 def _trials_table(trials: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
@@ -82,12 +89,16 @@ def render_study(folder: Path) -> str:
     sections = [section("Summary", _summary(doc))]
     if trials:
         sections.append(section("History", figure(figures.study_history(trials), "value of every trial and the best so far",
-                                                  "blue: complete trials; grey crosses: pruned trials at their last "
-                                                  "reported value; red: best so far"),
+                                                  "blue: complete trials; green star: the defaults (trial 0); black "
+                                                  "crosses: pruned trials at their last reported value; red: best so far"),
                                 figure(figures.study_curves(trials), "per-epoch validation curves of the trials")))
     scores, why = param_importances(doc)
-    sections.append(section("Parameter importances", figure(figures.importances(scores), "parameter importances")
-                            if scores else note(why)))
+    if scores:
+        shown = figure(figures.importances(scores), "parameter importances")
+        sections.append(section("Parameter importances", note(why), shown) if why else
+                        section("Parameter importances", shown))
+    else:
+        sections.append(section("Parameter importances", note(why)))
     best = doc.get("best")
     if best:
         sections.append(section(f"Best configuration (trial {best['number']})",

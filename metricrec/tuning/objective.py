@@ -19,10 +19,12 @@ from ..models.cml.model import CML
 from ..training.history import EpochRecord
 from .space import Param, suggest
 
-__all__ = ["Objective", "PruningCallback", "METRIC"]
+__all__ = ["DEFAULTS_ATTR", "Objective", "PruningCallback", "METRIC"]
 
 #: The per-epoch validation metric a trial reports and maximises.
 METRIC = "recall@50"
+#: User attribute of the trial that trains the defaults (the base config, no drawn parameter).
+DEFAULTS_ATTR = "defaults"
 
 
 class PruningCallback:
@@ -90,7 +92,8 @@ class Objective:
     def __call__(self, trial: Any) -> float:
         import optuna
 
-        config = self.config_for(suggest(trial, self.space))
+        # trial 0 of a new study (run_study enqueues it): the defaults as they are, nothing drawn
+        config = self.base if trial.user_attrs.get(DEFAULTS_ATTR) else self.config_for(suggest(trial, self.space))
         model = CML(config, show_progress=False, verbose=False, **self.model_kw)
         prune = PruningCallback(trial)
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ..errors import TrainingDivergedError
 from ..serialization import atomic_write_json
-from .objective import METRIC, Objective
+from .objective import DEFAULTS_ATTR, METRIC, Objective
 from .study import best_config_document, open_study, require_optuna, study_document
 
 __all__ = ["run_study", "write_results", "trial_line"]
@@ -36,8 +36,10 @@ def trial_line(t: Any, best: Any) -> str:
     epochs = t.user_attrs.get("epochs")
     ep = "" if epochs is None else f" {epochs} epochs"
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+    if t.user_attrs.get(DEFAULTS_ATTR):
+        params = "the defaults (no parameter drawn)"
     why = f" ({t.user_attrs['failed_because']})" if t.state.name == "FAIL" and "failed_because" in t.user_attrs else ""
-    return f"trial {t.number:>3} {t.state.name:<8} {METRIC} {value}{why}{secs}{ep}{best_text} | {params}"
+    return f"trial {t.number:>3} {t.state.name:<8} valid {METRIC} {value}{why}{secs}{ep}{best_text} | {params}"
 
 
 def _finished(study: Any) -> int:
@@ -59,6 +61,8 @@ def run_study(objective: Objective, *, storage: str, name: str, trials: int, tim
     study, failed = open_study(storage, name, seed=seed, pruner=pruner, identity=identity)
     if failed:
         print(f"TUNE: marked FAIL (left RUNNING by an interrupted run): trial {', '.join(map(str, failed))}", file=log)
+    if not study.trials:  # a new study: its first trial is the defaults, the bar every drawn trial must pass
+        study.enqueue_trial({}, user_attrs={DEFAULTS_ATTR: True})
     done = _finished(study)
     todo = max(0, trials - done)
     print(f"TUNE: study {name!r} in {storage}: {len(study.trials)} trials stored ({done} finished); "

@@ -169,7 +169,7 @@ def _trial_doc(t: Any) -> dict[str, Any]:
             "seconds": t.user_attrs.get("seconds"), "train_seconds": t.user_attrs.get("train_seconds"),
             "epochs": t.user_attrs.get("epochs"), "best_epoch": t.user_attrs.get("best_epoch"),
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            "failed_because": t.user_attrs.get("failed_because"),
+            "failed_because": t.user_attrs.get("failed_because"), "defaults": bool(t.user_attrs.get("defaults")),
             "started": None if t.datetime_start is None else t.datetime_start.isoformat(timespec="seconds")}
 
 

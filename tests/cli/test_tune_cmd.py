@@ -80,6 +80,10 @@ def test_tune_resumes_its_study_and_best_json_trains(tmp_path, capsys):
     first = json.loads((tmp_path / "out" / "study.json").read_text())
     assert [t["number"] for t in first["trials"]] == [0, 1] and first["states"] == {"COMPLETE": 2}
     assert "factors" not in first["identity"]["params"]  # fixed by --factors
+    # trial 0 of a new study trains the defaults (with the fixed flags), drawing nothing
+    assert first["trials"][0]["defaults"] and first["trials"][0]["params"] == {}
+    assert not first["trials"][1]["defaults"] and set(first["trials"][1]["params"]) == set(first["identity"]["params"])
+    assert "trial   0 COMPLETE valid recall@50 " in capsys.readouterr().err
 
     # a run killed mid-trial leaves it RUNNING: the next run marks it FAIL and does not count it
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'db' / 'tune.db'}")
@@ -94,13 +98,15 @@ def test_tune_resumes_its_study_and_best_json_trains(tmp_path, capsys):
     assert numbers == [0, 1, 2, 3] and doc["states"] == {"COMPLETE": 3, "FAIL": 1}
     params = [tuple(sorted(t["params"].items())) for t in doc["trials"] if t["state"] == "COMPLETE"]
     assert len(set(params)) == 3  # the resumed sampler did not draw the first run's points again
+    assert sum(t["defaults"] for t in doc["trials"]) == 1  # a resumed study does not train the defaults again
     for t in doc["trials"]:
         if t["state"] == "COMPLETE":
             assert t["seconds"] > 0 and t["epochs"] == 2 and 0 <= t["value"] <= 1
     assert doc["best"]["value"] == max(t["value"] for t in doc["trials"] if t["value"] is not None)
 
     best = json.loads((tmp_path / "out" / "best.json").read_text())
-    assert best["factors"] == 8 and best["margin"] == doc["best"]["params"]["margin"]
+    assert best["factors"] == 8
+    assert best["margin"] == doc["best"]["params"].get("margin", doc["base_config"]["margin"])
     run = tmp_path / "run"
     assert main(["train", "--config", str(tmp_path / "out" / "best.json"), "--synthetic", "small", "--out", str(run),
                  "--no-progress", "--threads", "1", "--kernel", "torch"]) == 0

@@ -115,6 +115,19 @@ def test_study_page_history_and_importances(tmp_path):
     for png in pngs:
         assert_drawn(png)
     assert "parameter importances" in page and "Best configuration (trial" in page and "PRUNED" in page
+    assert "warning: fitted to only 8 complete trials (fewer than 20)" in page  # importances from few trials
+
+    _study_json(tmp_path / "many", 24)
+    page = write_report(tmp_path / "many").read_text()
+    assert len(embedded_pngs(page)) == 3 and "warning: fitted to only" not in page
+
+    # the defaults' trial (no params) is left out of the importances: 3 drawn trials are too few
+    _study_json(tmp_path / "defaults", 4)
+    doc = json.loads((tmp_path / "defaults" / "study.json").read_text())
+    doc["trials"][0].update(params={}, defaults=True)
+    (tmp_path / "defaults" / "study.json").write_text(json.dumps(doc))
+    page = write_report(tmp_path / "defaults").read_text()
+    assert "need at least 4 complete trials (3 so far)" in page and "the defaults (trial 0)" in page
 
     _study_json(tmp_path / "few", 2)  # too few trials: a note instead of a figure
     page = write_report(tmp_path / "few").read_text()
