@@ -60,7 +60,7 @@ SEARCH_SPACE: tuple[Param, ...] = (
     Param("n_negatives", "int", 2, 30, log=True, why="negatives sampled per positive (U)"),
     Param("batch_size", "int", 1000, 50_000, log=True, why="positive pairs per step"),
     Param("cov_weight", "float", 1e-3, 1e3, log=True, why="lambda_c of the covariance regulariser"),
-    Param("factors", "categorical", choices=(32, 64, 100, 128, 200), why="embedding dimension d"),
+    Param("factors", "categorical", choices=(32, 64, 100, 128, 200, 256), why="embedding dimension d"),
     Param("negative_group", "categorical", choices=(1, 4, 16), why="positives sharing one negative draw"),
 )
 
