@@ -40,3 +40,8 @@ def write_results(stem: Path, result: Any, text: str) -> None:
     write_json(stem.with_suffix(".json"), result)
     write_text(stem.with_suffix(".md"), text)
     print(text)
+
+
+def meta_page(name: str, meta: Any, text: str) -> str:
+    """The ``.md`` page of a results file: its name, the run's ``meta`` as a JSON block, then ``text``."""
+    return f"# {name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n"

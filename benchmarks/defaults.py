@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import RESULTS, ROOT, default_data_dir, write_json, write_text
+from .common import RESULTS, ROOT, default_data_dir, meta_page, write_results
 
 #: The development sets: name -> CLI arguments naming the data source and split (nothing else, so the
 #: defaults are what runs). Every data set of ../shared/data with its ratings is here; ml-1m's ratings
@@ -211,13 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_cli(name, args.data_dir, args.threads))
         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("config", "features")}), flush=True)
     text = table(runs, peers) + "\n\n" + gaps(runs, peers)
-    print("\n" + text)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "peers_files": [p.name for p in args.peers],
             "note": "train s to best = initialisation + epochs up to the best; wall = fit (initialisation, training, "
                     "validation), test scoring excluded; peers: training to best and training + validation of "
                     "benchmarks.compare's loop"}
-    write_json(RESULTS / f"{args.name}.json", {"meta": meta, "runs": runs, "peers": peers})
-    write_text(RESULTS / f"{args.name}.md", f"# {args.name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n")
+    write_results(RESULTS / args.name, {"meta": meta, "runs": runs, "peers": peers}, meta_page(args.name, meta, text))
     return 0
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .common import RESULTS, default_data_dir, write_json, write_text
+from .common import RESULTS, default_data_dir, meta_page, write_results
 from .defaults import PEERS_FILES, RUNS, run_cli, tuned_peers, wait_for_load
 
 #: The facts of a data set a rule may read: n_users, n_items, train pairs (from the defaults' report).
@@ -202,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     peers = tuned_peers(args.peers)
     ref = reference(results, peers, sets)
     text = tables(results, ref, sets)
-    print("\n" + text)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "max_loss": MAX_LOSS,
             "reference": ref, "note": "test Recall@50 of metricrec train at the defaults with one change; ratio to "
                                       "the best tuned peer (citeulike-a+tags: to the defaults' own run)"}
-    write_json(RESULTS / f"{args.name}.json", {"meta": meta, "runs": runs, "results": results})
-    write_text(RESULTS / f"{args.name}.md", f"# {args.name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n\n{text}\n")
+    write_results(RESULTS / args.name, {"meta": meta, "runs": runs, "results": results}, meta_page(args.name, meta, text))
     return 0
 
 
