@@ -11,10 +11,10 @@ from typing import Any
 
 _LAZY = {
     "MODELS": ".base", "EmbeddingRecommender": ".base", "load_model": ".base",
-    "BPR": ".bpr", "BPRConfig": ".bpr", "CML": ".cml", "CMLConfig": ".cml",
+    "BPR": ".bpr", "BPRConfig": ".bpr", "CML": ".cml", "CMLConfig": ".cml", "SML": ".sml", "SMLConfig": ".sml",
 }
 
-__all__ = ["BPR", "BPRConfig", "CML", "CMLConfig", "EmbeddingRecommender", "MODELS", "load_model"]
+__all__ = ["BPR", "BPRConfig", "CML", "CMLConfig", "EmbeddingRecommender", "MODELS", "SML", "SMLConfig", "load_model"]
 
 
 def __getattr__(name: str) -> Any:

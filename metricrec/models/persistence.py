@@ -31,7 +31,7 @@ MODELS: dict[str, type] = {}
 
 
 #: The modules of metricrec's own models: importing one registers its class in :data:`MODELS`.
-BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model")
+BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model", "metricrec.models.sml.model")
 
 
 def _register_builtin_models() -> None:

@@ -3,9 +3,23 @@
 It is what adding a model to metricrec takes: a config (:mod:`.config`), a training step
 (:mod:`.step`) and a ten-line class (:mod:`.model`); fitting, retrieval, ids and persistence come
 from :class:`~metricrec.models.base.EmbeddingRecommender`.
+
+``BPR`` is imported on first use (PEP 562), so reading :class:`BPRConfig` (the CLI's flag defaults)
+does not import torch.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from .config import BPRConfig
-from .model import BPR
 
 __all__ = ["BPR", "BPRConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BPR":
+        from .model import BPR
+
+        return BPR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

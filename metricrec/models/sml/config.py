@@ -1,0 +1,89 @@
+"""SML's hyperparameters as one frozen dataclass, saved next to the weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError
+from ...training.config import check_choice, check_finite
+from ..config import EmbeddingConfig
+
+__all__ = ["SMLConfig", "NEGATIVE_MODES"]
+
+#: How the U sampled negatives of a positive enter its two hinges (see :mod:`metricrec.models.sml.step`).
+NEGATIVE_MODES = ("all", "hardest")
+
+
+@dataclass(frozen=True)
+class SMLConfig(EmbeddingConfig):
+    """Hyperparameters of an SML model (Li et al., AAAI 2020) and its training.
+
+    The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
+    :class:`~metricrec.training.config.TrainingConfig`. SML trains in CML's space (spectral start, the
+    unit ball, validation of 1,000 users every 5 epochs, as :class:`~metricrec.models.cml.config.CMLConfig`)
+    with a fixed schedule of its own: 128 factors, AdaGrad at 0.2 with one warm-up epoch and a linear
+    decay over 20 epochs. These defaults have not yet been chosen on the development sets as CML's
+    were. The fields below are SML's own.
+
+    Attributes
+    ----------
+    margin_max : float
+        l, the bound of every margin: ``m_u`` and ``n_i`` are kept in ``[0, l]`` (clamped after each
+        update). Squared distances inside the unit ball lie in [0, 4]. Default 1.0.
+    margin_init : float or None
+        Where every margin starts (None, the default: at ``margin_max``; the regulariser pushes the
+        margins up, the hinges pull down those that are violated too often).
+    item_weight : float
+        lambda, the weight of the item-centric hinge against the user-centric one (0: CML's loss with
+        learned per-user margins). Default 0.1.
+    margin_reg : float
+        gamma, the weight of the margin regulariser ``-gamma * (mean m_u + mean n_i)``. With the
+        per-positive normalisation of :mod:`metricrec.models.sml.step` a margin settles where about a
+        fraction ``gamma`` of its sampled hinges are active (``gamma / lambda`` for an item margin).
+        Default 0.05.
+    margin_lr : float
+        AdaGrad rate of the margins (constant: the step updates them itself, outside the tables'
+        schedule). Default 0.1.
+    negatives : {"all", "hardest"}
+        ``"all"`` (default, the paper's sum over negative items estimated by the mean over the U
+        sampled ones): every sampled negative forms a hinge on each side; ``"hardest"``: only the
+        most violating negative of each side (the closest to the user, resp. to the positive item),
+        as CML's closest-of-U heuristic.
+    """
+
+    factors: int = 128
+    epochs: int = 20
+    learning_rate: float = 0.2
+    lr_schedule: str = "linear"
+    warmup_epochs: float = 1.0
+    valid_users: int | None = 1000
+    eval_every: int = 5
+    init: str = "spectral"
+    max_norm: float | None = 1.0
+    margin_max: float = 1.0
+    margin_init: float | None = None
+    item_weight: float = 0.1
+    margin_reg: float = 0.05
+    margin_lr: float = 0.1
+    negatives: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not check_finite(self.margin_max) or not self.margin_max > 0:
+            raise ConfigError(f"margin_max must be a positive number, got {self.margin_max!r}")
+        if self.margin_init is not None and (not check_finite(self.margin_init)
+                                             or not 0 <= self.margin_init <= self.margin_max):
+            raise ConfigError(f"margin_init must be None or a number in [0, margin_max={self.margin_max!r}], "
+                              f"got {self.margin_init!r}")
+        if not check_finite(self.item_weight) or not self.item_weight >= 0:
+            raise ConfigError(f"item_weight must be >= 0, got {self.item_weight!r}")
+        if not check_finite(self.margin_reg) or not self.margin_reg >= 0:
+            raise ConfigError(f"margin_reg must be >= 0, got {self.margin_reg!r}")
+        if not check_finite(self.margin_lr) or not self.margin_lr > 0:
+            raise ConfigError(f"margin_lr must be a positive number, got {self.margin_lr!r}")
+        check_choice(self, "negatives", NEGATIVE_MODES)
+
+    @property
+    def initial_margin(self) -> float:
+        """The value every margin starts at (``margin_init``, or ``margin_max`` when None)."""
+        return float(self.margin_max if self.margin_init is None else self.margin_init)
