@@ -20,7 +20,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "data": Command("data_cmd", "inspect and split data"),
-    "train": Command("train_cmd", "train CML, print the per-epoch table, save model and report.json"),
+    "train": Command("train_cmd", "train a model (CML, SML or BPR), print the per-epoch table, save model and report.json"),
     "evaluate": Command("train_cmd", "full-ranking metrics of a trained model on its test (or valid) part"),
     "recommend": Command("recommend_cmd", "top-N items by raw id: one user, all users to a file, or new users"),
     "index": Command("index_cmd", "build an ANN index (faiss HNSW or IVF) over a saved model's items"),

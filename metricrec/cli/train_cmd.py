@@ -11,26 +11,39 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..errors import ConfigError
+from ..limits import MAX_FACTORS, bounded_int, thread_count, widths
+from ..models.bpr.config import BPRConfig
 from ..models.cml.config import CMLConfig
+from ..models.sml.config import NEGATIVE_MODES, SMLConfig
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..training.config import DEFAULT_TIMEOUT_S
 from .train_run import add_run_arguments, discard_early_record, record_start, resumed_args
 from .sources import add_data_arguments, add_feature_arguments, add_split_arguments
 from .commands import COMMANDS
 
+#: The models ``metricrec train --model`` trains, by flag value, and their config classes (read without
+#: torch: the model classes are :data:`metricrec.cli.train_exec.MODEL_CLASSES`).
+MODEL_CONFIGS: dict[str, type] = {"cml": CMLConfig, "sml": SMLConfig, "bpr": BPRConfig}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help=COMMANDS["train"].help)
     add_data_arguments(train)
     add_split_arguments(train)
     add_feature_arguments(train)
-    _add_config_arguments(train)
+    train.add_argument("--model", choices=tuple(MODEL_CONFIGS), default="cml",
+                       help="the model to train (default cml): CML (Hsieh et al., WWW 2017), SML (symmetric metric "
+                            "learning with learned margins, Li et al., AAAI 2020) or BPR matrix factorisation; each "
+                            "takes the shared training flags and its own (docs/models.md)")
+    _add_config_arguments(train, tuple(MODEL_CONFIGS))
     train.add_argument("--out", help="output folder (default runs/<data>)")
     train.add_argument("--final", action="store_true",
                        help="after the validated run, train a production model on EVERY interaction (train, valid "
                             "and test) for the validated run's best epoch count with its schedule, into OUT/final "
                             "(recommend/serve --model OUT/final); the test metrics stay the validated run's")
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--kernel", choices=BACKEND_CHOICES, default="auto",
                        help="training step backend (auto: the compiled numba kernel on CPU when installed)")
     train.add_argument("--weights-format", choices=("npz", "safetensors"), default="npz")
@@ -53,16 +66,65 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- hyperparameter flags
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("CML hyperparameters (defaults: CMLConfig)")
-    for f in dataclasses.fields(CMLConfig):
-        flag, kwargs = _FLAGS.get(f.name, (None, {}))
+def _add_config_arguments(p: argparse.ArgumentParser, models: tuple[str, ...] = ("cml",)) -> None:
+    """One flag per config field of ``models`` (keys of :data:`MODEL_CONFIGS`; ``metricrec tune``: CML's
+    only): the fields they all have in one group, each model's own in a group of its own. Every flag
+    defaults to None, so that the chosen model's config supplies its own default (:func:`config_from_args`)."""
+    groups: dict[tuple[str, ...], Any] = {}
+    for name, (field, have) in _field_owners(models).items():
+        key = have if len(have) < len(models) else models
+        if key not in groups:
+            groups[key] = p.add_argument_group(_group_title(key, models))
+        flag, kwargs = _FLAGS.get(name, (None, {}))
         kwargs = dict(kwargs)
         if "action" not in kwargs:
-            kwargs.setdefault("type", type(f.default) if f.default is not None else float)
-        shown = (",".join(map(str, f.default)) or "0") if isinstance(f.default, tuple) else f.default
-        kwargs["help"] = kwargs.get("help", "default {default}").format(default=shown)
-        g.add_argument(flag or "--" + f.name.replace("_", "-"), dest=f.name, default=None, **kwargs)
+            kwargs.setdefault("type", type(field.default) if field.default is not None else float)
+        kwargs["help"] = kwargs.get("help", "default {default}").format(default=_defaults_text(name, have))
+        groups[key].add_argument(_flag(name), dest=name, default=None, **kwargs)
+
+
+def _field_owners(models: tuple[str, ...]) -> dict[str, tuple[dataclasses.Field, tuple[str, ...]]]:
+    """Every config field of ``models``, in the order of their configs: (the field of the first config
+    that has it, the models whose config has it)."""
+    owners: dict[str, tuple[dataclasses.Field, tuple[str, ...]]] = {}
+    for model in models:
+        for f in dataclasses.fields(MODEL_CONFIGS[model]):
+            field, have = owners.get(f.name, (f, ()))
+            owners[f.name] = (field, (*have, model))
+    return owners
+
+
+def _model_label(model: str) -> str:
+    return MODEL_CONFIGS[model].__name__.removesuffix("Config")
+
+
+def _group_title(key: tuple[str, ...], models: tuple[str, ...]) -> str:
+    configs = ", ".join(MODEL_CONFIGS[m].__name__ for m in key)
+    if len(models) == 1:
+        return f"{_model_label(models[0])} hyperparameters (defaults: {configs})"
+    if key == models:
+        return f"training hyperparameters of every --model (defaults: the model's config, {configs})"
+    return f"{'/'.join(map(_model_label, key))} hyperparameters (--model {'/'.join(key)} only; defaults: {configs})"
+
+
+def _shown(value: Any) -> Any:
+    return (",".join(map(str, value)) or "0") if isinstance(value, tuple) else value
+
+
+def _defaults_text(name: str, models: tuple[str, ...]) -> str:
+    """The field's default, or each model's where they differ (``256 (cml), 128 (sml), 100 (bpr)``)."""
+    by_value: dict[str, list[str]] = {}
+    for m in models:
+        default = next(f.default for f in dataclasses.fields(MODEL_CONFIGS[m]) if f.name == name)
+        by_value.setdefault(str(_shown(default)), []).append(m)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return ", ".join(f"{value} ({', '.join(have)})" for value, have in by_value.items())
+
+
+def _flag(name: str) -> str:
+    """The flag of config field ``name``."""
+    return _FLAGS.get(name, (None, {}))[0] or "--" + name.replace("_", "-")
 
 
 def _int_or_none(text: str) -> int | str:
@@ -81,15 +143,6 @@ def _knots(text: str) -> tuple[tuple[float, float], ...]:
         raise argparse.ArgumentTypeError(f"expected epoch:multiplier pairs like 0:1,20:0.05, got {text!r}") from None
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    if text.strip().lower() in ("0", "none", ""):
-        return ()
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected widths like 256 or 256,128 (0 for none), got {text!r}") from None
-
-
 def _float_or_none(text: str) -> float | str:
     return "none" if text.lower() == "none" else float(text)
 
@@ -103,10 +156,13 @@ _FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
                                                            "L2 norm)"}),
     "init_from_features": ("--init-from-features", {"action": "store_true",
                                                     "help": "start item vectors at f(x) of the untrained feature network"}),
-    "feature_hidden": (None, {"type": _int_list, "metavar": "W[,W...]|0",
+    "factors": (None, {"type": bounded_int(1, MAX_FACTORS, "the widest embedding a model file may hold"),
+                       "help": "embedding dimension d (default {default})"}),
+    "feature_hidden": (None, {"type": widths, "metavar": "W[,W...]|0",
                               "help": "hidden widths of the feature MLP (0: linear); default {default}"}),
     "batch_size": (None, {"type": int, "help": "default: n_pairs / 8, at least 1000, at most max(50000, 5 x rows)"}),
-    "n_negatives": (None, {"type": int, "help": "default: 0.1 x items / positives per user, within [3, 20]"}),
+    "n_negatives": (None, {"type": int, "help": "U, negatives sampled per positive (default {default}; None: 0.1 x "
+                                                "items / positives per user, within [3, 20])"}),
     "valid_users": (None, {"type": _int_or_none, "metavar": "N|all",
                            "help": "validation users ranked each epoch for early stopping (default {default}; all: "
                                    "every one)"}),
@@ -128,17 +184,44 @@ _FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
                                                "extend the decay (default {default})"}),
     "max_norm": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
     "init_std": (None, {"type": _float_or_none, "metavar": "X|none", "help": "default {default}"}),
+    "margin_max": (None, {"help": "l, the bound of every learned margin: m_u and n_i stay in [0, l] (default {default})"}),
+    "margin_init": (None, {"type": _float_or_none, "metavar": "X|none",
+                           "help": "where every margin starts, in [0, l] (none: at --margin-max; default {default})"}),
+    "item_weight": (None, {"help": "lambda, the weight of the item-centric hinge (0: CML's hinge with learned user "
+                                   "margins; default {default})"}),
+    "margin_reg": (None, {"help": "gamma, the weight of the margin regulariser -(mean m_u + mean n_i) "
+                                  "(default {default})"}),
+    "margin_lr": (None, {"help": "AdaGrad rate of the margins, constant (default {default})"}),
+    "negatives": (None, {"type": str, "choices": NEGATIVE_MODES,
+                         "help": "all: every sampled negative forms a hinge (their mean); hardest: only the most "
+                                 "violating one of each side (default {default})"}),
+    "regularization": (None, {"help": "L2 weight on the rows of each BPR triple (default {default})"}),
 }
 
 
-def config_from_args(args: argparse.Namespace) -> CMLConfig:
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The config of the model ``args.model`` names (``metricrec tune``, which has no ``--model``: CML's),
+    from its defaults and the flags given. A flag of another model's field is a :class:`ConfigError`
+    naming the model it belongs to (``--margin-max`` with ``--model cml``), and so are item features for
+    a model other than CML (CML+F is CML's)."""
+    model = getattr(args, "model", None) or "cml"
+    config_class = MODEL_CONFIGS[model]
+    own = {f.name for f in dataclasses.fields(config_class)}
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(CMLConfig):
-        value = getattr(args, f.name, None)
+    foreign: list[str] = []
+    for name, (_, have) in _field_owners(tuple(MODEL_CONFIGS)).items():
+        value = getattr(args, name, None)
         if value is None:
             continue
-        changes[f.name] = None if value == "none" else value
-    return CMLConfig().replace(**changes)
+        if name not in own:
+            foreign.append(f"{_flag(name)} is a setting of --model {'/'.join(have)}")
+            continue
+        changes[name] = None if value == "none" else value
+    if foreign:
+        raise ConfigError(f"--model {model} has no such setting: {'; '.join(foreign)}")
+    if model != "cml" and getattr(args, "item_features", None):
+        raise ConfigError(f"--item-features trains CML+F (--model cml); --model {model} takes no item features")
+    return config_class().replace(**changes)
 
 
 

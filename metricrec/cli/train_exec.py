@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._file_kind import not_a_folder
+from ..errors import ConfigError
+from ..models.bpr.model import BPR
 from ..models.cml.model import CML
+from ..models.sml.model import SML
 from ..fingerprint import check_fingerprint, fingerprint
 from ..metrics import evaluate_part
 from ..models.base import EmbeddingRecommender, load_model
@@ -39,6 +43,8 @@ from .sources import (describe_args, fallback_out, load_data, load_item_features
 
 # ---------------------------------------------------------------------- train
 TEST_KS = (10, 20, 50, 100)
+#: The model class of each ``metricrec train --model`` (their configs: :data:`metricrec.cli.train_cmd.MODEL_CONFIGS`).
+MODEL_CLASSES: dict[str, type[EmbeddingRecommender]] = {"cml": CML, "sml": SML, "bpr": BPR}
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -63,6 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None = None) -> int:
     config = config_from_args(args)  # validate flags before loading anything
+    model_class = model_class_for(args)
     data, desc = load_data(args, fallback_synthetic=bool(args.dataset) and not args.no_fallback)
     split = make_split(args, data)
     name = desc.get("fallback_for") or desc.get("name") or desc.get("preset") or \
@@ -81,7 +88,7 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     features, feature_doc = load_item_features(args, split.train)
     if features is not None and config.feature_weight == 0:
         config = config.replace(feature_weight=default_feature_weight(features))
-    if features is None and config.feature_weight > 0:
+    if features is None and getattr(config, "feature_weight", 0.0) > 0:
         raise ValueError("--feature-weight needs item features: add --item-features tags|genres|FILE")
     if features is not None:
         note(f"FEATURES: {feature_doc['source']} | {feature_doc['n_features']:,} features on "
@@ -90,8 +97,8 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     if parallel is None or parallel.rank == 0:  # from here on the folder can be resumed or restarted
         start_run(out, saved_args(args), _absolute_paths(desc), train_fp,
                   previous=getattr(args, "run_record", None), checkpointed=bool(args.resume))
-    model = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
-                show_progress=not args.no_progress and sys.stderr.isatty())
+    model = model_class(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
+                        show_progress=not args.no_progress and sys.stderr.isatty())
     model.data_source = source_summary(desc)  # saved in the model's config.json: later commands show a fallback
     save = functools.partial(_save_run, model, args, desc, split, out, feature_doc, parallel, time.perf_counter())
     ckpt = fit_resumable(model, split, features, args, out, parallel, lambda why: save(interrupted=why))
@@ -104,7 +111,18 @@ def _train(args: argparse.Namespace, parallel: distributed.DataParallel | None =
     return 0
 
 
-def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path,
+def model_class_for(args: argparse.Namespace) -> type[EmbeddingRecommender]:
+    """The class ``--model`` names (CML for a run recorded before the flag existed), refused with a
+    :class:`ConfigError` before any data is read when ``--kernel`` names a backend it has no step for."""
+    name = getattr(args, "model", None) or "cml"
+    cls = MODEL_CLASSES[name]
+    if cls.backends is not None and args.kernel not in ("auto", *cls.backends):
+        raise ConfigError(f"--kernel {args.kernel}: --model {name} has a {'/'.join(cls.backends)} training step only; "
+                          f"use --kernel auto or {cls.backends[0]}")
+    return cls
+
+
+def _save_run(model: EmbeddingRecommender, args: argparse.Namespace, desc: dict[str, Any], split: Split, out: Path,
               feature_doc: dict[str, Any], parallel: distributed.DataParallel | None, t0: float, *,
               interrupted: str | None = None, resumed_from: dict[str, Any] | None = None) -> str:
     """Save the model, ``data.json`` and ``report.json`` of a run; print the summary. An interrupted run
@@ -118,7 +136,7 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
         model.history = trainer.history
         model._finish(trainer, split.train)
     config, sizes = model.config, split.sizes()
-    if model.feature_info is not None:
+    if getattr(model, "feature_info", None) is not None:  # CML+F
         feature_doc.update(weight=config.feature_weight, hidden=list(config.feature_hidden),
                            dropout=config.feature_dropout, n_cold_items=model.feature_info["n_cold"])
     wall = time.perf_counter() - t0
@@ -129,6 +147,7 @@ def _save_run(model: CML, args: argparse.Namespace, desc: dict[str, Any], split:
     hist = model.history
     report = {
         "metricrec_version": __version__,
+        "model": model.model_name,
         "config": config.to_dict(),
         "batch_size_used": config.resolved_batch_size(sizes["train"], sum(split.train.shape)),
         "n_negatives_used": config.resolved_n_negatives(*split.train.shape, sizes["train"]),
@@ -178,7 +197,7 @@ def final_schedule(config: Any, history: Any) -> tuple[int, tuple[tuple[float, f
     return epochs, knots
 
 
-def _train_final(model: CML, split: Split, features: Any, args: argparse.Namespace, out: Path,
+def _train_final(model: EmbeddingRecommender, split: Split, features: Any, args: argparse.Namespace, out: Path,
                  parallel: distributed.DataParallel | None) -> None:
     """``--final``: a production model on every interaction, trained as the validated run was, up to its best
     epoch; saved to ``OUT/final`` and described in ``report.json``'s ``final`` section."""
@@ -190,11 +209,11 @@ def _train_final(model: CML, split: Split, features: Any, args: argparse.Namespa
     data = split.train.with_matrix(every, None, split_part="all")
     note(f"FINAL: training on every interaction ({every.nnz:,} pairs, {data.n_users:,} users) for {epochs} epochs, "
          f"the validated run's best, with its learning-rate schedule")
-    final = CML(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
-                show_progress=not args.no_progress and sys.stderr.isatty())
+    final = type(model)(config, device=args.device, num_threads=args.threads, kernel=args.kernel,
+                        show_progress=not args.no_progress and sys.stderr.isatty())
     final.data_source = {**(model.data_source or {}), "final": True}
     t0 = time.perf_counter()
-    final.fit(data, item_features=features)
+    final.fit(data, **({} if features is None else {"item_features": features}))
     seconds = time.perf_counter() - t0
     if parallel is not None and parallel.rank != 0:
         return
@@ -230,7 +249,7 @@ def _data_doc(args: argparse.Namespace, desc: dict[str, Any], split: Split, out:
             "train_fingerprint": fingerprint(split.train.matrix, split.train.user_ids, split.train.item_ids)}
 
 
-def _score(model: CML, split: Split, part: str) -> tuple[dict[str, float], float]:
+def _score(model: EmbeddingRecommender, split: Split, part: str) -> tuple[dict[str, float], float]:
     t0 = time.perf_counter()
     metrics = evaluate_part(model.scorer(), split, part, ks=TEST_KS)
     return metrics, time.perf_counter() - t0
@@ -268,8 +287,10 @@ def _peak_rss_mb() -> float:
 def _load_run(model_dir: str) -> tuple[EmbeddingRecommender, dict[str, Any]]:
     """The model of a run folder (or a model folder / file itself) and the run's ``data.json`` ({} if none)."""
     run = Path(model_dir)
+    if run.suffix != ".npz" and (what := not_a_folder(run)):  # before: "Not a directory: P"
+        raise ConfigError(f"--model {run}: {what}, not a run or model folder")
     is_model = (run / "config.json").is_file() or run.suffix == ".npz"
-    model = load_model(run if is_model else run / "model")  # a half-swapped model folder is recovered
+    model = load_model(run if is_model else run / "model", index=False)  # a half-swapped model folder is recovered; no ANN index
     data_json = (run.parent if is_model else run) / "data.json"
     if not data_json.is_file():
         return model, {}

@@ -2,8 +2,9 @@
 ``--resume``, and SIGINT/SIGTERM handling.
 
 - Before any training (:func:`check_before_training`): the device exists, the training and test parts
-  are not empty, a valid part is empty only when asked for (``--ratios X,0,Y``), no (user, item) pair
-  is in two parts, and ``--out`` is a folder that can be written (not a file, not read-only).
+  are not empty, a valid part is empty only when asked for (``--ratios X,0,Y``, or split files that
+  ``metricrec data split --ratios X,0,Y`` wrote), no (user, item) pair is in two parts, and ``--out``
+  is a folder that can be written (not a file, not read-only).
 - During training a checkpoint is written to ``RUN_DIR/checkpoint`` after every epoch
   (``--checkpoint-every MINUTES``: at the first batch boundary or epoch end after that long; ``off``:
   never), with the run's own arguments (``args.json``); see :mod:`metricrec.training.checkpoint`.
@@ -27,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._file_kind import not_a_folder
 from ..errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
 from ..training.json_files import read_json
 
@@ -98,7 +100,8 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace | None:
         raise ConfigError(f"--resume continues a run with its own arguments; drop {flags}")
     run = Path(args.resume)
     if not run.is_dir():
-        raise ConfigError(f"--resume {run}: no such run folder")
+        what = not_a_folder(run)
+        raise ConfigError(f"--resume {run}: " + (f"{what}, not a run folder" if what else "no such run folder"))
     record = read_run(run, known_args=_defaults)
     if (line := finished_line(run, record)) is not None:
         note(line)
@@ -170,8 +173,9 @@ def check_resumed_data(args: argparse.Namespace, out: Path, train_fingerprint: d
 
 # ---------------------------------------------------------------------- checks before training
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is a file, not a folder; choose another --out")
+    what = not_a_folder(out)
+    if what is not None:  # a file, a FIFO, a device, a dangling link
+        raise ConfigError(f"--out {out}: exists and {what}, not a folder; choose another --out")
     model = out / "model"
     if model.exists() and (not model.is_dir() or (any(model.iterdir()) and not (model / "config.json").is_file())):
         raise ConfigError(f"--out {out}: {model} exists and is not a metricrec model; choose another --out")
@@ -200,9 +204,7 @@ def check_before_training(args: argparse.Namespace, split: Split, out: Path) -> 
     if sizes["test"] == 0:
         raise DataError("the test part is empty: no metric could be computed (give the split a test share, "
                         "or a --test file with pairs of users and items of the training part)")
-    no_valid = getattr(args, "train", None) is None and args.split in ("ratio", "temporal") \
-        and _valid_share(args.ratios) == 0
-    if sizes["valid"] == 0 and not no_valid:
+    if sizes["valid"] == 0 and not _no_valid_asked(args, split):
         raise DataError("the valid part is empty, so early stopping would have nothing to look at (ask for "
                         "none with --ratios X,0,Y, or give a --valid file with pairs of known users and items)")
     for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
@@ -213,11 +215,21 @@ def check_before_training(args: argparse.Namespace, split: Split, out: Path) -> 
     _check_out(out)
 
 
-def _valid_share(ratios: str) -> float:
+def _valid_share(ratios: Any) -> float:
     try:
-        return float(str(ratios).split(",")[1])
-    except (IndexError, ValueError):
+        return float(str(ratios).split(",")[1]) if isinstance(ratios, str) else float(ratios[1])
+    except (IndexError, TypeError, ValueError):
         return -1.0
+
+
+def _no_valid_asked(args: argparse.Namespace, split: Split) -> bool:
+    """True when an empty valid part was asked for: ``--ratios X,0,Y`` of a ratio or temporal split, or
+    split files that ``metricrec data split --ratios X,0,Y`` wrote (their checked ``split.json`` says so).
+    A bare ``--valid`` file of nothing usable is no such request."""
+    if getattr(args, "train", None) is None:
+        return args.split in ("ratio", "temporal") and _valid_share(args.ratios) == 0
+    written = split.meta.get("written")
+    return isinstance(written, dict) and _valid_share(written.get("ratios")) == 0
 
 
 # ---------------------------------------------------------------------- training that can stop
@@ -228,8 +240,9 @@ def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args
     best-so-far model and :class:`TrainingInterrupted` is raised with what was saved. Under torchrun:
     a plain fit (no checkpoints). Returns the checkpointer (None when none)."""
     valid = split.valid if split.sizes()["valid"] else None
+    fit_kw = {} if features is None else {"item_features": features}  # CML+F's; no other model takes them
     if parallel is not None:
-        model.fit(split.train, valid, item_features=features)
+        model.fit(split.train, valid, **fit_kw)
         return None
     every = args.checkpoint_every
     if args.resume:
@@ -246,7 +259,7 @@ def fit_resumable(model: EmbeddingRecommender, split: Split, features: Any, args
                             resume=bool(args.resume), files={"args.json": saved_args(args)}, stop=stop,
                             enabled=every != "off", on_write=lambda n: mark_run(out, "training") if n == 1 else None)
         try:
-            model.fit(split.train, valid, item_features=features, callbacks=[ckpt])
+            model.fit(split.train, valid, callbacks=[ckpt], **fit_kw)
         except TrainingInterrupted as exc:
             raise TrainingInterrupted(f"{exc}; {save_interrupted(str(exc))}", exc.signum) from None
         if stop.requested is not None:  # a signal during the last epoch's end: training is complete
