@@ -13,7 +13,7 @@ import os
 import stat
 from typing import Any, BinaryIO
 
-__all__ = ["irregular", "open_regular"]
+__all__ = ["irregular", "not_a_folder", "open_regular"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -44,6 +44,24 @@ def irregular(path: str | os.PathLike, what: str, *, dir_fd: int | None = None) 
         target = os.readlink(path, dir_fd=dir_fd)  # FileNotFoundError again when there is no link either
         return f"is a symbolic link to {target!r}, which does not exist"
     return None if stat.S_ISREG(mode) else f"is {_kind(mode)}, not {what}"
+
+
+def not_a_folder(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being used as a folder: None for a folder (or a link to one) and for
+    nothing at all (the caller says what is missing); else ``"is a file"``, ``"is a FIFO (named pipe)"``,
+    ``"is a character device"``, ... or ``"is a symbolic link to 'T', which does not exist"``."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        try:
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        except OSError:
+            return None
+    except NotADirectoryError:  # a parent that is no folder
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    return "is a file" if stat.S_ISREG(mode) else f"is {_kind(mode)}"
 
 
 def open_regular(path: str | os.PathLike, what: str, error: type, *, dir_fd: int | None = None,

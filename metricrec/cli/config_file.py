@@ -53,7 +53,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     ConfigError
         The file is missing, not a regular file (a directory, a FIFO, a device such as ``/dev/zero``:
         checked before it is opened, so nothing blocks or reads without end), larger than
-        :data:`MAX_CONFIG_BYTES`, unreadable, not valid JSON/TOML, or not an object.
+        :data:`MAX_CONFIG_BYTES`, unreadable, not valid JSON/TOML (or nested too deeply to parse), or not
+        an object.
     """
     p = Path(path)
     try:
@@ -75,11 +76,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             doc: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {p}: not valid TOML ({exc})") from None
+        except RecursionError:  # before: a traceback of thousands of lines, exit 1
+            raise ConfigError(f"--config {p}: not a config file (values nested too deeply to read)") from None
     else:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config {p}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"--config {p}: not a config file (values nested too deeply to read)") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"--config {p}: expected an object of flag names and values, got {type(doc).__name__}")
     return doc

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..limits import thread_count
 from .commands import COMMANDS
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="index folder (default: MODEL/index, where loading the model finds it)")
     p.add_argument("--sample-users", type=int, default=1000,
                    help="users whose vectors measure recall@10 against exact search (default 1000; 0: skip)")
-    p.add_argument("--threads", type=int, help="faiss (OpenMP) threads (default: all cores)")
+    p.add_argument("--threads", type=thread_count, help="faiss (OpenMP) threads (default: all cores)")
     p.set_defaults(func=cmd_index)
 
 
@@ -52,9 +53,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.sample_users < 0:
         raise ConfigError(f"--sample-users must be >= 0, got {args.sample_users}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:  # bounded by its flag's type (metricrec.limits.thread_count)
         _faiss().omp_set_num_threads(args.threads)
     path = model_path(args.model)  # a 'metricrec train' folder: its model/
     model = load_model_only(path, index=False)  # a stale index must not stop its rebuild

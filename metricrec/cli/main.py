@@ -14,7 +14,7 @@ import warnings
 from typing import Sequence
 
 from .. import __version__
-from .boundary import EPILOG, OneLineParser, add_debug_flags, quiet_warnings_to_stderr, run_guarded
+from .boundary import EPILOG, OneLineParser, add_debug_flags, describe_failure, quiet_warnings_to_stderr, run_guarded
 from .commands import COMMANDS
 from .config_file import add_config_arguments, parse_with_config
 
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # --config FILE unreadable, or a key or value its subcommand refuses
         print(f"metricrec: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - anything else while reading --config: the boundary's one line
+        code, line = describe_failure(exc)
+        print(f"metricrec: {line}", file=sys.stderr)
+        return code
     quiet_warnings_to_stderr()
     warnings.simplefilter("default")
     return run_guarded(lambda: args.func(args), debug=args.debug)

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if isinstance(args.n, bool) or args.n <= 0:
         raise ConfigError(f"-n must be a positive integer, got {args.n}")
-    model, run = _load(args.model)
+    model, run = _load(args.model, index=args.approximate)
     if args.user is not None:
         return _print_one(model, run, args)
     if args.new_users:
@@ -64,10 +64,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: str) -> tuple[EmbeddingRecommender, Path]:
+def _load(path: str, *, index: bool) -> tuple[EmbeddingRecommender, Path]:
+    """The model of a run folder (or a model folder / file) and the run folder; the ANN index beside the
+    model is read only when ``index`` (``--approximate``): exact retrieval never touches it."""
     run = Path(path)
     model_dir = run / "model" if os.path.lexists(run / "model" / "config.json") else run
-    model = load_model(model_dir)
+    model = load_model(model_dir, index=index)
     if model.user_items is None and model.user_map is None:
         note("(this model has no raw id maps: user and item ids are row indices)")
     run = run if model_dir != run else run.parent

@@ -31,7 +31,7 @@ from ..data.delimited import plain_suffix
 from ..data.features import describe_features, filter_min_count, read_item_features
 from ..data.interactions import Features, Interactions
 from ..data.readers import read_interactions
-from ..data.splits import Split, leave_k_out, ratio_split, temporal_split
+from ..data.splits import Split, check_ratios, leave_k_out, ratio_split, temporal_split
 from ..data.split_files import read_split
 from ..data.synthetic import PRESETS, generate
 from ..errors import DataError
@@ -294,7 +294,10 @@ def _ratios(text: str) -> tuple[float, float, float]:
         raise ValueError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {text!r}") from None
     if len(parts) != 3:
         raise ValueError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {text!r}")
-    return parts  # type: ignore[return-value]
+    try:
+        return check_ratios(parts)
+    except ValueError as exc:  # the split's own rule, said about the flag and its text
+        raise ValueError("--" + str(exc).replace(repr(parts), repr(text))) from None
 
 
 def rebuild(desc: dict[str, Any]) -> argparse.Namespace:

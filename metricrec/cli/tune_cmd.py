@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fingerprint import fingerprint
+from ..limits import thread_count
 from ..models.cml.config import CMLConfig
 from ..models.cml.feature_reg import DEFAULT_FEATURE_WEIGHT
 from ..tuning.objective import METRIC, Objective
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="never prune before this epoch (default %(default)s)")
     g.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--kernel", choices=BACKEND_CHOICES, default="auto", help="training step backend (as 'metricrec train')")
     p.set_defaults(func=cmd_tune)
 

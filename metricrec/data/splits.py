@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .interactions import Interactions, csr_rows
 
-__all__ = ["Split", "ratio_split", "leave_k_out", "temporal_split"]
+__all__ = ["Split", "check_ratios", "ratio_split", "leave_k_out", "temporal_split"]
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,24 @@ class Split:
 _TRAIN, _VALID, _TEST, _DROPPED = 0, 1, 2, -1
 
 
-def _check_ratios(ratios: Any) -> tuple[float, float, float]:
+def check_ratios(ratios: Any) -> tuple[float, float, float]:
+    """``ratios`` as three floats (train, valid, test): finite, summing to 1, train and test positive,
+    valid positive or 0 (no validation part).
+
+    Raises
+    ------
+    ValueError
+        Naming ``ratios`` and the rule it breaks.
+    """
     try:
         r = tuple(float(x) for x in ratios)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"ratios must be three numbers (train, valid, test), got {ratios!r}") from exc
     if len(r) != 3:
         raise ValueError(f"ratios must be three numbers (train, valid, test), got {len(r)}: {ratios!r}")
-    if not all(np.isfinite(x) and x > 0 for x in r):
-        raise ValueError(f"ratios must all be positive, got {ratios!r}")
+    if not all(np.isfinite(x) for x in r) or not (r[0] > 0 and r[1] >= 0 and r[2] > 0):
+        raise ValueError(f"ratios must be a positive train and test share and a valid share >= 0 (0: no "
+                         f"validation part), got {ratios!r}")
     if abs(sum(r) - 1.0) > 1e-6:
         raise ValueError(f"ratios must sum to 1, got {ratios!r} (sum {sum(r):.6g})")
     return r  # type: ignore[return-value]
@@ -122,7 +131,8 @@ def ratio_split(
     ----------
     data : Interactions, shape (n_users, n_items)
     ratios : (float, float, float)
-        Train, valid and test fractions; all positive, summing to 1.
+        Train, valid and test fractions, summing to 1: train and test positive, valid positive or 0
+        (no validation part: a run without early stopping).
     seed : int
         Seed of :func:`numpy.random.default_rng`; same seed, same split.
     min_positives : int, default 5
@@ -137,7 +147,7 @@ def ratio_split(
         ``method="ratio"``, ``seed``, ``ratios``, ``min_positives``, ``drop_small_users``,
         ``n_small_users``, ``n_dropped_pairs`` and ``sizes``.
     """
-    r = _check_ratios(ratios)
+    r = check_ratios(ratios)
     if int(min_positives) != min_positives or min_positives < 0:
         raise ValueError(f"min_positives must be a non-negative integer, got {min_positives!r}")
     rows, counts = _rows(data)
@@ -261,7 +271,7 @@ def temporal_split(
             raise ValueError(f"cuts must satisfy t1 <= t2, got {cuts!r}")
         r = None
     else:
-        r = _check_ratios(ratios)
+        r = check_ratios(ratios)
         n = len(ts)
         if n == 0:
             t1 = t2 = 0

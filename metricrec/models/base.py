@@ -21,6 +21,7 @@ from ..data.ids import IdIndex
 from ..data.interactions import Interactions
 from ..errors import ConfigError, DataError, NotFittedError
 from ..fingerprint import fingerprint
+from ..limits import limit_problem, max_threads, usable_cores
 from ..metrics import Scorer, embedding_scorer
 from ..training.backends import CHOICES, resolve_backend
 from ..training.history import History
@@ -48,7 +49,8 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
     num_threads : int, optional
-        Torch CPU threads during training (restored afterwards).
+        Torch CPU threads during training (restored afterwards): at most
+        :func:`metricrec.limits.max_threads` (256, or the machine's cores where there are more).
     show_progress : bool
         tqdm bar over epochs.
     verbose : bool
@@ -109,9 +111,9 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
             raise ConfigError(f"config must be a {self.config_class.__name__}, got {type(base).__name__}")
         self.config = base.replace(**params) if params else base
         self.device = _device(device)
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                        or num_threads < 1):
-            raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        problem = None if num_threads is None else limit_problem("num_threads", num_threads, 1, max_threads())
+        if problem:  # the CLI's --threads bound (metricrec.limits): a million threads abort inside OpenMP
+            raise ConfigError(f"{problem} ({usable_cores()} usable CPU core(s) here)")
         if kernel not in CHOICES or (self.backends is not None and kernel not in (*self.backends, "auto")):
             raise ConfigError(f"kernel must be one of {', '.join(self._kernel_choices())}; got {kernel!r}")
         if id_dtype not in ("int64", "int32"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..limits import MAX_FACTORS, limit_problem
 from ..training.config import TrainingConfig, check_choice, check_finite, check_positive_int
 from .init import INITS
 
@@ -36,6 +37,9 @@ class EmbeddingConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int(self, "factors")
+        if self.factors > MAX_FACTORS:  # the loader's bound (metricrec.limits): never train what it refuses
+            raise ConfigError(limit_problem("factors", self.factors, 1, MAX_FACTORS) + " (the widest embedding a "
+                              "model file may hold)")
         check_choice(self, "init", INITS)
         if self.init_std is not None and (not check_finite(self.init_std) or not self.init_std > 0):
             raise ConfigError(f"init_std must be > 0, got {self.init_std!r}")

@@ -18,17 +18,14 @@ from typing import Any, Mapping
 
 from .._file_kind import open_regular
 from ..errors import ConfigError
+from ..limits import MAX_ARRAY_BYTES, MAX_FACTORS, MAX_ROWS
 from ..serialization import MAX_DOC_BYTES, ModelFormatError
 
 __all__ = ["MAX_ROWS", "MAX_FACTORS", "MAX_ARRAY_BYTES", "model_facts", "check_history_doc", "check_model_arrays",
            "check_specs", "read_run_doc"]
 
-#: Most users or items a model may have (row indices are int32 in the saved liked items).
-MAX_ROWS = 2**31 - 1
-#: Widest embedding a model file may declare.
-MAX_FACTORS = 1 << 16
-#: Largest single array a model file may declare (1 TiB; the header is also checked against the file).
-MAX_ARRAY_BYTES = 1 << 40
+# The bounds (users, items, factors, array bytes) are the one table of :mod:`metricrec.limits`, which the
+# CLI's flags and the configs check too: a model the loader refuses is never trained.
 _RUN_KINDS = ("dataset", "synthetic", "file", "predefined")
 
 
@@ -57,13 +54,14 @@ def model_facts(cls: type, doc: Mapping[str, Any], where: Any) -> tuple[Any, int
     raw = doc.get("config")
     if not isinstance(raw, dict):
         raise ModelFormatError(f"{where}: invalid model config (key 'config' must be an object, got {_short(raw)})")
+    factors = raw.get("factors")
+    if isinstance(factors, int) and not isinstance(factors, bool) and factors > MAX_FACTORS:
+        raise ModelFormatError(f"{where}: invalid model config (key 'config.factors' is {factors:,}, "
+                               f"more than {MAX_FACTORS:,})")
     try:
-        config = cls.config_class.from_dict(raw)
+        config = cls.config_class.from_dict(raw)  # its own bounds are the same table (metricrec.limits)
     except (ConfigError, TypeError, ValueError, OverflowError) as exc:
         raise ModelFormatError(f"{where}: invalid model config ({exc})") from None
-    if config.factors > MAX_FACTORS:
-        raise ModelFormatError(f"{where}: invalid model config (key 'config.factors' is {config.factors:,}, "
-                               f"more than {MAX_FACTORS:,})")
     n_users, n_items = _int(doc, "n_users", 0, MAX_ROWS, where), _int(doc, "n_items", 0, MAX_ROWS, where)
     for n in (n_users, n_items):
         if n * config.factors * 8 > MAX_ARRAY_BYTES:

@@ -68,7 +68,7 @@ def _item_maps(run: Path, data_args: Mapping[str, Any] | None, method: str, with
     model_dir = run / "model"
     if not model_dir.exists():
         return [note(f"no model folder at {model_dir}: no item map")]
-    model = load_model(model_dir)
+    model = load_model(model_dir, index=False)  # only the item table is drawn: the ANN index is never read
     emb = np.asarray(model.item_embeddings)
     rows = sample_rows(emb.shape[0])
     t0 = time.perf_counter()

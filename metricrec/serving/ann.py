@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .._file_kind import open_regular
+from .._file_kind import not_a_folder, open_regular
 from ..errors import ConfigError, ModelFileError
 from ..serialization import atomic_directory, atomic_output, atomic_write_json
+from .faiss_file import check_index_file
 
 __all__ = ["AnnIndex", "KINDS", "INDEX_DIR", "index_dir_for", "load_index_for", "table_digest"]
 
@@ -46,6 +47,8 @@ INDEX_DIR = "index"
 _FORMAT, _VERSION = "metricrec.ann", 1
 _INDEX_FILE, _META_FILE = "index.faiss", "index.json"
 _HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 128}
+#: The largest ``index.json`` read (it holds a few hundred bytes).
+_MAX_META_BYTES = 1 << 20
 
 
 def _faiss():
@@ -246,8 +249,8 @@ class AnnIndex:
         temporary file, renamed) and ``index.json`` (the sidecar, holding the sha256 of the item
         table and of ``index.faiss``), built beside ``path`` and swapped in whole."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{path}: exists and is not a directory")
+        if (what := not_a_folder(path)) is not None:  # a file, a FIFO, a device, a dangling link
+            raise ConfigError(f"{path}: exists and {what}, not a directory")
         faiss = _faiss()
         with atomic_directory(path) as tmp:
             with atomic_output(tmp / _INDEX_FILE) as out:
@@ -275,6 +278,14 @@ class AnnIndex:
             the index was built from (same shape and sha256).
         distance : str, optional
             The model's distance: refused unless the index was built for it.
+
+        Raises
+        ------
+        ModelFileError
+            A stale index (another table or distance), an ``index.json`` or ``index.faiss`` that is
+            not a regular file, or does not match, and an ``index.faiss`` whose layout is not that
+            of the index ``index.json`` describes (:func:`~metricrec.serving.faiss_file.check_index_file`,
+            checked before faiss reads it: nothing is allocated on the file's word).
         """
         path = Path(path)
         meta = _read_meta(path)
@@ -285,6 +296,10 @@ class AnnIndex:
         if _file_sha256(file) != meta["index_sha256"]:  # a directory or a FIFO: refused before faiss opens it
             raise ModelFileError(f"{file}: does not match {_META_FILE} (corrupt or half-written; "
                                  "rebuild with 'metricrec index')")
+        # faiss allocates every array at the length the file declares before reading it: the layout is
+        # checked first, so that a small hostile file cannot make it allocate gigabytes (faiss_file)
+        check_index_file(file, kind=meta["kind"], n_items=meta["n_items"], d=meta["d"],
+                         metric=_metric_of(meta["distance"]), params=meta["params"])
         faiss = _faiss()
         try:
             index = faiss.read_index(str(file))
@@ -334,9 +349,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not an ANN index directory ({_META_FILE} is missing)")
     try:
         with open_regular(file, "an index description", ModelFileError) as fh:  # never a FIFO
-            meta = json.loads(fh.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{file}: not valid JSON ({exc})") from None
+            raw = fh.read(_MAX_META_BYTES + 1)  # a few hundred bytes: never read without end
+        if len(raw) > _MAX_META_BYTES:
+            raise ModelFileError(f"{file}: more than {_MAX_META_BYTES:,} bytes: not an index description")
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{file}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ModelFileError(f"{file}: not a metricrec ANN index")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > _VERSION:

@@ -23,7 +23,7 @@ from ..metrics import Scorer, evaluate
 from . import distributed
 from .backends import thread_policy
 from .config import TrainingConfig
-from .guards import check_tables, trainable_pairs
+from .guards import check_tables, distinct_rows, trainable_pairs
 from .history import EpochRecord, History
 from .optim import GradBuffer, make_optimizer
 from .budget import EXTEND, SHORTEN, STOP, AdaptiveSchedule, decide, paired_gain
@@ -171,6 +171,8 @@ class Trainer:
         self._sampler = make_sampler(config.sampler, pairs, alpha=config.sampler_alpha,
                                      seed=config.seed + 1 + rank, device=self.device)
         u, i = step.user_emb, step.item_emb
+        #: Distinct rows of each table's sample at the start: the near-collapse guard's reference.
+        self._distinct_at_start = {"user": distinct_rows(u), "item": distinct_rows(i)}
         self._opt = (make_optimizer(config.optimizer, u, config.learning_rate),
                      make_optimizer(config.optimizer, i, config.learning_rate))
         self._grads = (GradBuffer(*u.shape, dtype=u.dtype, device=self.device),
@@ -202,7 +204,8 @@ class Trainer:
         if not math.isfinite(total):
             raise TrainingDivergedError(f"training diverged at epoch {epoch}: the loss became {total}; "
                                         f"lower the learning rate (now {self.config.learning_rate:g})")
-        check_tables({"user": self.step.user_emb, "item": self.step.item_emb}, epoch, self.config.learning_rate)
+        check_tables({"user": self.step.user_emb, "item": self.step.item_emb}, epoch, self.config.learning_rate,
+                     self._distinct_at_start)
         if self.valid is not None and self._validates(epoch):
             t0 = time.perf_counter()
             if self.parallel is None or self.parallel.rank == 0:

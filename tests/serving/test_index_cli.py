@@ -42,11 +42,15 @@ def test_index_command_errors_are_one_line(tmp_path, tiny_model, capsys):
     model_dir = tmp_path / "model"
     tiny_model.save(model_dir)
     for argv, words in [(["--kind", "ivf", "--m", "3"], "--m does not apply to --kind ivf"),
-                        (["--kind", "ivf", "--nlist", "500"], "nlist must be an integer in [1, 80]"),
-                        (["--kind", "hnsw", "--threads", "0"], "--threads must be >= 1")]:
+                        (["--kind", "ivf", "--nlist", "500"], "nlist must be an integer in [1, 80]")]:
         assert main(["index", "--model", str(model_dir), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+    for threads in ("0", "1000000"):  # the flag's own bound (metricrec.limits.thread_count): a usage error
+        with pytest.raises(SystemExit) as info:
+            main(["index", "--model", str(model_dir), "--kind", "hnsw", "--threads", threads])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and "argument --threads: must be in [1, " in err and len(err.splitlines()) == 1
     assert main(["index", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no model at" in capsys.readouterr().err
 

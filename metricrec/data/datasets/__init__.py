@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..._file_kind import not_a_folder
 from ..interactions import Interactions
 from ..splits import Split
 from .citeulike import CITEULIKE_CHECKS, CITEULIKE_FILES, load_citeulike_a, read_item_tags
@@ -98,21 +99,29 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     Raises
     ------
     FileNotFoundError
-        ``data_dir`` or ``$METRICREC_DATA`` names a directory that does not exist.
+        ``data_dir`` or ``$METRICREC_DATA`` names a directory that does not exist, or something that is
+        not a folder (a file, a FIFO: the message says which).
     """
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"data directory {path} does not exist (given as data_dir)")
+            raise FileNotFoundError(f"data directory {path} {_missing(path)} (given as data_dir)")
         return path
     env = os.environ.get(DATA_ENV)
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"data directory {path} does not exist (given by ${DATA_ENV})")
+            raise FileNotFoundError(f"data directory {path} {_missing(path)} (given by ${DATA_ENV})")
         return path
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "metricrec"
+
+
+def _missing(path: Path) -> str:
+    """Why ``path`` is no data directory: ``"does not exist"``, or what it is instead (``"is a file,
+    not a folder"``, ``"is a FIFO (named pipe), not a folder"``, ...)."""
+    what = not_a_folder(path)
+    return f"{what}, not a folder" if what else "does not exist"
 
 
 def explicit_data_dir(data_dir: str | os.PathLike | None = None) -> bool:

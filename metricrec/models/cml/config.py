@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError
+from ...limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH, MAX_MLP_BYTES, mlp_bytes
 from ...training.config import check_choice, check_finite
 from ..config import EmbeddingConfig
 
@@ -150,6 +151,12 @@ class CMLConfig(EmbeddingConfig):
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list)) or any(
                 isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise ConfigError(f"feature_hidden must be a sequence of positive integers, got {hidden!r}")
+        if len(hidden) > MAX_HIDDEN_LAYERS or max(hidden, default=1) > MAX_HIDDEN_WIDTH:  # the loader's bounds
+            raise ConfigError(f"feature_hidden must be at most {MAX_HIDDEN_LAYERS} widths in [1, {MAX_HIDDEN_WIDTH:,}] "
+                              f"(the most a model file may hold), got {tuple(hidden)!r}")
+        if hidden and mlp_bytes(1, tuple(hidden), self.factors) > MAX_MLP_BYTES:  # before the input layer
+            raise ConfigError(f"feature_hidden {tuple(hidden)!r} with {self.factors} factors makes a feature network of "
+                              f"more than the {MAX_MLP_BYTES:,} bytes a model file may hold")
         object.__setattr__(self, "feature_hidden", tuple(hidden))  # a JSON list comes back as a tuple
         if not check_finite(self.feature_dropout) or not 0 <= self.feature_dropout < 1:
             raise ConfigError(f"feature_dropout must be in [0, 1), got {self.feature_dropout!r}")

@@ -15,6 +15,11 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+# The widest hidden layer and most layers a saved feature network may declare, and its largest size
+# (parameters x 4 bytes): the one table of metricrec.limits, which --feature-hidden and CMLConfig check too.
+from ...errors import ConfigError
+from ...limits import MAX_HIDDEN_LAYERS as MAX_LAYERS, MAX_HIDDEN_WIDTH as MAX_WIDTH, MAX_MLP_BYTES, mlp_bytes
+
 __all__ = ["FeatureMLP", "SparseRows", "feature_row_tensor", "mlp_from_arrays", "mlp_shapes", "mlp_to_arrays"]
 
 
@@ -90,6 +95,10 @@ class FeatureMLP(nn.Module):
                              f"hidden={hidden}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if mlp_bytes(int(n_features), hidden, int(out_dim)) > MAX_MLP_BYTES:  # what mlp_shapes would refuse
+            raise ConfigError(f"feature_hidden {hidden!r}: a feature network over {n_features:,} features of "
+                              f"{mlp_bytes(int(n_features), hidden, int(out_dim)):,} bytes, more than the "
+                              f"{MAX_MLP_BYTES:,} a model file may hold (use narrower layers or fewer features)")
         self.n_features, self.out_dim, self.hidden, self.dropout_p = int(n_features), int(out_dim), hidden, float(dropout)
         self.row_norm = bool(row_norm)
         widths = hidden + (int(out_dim),)
@@ -168,12 +177,6 @@ def _uniform(shape: tuple[int, ...], bound: float, gen: torch.Generator | None) 
 def mlp_to_arrays(mlp: FeatureMLP, prefix: str) -> dict[str, np.ndarray]:
     """f's parameters as named float32 arrays (``prefix + state_dict key``) for a model file."""
     return {prefix + k: v.detach().cpu().numpy().astype(np.float32) for k, v in mlp.state_dict().items()}
-
-
-#: Widest hidden layer and most layers a saved feature network may declare.
-MAX_WIDTH, MAX_LAYERS = 1 << 16, 16
-#: Largest feature network a model file may declare (parameters x 4 bytes).
-MAX_MLP_BYTES = 1 << 36
 
 
 def mlp_shapes(doc: Any, prefix: str, out_dim: int, where: Any) -> dict[str, tuple[int, ...]]:
