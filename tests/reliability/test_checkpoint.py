@@ -17,30 +17,13 @@ from metricrec.data.synthetic import generate
 from metricrec.errors import CheckpointError
 from metricrec.training.checkpoint import Checkpointer, read_checkpoint, write_checkpoint
 
+from crash_checkpointer import Boom, CrashAfter
 from test_save_atomicity import KILLED, Faults, Injected, _Os
 
 
 @pytest.fixture(scope="module")
 def split():
     return ratio_split(generate(preset="small", seed=0), seed=0)
-
-
-class Boom(Exception):
-    """The crash the tests cause."""
-
-
-class CrashAfter(Checkpointer):
-    """A checkpointer whose process 'dies' after ``n`` batches (the exception stands for a kill)."""
-
-    def __init__(self, folder, n, **kw):
-        super().__init__(folder, **kw)
-        self.n, self.seen = n, 0
-
-    def after_batch(self, trainer, pair, loss, parts):
-        super().after_batch(trainer, pair, loss, parts)
-        self.seen += 1
-        if self.seen == self.n:
-            raise Boom
 
 
 VARIANTS = {

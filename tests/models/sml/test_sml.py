@@ -11,6 +11,7 @@ from metricrec.models import CML, SML, SMLConfig, load_model
 from metricrec.serialization import ModelFormatError
 from metricrec.models.sml.step import SMLStep, sml_gradients, sml_loss_reference
 from metricrec.training.checkpoint import Checkpointer
+from crash_checkpointer import Boom, CrashAfter
 from metricrec.training.optim import GradBuffer
 from metricrec.training.sampling import NegativeDraw
 from recommender_behaviour import RecommenderBehaviour, data_split, fitted  # noqa: F401
@@ -313,31 +314,13 @@ def test_learned_margins_without_the_item_side_still_learn_the_clusters(data_spl
 
 
 # ---------------------------------------------------------------------- checkpoints
-class _Crash(Exception):
-    """The kill the test stands in for."""
-
-
-class _CrashAfter(Checkpointer):
-    """A checkpointer whose process 'dies' after ``n`` batches."""
-
-    def __init__(self, folder, n, **kw):
-        super().__init__(folder, **kw)
-        self.n, self.seen = n, 0
-
-    def after_batch(self, trainer, pair, loss, parts):
-        super().after_batch(trainer, pair, loss, parts)
-        self.seen += 1
-        if self.seen == self.n:
-            raise _Crash
-
-
 def test_a_run_resumed_mid_epoch_is_bitwise_the_uninterrupted_one_margins_included(data_split, tmp_path):
     # bitwise: the same kernels with the same thread count in one process; the margins and their
     # AdaGrad accumulators are part of the checkpoint, or the resumed margins would take other steps
     kw = dict(factors=8, batch_size=200, epochs=4, eval_every=1, patience=0, show_progress=False, verbose=False)
     reference = SML(**kw).fit(data_split.train, data_split.valid)
-    with pytest.raises(_Crash):
-        SML(**kw).fit(data_split.train, data_split.valid, callbacks=[_CrashAfter(tmp_path / "ck", 13, every_minutes=1e-9)])
+    with pytest.raises(Boom):
+        SML(**kw).fit(data_split.train, data_split.valid, callbacks=[CrashAfter(tmp_path / "ck", 13, every_minutes=1e-9)])
     resumed = Checkpointer(tmp_path / "ck", resume=True)
     again = SML(**kw).fit(data_split.train, data_split.valid, callbacks=[resumed])
     assert resumed.resumed_from["epoch"] >= 1
