@@ -10,16 +10,10 @@ does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_class
 from .config import BPRConfig
 
 __all__ = ["BPR", "BPRConfig"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "BPR":
-        from .model import BPR
-
-        return BPR
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_class(__name__, "BPR")

@@ -5,16 +5,10 @@ does not import torch."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_class
 from .config import CMLConfig
 
 __all__ = ["CML", "CMLConfig"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CML":
-        from .model import CML
-
-        return CML
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_class(__name__, "CML")

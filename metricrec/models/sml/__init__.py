@@ -11,16 +11,10 @@ does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_class
 from .config import SMLConfig
 
 __all__ = ["SML", "SMLConfig"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SML":
-        from .model import SML
-
-        return SML
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_class(__name__, "SML")
