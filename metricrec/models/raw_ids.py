@@ -70,7 +70,7 @@ class RawIdMixin:
                 raise DataError("this model keeps no liked items (fitted without them); "
                                 "pass filter_already_liked_items=False")
             exclude = _rows_of(self.user_items, rows)
-        vectors = self._fitted()[0].index_select(0, torch.from_numpy(rows).to(self._fitted()[0].device))
+        vectors = self._user_queries(rows)
         N = min(check_n(N), self._fitted()[1].shape[0])  # never padded: no more than the catalogue
         ids, scores = self.recommend_vectors(vectors, N, exclude=exclude, filter_items=self._cols(filter_items),
                                              items=self._cols(items), approximate=approximate)

@@ -18,7 +18,7 @@ import torch
 from ..data.interactions import csr_rows
 from ..errors import ConfigError, UnknownIdError
 
-__all__ = ["DISTANCES", "check_indices", "check_n", "top_n", "score_block"]
+__all__ = ["DISTANCES", "check_indices", "check_n", "top_n", "top_n_of_scores", "score_block"]
 
 #: How a model scores a (query, candidate) pair.
 DISTANCES = ("euclidean", "dot")
@@ -120,6 +120,48 @@ def top_n(q: np.ndarray, cand: np.ndarray, n: int, *, distance: str = "euclidean
     ids = np.take_along_axis(part, order, 1).astype(np.int64)
     vals = np.take_along_axis(vals, order, 1).astype(np.float32, copy=False)
     ids[~np.isfinite(vals)] = -1
+    if k < n:
+        ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, n - k)), constant_values=-np.inf)
+    return ids, vals
+
+
+def top_n_of_scores(s: np.ndarray, n: int, *, exclude: sp.csr_matrix | None = None,
+                    filter_ids: np.ndarray | None = None,
+                    only_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n columns of each row of a score block computed by the caller (higher is better).
+
+    The ranking of :func:`top_n` for models whose scores are not a distance between a query vector
+    and a candidate vector (several vectors per user, a translation per user-item pair): the same
+    filters, the same tie rule (the lower index first) and the same padding (id -1, score -inf).
+
+    Parameters
+    ----------
+    s : numpy.ndarray of float32, shape (n_queries, n_candidates)
+        Scores; masked in place.
+    n : int
+    exclude, filter_ids, only_ids
+        As :func:`top_n`.
+
+    Returns
+    -------
+    ids : numpy.ndarray of int64, shape (n_queries, n)
+    scores : numpy.ndarray of float32, shape (n_queries, n)
+    """
+    s = np.asarray(s, dtype=np.float32)
+    _mask(s, exclude, filter_ids, only_ids)
+    n_cand = s.shape[1]
+    k = min(int(n), n_cand)
+    if k < n_cand:
+        part = np.sort(np.argpartition(s, n_cand - k, axis=1)[:, n_cand - k:], axis=1)
+    else:
+        part = np.broadcast_to(np.arange(k), (s.shape[0], k))
+    vals = np.take_along_axis(s, part, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, 1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, 1).astype(np.float32, copy=False)
+    ids[~np.isfinite(vals)] = -1
+    vals = np.where(np.isfinite(vals), vals, -np.inf).astype(np.float32, copy=False)
     if k < n:
         ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
         vals = np.pad(vals, ((0, 0), (0, n - k)), constant_values=-np.inf)

@@ -4,7 +4,7 @@ bounded, exact or through an approximate index)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -12,7 +12,7 @@ import torch
 
 from ..data.interactions import csr_rows
 from ..errors import ConfigError, DataError, UnknownIdError
-from .retrieval import check_indices, check_n, top_n, top_n_torch
+from .retrieval import check_indices, check_n, top_n, top_n_of_scores, top_n_torch
 
 __all__ = ["RetrievalMixin", "SCORE_BLOCK_BYTES"]
 
@@ -24,7 +24,42 @@ SCORE_BLOCK_BYTES = 64 * 2**20
 
 class RetrievalMixin:
     """Needs ``_fitted() -> (user table, item table)``, ``device``, ``distance``, ``id_dtype``,
-    ``ann_index`` and, for ``recalculate_user=True``, ``fold_in_rows(csr) -> vectors``."""
+    ``ann_index`` and, for ``recalculate_user=True``, ``fold_in_rows(csr) -> vectors``.
+
+    A user's *query* is what retrieval ranks the items for: by default the user's row of the user
+    table (or a folded-in user's vector), scored against the item table by :attr:`distance`. A model
+    whose user-item score is not a distance between one user vector and one item vector (several
+    vectors per user, a translation per pair) sets :attr:`custom_user_scores` and writes
+    :meth:`_query_scores` (and :meth:`_query_width` and :meth:`_user_queries` where its query is
+    more than the user's row); exact retrieval then ranks its scores with the same filters, chunks
+    and padding, and :meth:`_approximate_custom` says what an index can do for it.
+    """
+
+    #: True for a model whose user-item scores come from :meth:`_query_scores`.
+    custom_user_scores: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ the hooks of a custom-scored model
+    def _query_width(self) -> int:
+        """Width of a user query vector (default: the item table's, d)."""
+        return int(self._fitted()[1].shape[1])
+
+    def _user_queries(self, uids: np.ndarray) -> np.ndarray:
+        """Query vectors of the users ``uids`` (int64), float32 numpy, shape (n, :meth:`_query_width`)."""
+        user = self._fitted()[0]
+        if user.device.type == "cpu":
+            return user.detach().numpy()[uids]  # a view's rows: no torch launch for one query
+        return user.index_select(0, torch.from_numpy(uids.astype(np.int64)).to(user.device)).cpu().numpy()
+
+    def _query_scores(self, q: np.ndarray) -> np.ndarray:
+        """Scores of every item for each query row, shape (n, n_items), higher is better (float32)."""
+        raise NotImplementedError(f"{type(self).__name__} sets custom_user_scores but has no _query_scores")
+
+    def _approximate_custom(self, q: np.ndarray, n: int, excl: sp.csr_matrix | None, filt: np.ndarray | None,
+                            only: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-n for a custom-scored model (default: refused, naming the model)."""
+        raise ConfigError(f"{type(self).__name__} scores each user-item pair with its own translation, so an "
+                          "index over the item vectors cannot rank its items: use exact retrieval "
+                          "(approximate=False)")
 
     def recommend(
         self,
@@ -77,10 +112,8 @@ class RetrievalMixin:
             raise DataError("user_items is required when filter_already_liked_items or recalculate_user is set")
         if recalculate_user:
             q = self.fold_in_rows(rows).detach().cpu().numpy()
-        elif user.device.type == "cpu":
-            q = user.detach().numpy()[uids]  # a view's rows: no torch launch for one query
         else:
-            q = user.index_select(0, torch.from_numpy(uids.astype(np.int64)).to(user.device)).cpu().numpy()
+            q = self._user_queries(uids)
         ids, scores = self._retrieve(q, check_n(N), rows if filter_already_liked_items else None,
                                      _indices(filter_items, item.shape[0], "filter_items"),
                                      _indices(items, item.shape[0], "items"), approximate, None)
@@ -136,7 +169,7 @@ class RetrievalMixin:
         """
         cand_t = self._fitted()[1] if candidates is None else candidates
         n_cand = cand_t.shape[0]
-        q = _as_matrix(vectors, cand_t.shape[1])
+        q = _as_matrix(vectors, self._query_width() if candidates is None else cand_t.shape[1])
         excl = None if exclude is None else _user_rows(exclude, q.shape[0], n_cand)
         return self._retrieve(q, check_n(N), excl, _indices(filter_items, n_cand, "filter_items"),
                               _indices(items, n_cand, "items"), approximate, candidates)
@@ -145,7 +178,12 @@ class RetrievalMixin:
                   only: np.ndarray | None, approximate: bool, candidates: torch.Tensor | None):
         cand_t = self._fitted()[1] if candidates is None else candidates
         k = min(N, max(cand_t.shape[0], 1))  # never allocate for more than the candidates; padding last
-        if approximate:
+        if candidates is None and self.custom_user_scores:
+            if approximate:
+                ids, scores = self._approximate_custom(q, k, excl, filt, only)
+            else:
+                ids, scores = self._top_n_custom(q, k, excl, filt, only, cand_t.shape[0])
+        elif approximate:
             from .approximate import approximate_top_n
 
             ids, scores = approximate_top_n(self, q, k, excl, filt, only)
@@ -170,6 +208,19 @@ class RetrievalMixin:
             ids[lo: lo + step], scores[lo: lo + step] = top_n(
                 q[lo: lo + step], cand, N, distance=self.distance, cand_sq=cand_sq, exclude=part,
                 filter_ids=filt, only_ids=only)
+        return ids, scores
+
+
+    def _top_n_custom(self, q, N, excl, filt, only, n_items: int):
+        """Exact top-N of a custom-scored model, in chunks of users whose score block stays under
+        :data:`SCORE_BLOCK_BYTES`."""
+        step = max(1, SCORE_BLOCK_BYTES // (4 * max(n_items, 1)))
+        ids = np.empty((q.shape[0], N), dtype=np.int64)
+        scores = np.empty((q.shape[0], N), dtype=np.float32)
+        for lo in range(0, q.shape[0], step):
+            part = None if excl is None else excl[lo: lo + step]
+            ids[lo: lo + step], scores[lo: lo + step] = top_n_of_scores(
+                self._query_scores(q[lo: lo + step]), N, exclude=part, filter_ids=filt, only_ids=only)
         return ids, scores
 
 
