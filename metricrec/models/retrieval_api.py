@@ -20,6 +20,7 @@ __all__ = ["RetrievalMixin", "SCORE_BLOCK_BYTES"]
 #: memory of a batch call is bounded by the chunk (about 3x this: scores, partition indices, mask),
 #: whatever the number of users.
 SCORE_BLOCK_BYTES = 64 * 2**20
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 class RetrievalMixin:
@@ -191,18 +192,18 @@ class RetrievalMixin:
             ids, scores = _top_n_on_device(q, cand_t, k, excl, filt, only, self.distance)
         else:
             ids, scores = self._top_n_chunks(q, cand_t, k, excl, filt, only, candidates is None)
-        dtype = self.id_dtype if cand_t.shape[0] <= np.iinfo(np.int32).max else np.dtype(np.int64)  # never wraps
+        dtype = self.id_dtype if cand_t.shape[0] <= _INT32_MAX else np.dtype(np.int64)  # never wraps
         return _padded(ids.astype(dtype, copy=False), scores, N)
 
     def _top_n_chunks(self, q, cand_t, N, excl, filt, only, items_table: bool):
         cand = cand_t.detach().numpy()
         cand_sq = self._item_sq_norms() if items_table else np.einsum("ij,ij->i", cand, cand)
         step = max(1, SCORE_BLOCK_BYTES // (4 * max(cand.shape[0], 1)))
-        ids = np.empty((q.shape[0], N), dtype=np.int64)
-        scores = np.empty((q.shape[0], N), dtype=np.float32)
         if q.shape[0] <= step:  # one chunk: no slicing
             return top_n(q, cand, N, distance=self.distance, cand_sq=cand_sq, exclude=excl, filter_ids=filt,
                          only_ids=only)
+        ids = np.empty((q.shape[0], N), dtype=np.int64)
+        scores = np.empty((q.shape[0], N), dtype=np.float32)
         for lo in range(0, q.shape[0], step):
             part = None if excl is None else excl[lo: lo + step]
             ids[lo: lo + step], scores[lo: lo + step] = top_n(
@@ -278,7 +279,12 @@ def _query_ids(qid: Any, what: str) -> tuple[bool, np.ndarray]:
 
 
 def _check_range(q: np.ndarray, n: int, what: str) -> None:
-    bad = q[(q < 0) | (q >= n)]
+    if q.size == 1:  # the latency path of one query: two comparisons, no boolean mask
+        if 0 <= q[0] < n:
+            return
+        bad = q
+    else:
+        bad = q[(q < 0) | (q >= n)]
     if bad.size:
         raise UnknownIdError(f"unknown {what} index {bad[0]} (the model has {n} {what}s)")
 
