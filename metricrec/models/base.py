@@ -222,7 +222,7 @@ class EmbeddingRecommender(PersistenceMixin, RetrievalMixin, RawIdMixin, FoldInM
         return self
 
     def _trainer_for(self, train, valid_m, user_items, callbacks, show_progress, fit_kw) -> Trainer:
-        backend = resolve_backend(self.kernel, self.device)
+        backend = resolve_backend(self.kernel, self.device, self.backends)
         step = self._make_step(self.config, self._user, self._item, train, user_items, backend, **fit_kw)
         progress = self.show_progress if show_progress is None else show_progress
         self._trainer = Trainer(step, train, valid_m, config=self.config, device=self.device, progress=progress,

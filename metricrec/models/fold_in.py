@@ -59,7 +59,7 @@ class FoldInMixin:
             return user
         cfg = self._fold_in_config(FOLD_IN_EPOCHS if epochs is None else epochs)
         cfg = cfg.replace(batch_size=max(1, -(-m.nnz // FOLD_IN_BATCHES)))
-        step = self._make_step(cfg, user, item, m, None, resolve_backend(self.kernel, self.device))
+        step = self._make_step(cfg, user, item, m, None, resolve_backend(self.kernel, self.device, self.backends))
         trainer = Trainer(step, m, config=cfg, device=self.device, progress=False, verbose=False, frozen_items=True)
         for _ in range(cfg.epochs):
             trainer.run_epoch()

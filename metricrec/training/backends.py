@@ -64,7 +64,7 @@ CHOICES: tuple[str, ...] = (AUTO, *BACKENDS)
 _AUTO_ORDER = (NUMBA, TORCH)
 
 
-def resolve_backend(name: str, device: str | torch.device) -> str:
+def resolve_backend(name: str, device: str | torch.device, allowed: tuple[str, ...] | None = None) -> str:
     """The concrete backend for ``name`` on ``device``.
 
     Parameters
@@ -72,6 +72,9 @@ def resolve_backend(name: str, device: str | torch.device) -> str:
     name : str
         One of :data:`CHOICES`.
     device : str or torch.device
+    allowed : tuple of str, optional
+        The backends the model has a step for (its ``backends``; None: all): ``"auto"`` picks among
+        these only, so a model without a compiled kernel trains with torch under torch's thread policy.
 
     Raises
     ------
@@ -82,7 +85,8 @@ def resolve_backend(name: str, device: str | torch.device) -> str:
 
     device = torch.device(device)
     if name == AUTO:
-        return next(b for b in _AUTO_ORDER if BACKENDS[b].available() and BACKENDS[b].runs_on(device))
+        return next(b for b in _AUTO_ORDER if (allowed is None or b in allowed) and BACKENDS[b].available()
+                    and BACKENDS[b].runs_on(device))
     backend = BACKENDS.get(name)
     if backend is None:
         raise ConfigError(f"backend must be one of {', '.join(CHOICES)}; got {name!r}")

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from ...serialization import ModelFormatError
-from ...training.backends import TORCH
+from ...training.backends import NUMBA, TORCH
 from ..base import EmbeddingRecommender
 from .config import SMLConfig
 from .step import SMLStep
@@ -38,7 +38,7 @@ class SML(EmbeddingRecommender):
     config_class = SMLConfig
     model_name = "SML"
     distance = "euclidean"
-    backends = (TORCH,)
+    backends = (TORCH, NUMBA)
     config: SMLConfig
 
     def __init__(self, config: SMLConfig | None = None, **kw: Any) -> None:

@@ -39,6 +39,7 @@ import torch
 
 from ...metrics import Scorer, embedding_scorer
 from ...training import distributed
+from ...training.backends import NUMBA
 from ...training.optim import GradBuffer, RowAdagrad
 from ...training.sampling import NegativeDraw
 from .config import SMLConfig
@@ -236,7 +237,8 @@ def sml_loss_reference(user_emb: torch.Tensor, item_emb: torch.Tensor, user_marg
 
 
 class SMLStep:
-    """A :class:`~metricrec.training.trainer.TrainingStep` for SML (torch backend, any device).
+    """A :class:`~metricrec.training.trainer.TrainingStep` for SML: the torch backend (any device) or
+    the compiled CPU kernel (:mod:`metricrec.models.sml.step_numba`, backend ``"numba"``).
 
     The tables go to the trainer's row-sparse optimisers through the buffers; the margins are the
     step's own parameters: it applies their gradients itself after each batch (row-sparse AdaGrad at
@@ -267,6 +269,12 @@ class SMLStep:
         self.user_emb, self.item_emb = user_emb, item_emb
         self.user_margin, self.item_margin = user_margin, item_margin
         self.train_item_margins = train_item_margins
+        self._gradients = sml_gradients
+        if backend == NUMBA:
+            from . import step_numba
+
+            step_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
+            self._gradients = step_numba.sml_gradients_numba
         self._margin_grads = tuple(GradBuffer(m.shape[0], 1, dtype=m.dtype, device=m.device)
                                    for m in (user_margin, item_margin))
         # a (n, 1) view: the row-sparse optimiser of the tables, applied to one-column "tables"
@@ -276,7 +284,7 @@ class SMLStep:
               user_grad: GradBuffer, item_grad: GradBuffer) -> tuple[float, dict[str, float]]:
         """Table gradients into the buffers, a margin update; (total, {user_loss, item_loss, margin_loss})."""
         cfg = self.config
-        parts = sml_gradients(self.user_emb, self.item_emb, self.user_margin, self.item_margin, users, items,
+        parts = self._gradients(self.user_emb, self.item_emb, self.user_margin, self.item_margin, users, items,
                               draw, user_grad, item_grad, *self._margin_grads, item_weight=cfg.item_weight,
                               margin_reg=cfg.margin_reg, hardest=cfg.negatives == "hardest")
         self._step_margins()

@@ -112,9 +112,9 @@ class TestSML(RecommenderBehaviour):
         assert torch.equal(torch.from_numpy(model.item_margins), item_margin)
         assert not torch.equal(seen[-1][1], user_margin)  # the margins did move after the best epoch
 
-    def test_has_no_numba_backend(self):
-        with pytest.raises(ConfigError, match="kernel"):
-            self.make(kernel="numba")
+    def test_auto_trains_with_the_compiled_kernel_where_numba_is_installed(self, fitted):
+        pytest.importorskip("numba")
+        assert fitted._trainer.step.backend == "numba"
 
 
 # ---------------------------------------------------------------------- gradients against autograd
@@ -327,6 +327,66 @@ def test_a_run_resumed_mid_epoch_is_bitwise_the_uninterrupted_one_margins_includ
     for name in ("user_embeddings", "item_embeddings", "user_margins", "item_margins"):
         assert np.array_equal(getattr(again, name), getattr(reference, name)), name
     assert [(e.loss, e.parts) for e in again.history.epochs] == [(e.loss, e.parts) for e in reference.history.epochs]
+
+
+# ---------------------------------------------------------------------- the compiled CPU kernel
+@pytest.mark.parametrize("hardest", [False, True])
+def test_sml_numba_kernel_fills_the_buffers_as_the_torch_step(hardest):
+    # float32 on both sides: the same sums of O(1) terms in another order (the torch step's batched
+    # |x|^2 + |v|^2 - 2 x.v against the kernel's direct differences), so they agree to float32
+    # rounding, ~1e-6 of the values; 1e-5 relative and absolute is well above that and far below a
+    # wrong or missing term (O(0.01) or more)
+    pytest.importorskip("numba")
+    from metricrec.models.sml.step_numba import sml_gradients_numba
+
+    problem = _problem()
+    ue, ie, um, im = (t.float() for t in problem[:4])
+    users, positives, draw = problem[4:]
+    out = []
+    for fn in (sml_gradients, sml_gradients_numba):
+        bufs = [GradBuffer(n, w) for n, w in ((5, 3), (14, 3), (5, 1), (14, 1))]
+        parts = fn(ue, ie, um, im, users, positives, draw, *bufs, item_weight=0.7, margin_reg=0.05, hardest=hardest)
+        out.append((parts, [b.pop() for b in bufs]))
+    (p_t, b_t), (p_n, b_n) = out
+    for key in p_t:
+        assert p_n[key] == pytest.approx(p_t[key], rel=1e-5, abs=1e-6)
+    for (rows_t, g_t), (rows_n, g_n) in zip(b_t, b_n):
+        assert torch.equal(rows_t, rows_n)  # the same rows touched
+        torch.testing.assert_close(g_n, g_t, rtol=1e-5, atol=1e-5)
+
+
+def test_sml_numba_kernel_does_not_depend_on_the_thread_count():
+    # each row's terms are summed in pair order by the one part that owns it: bitwise the same sums
+    numba = pytest.importorskip("numba")
+    from metricrec.models.sml.step_numba import sml_gradients_numba
+
+    gen = torch.Generator().manual_seed(3)
+    ue, ie = torch.randn(40, 8, generator=gen) / 3, torch.randn(60, 8, generator=gen) / 3
+    um, im = torch.full((40,), 0.5), torch.full((60,), 0.5)
+    users, positives = torch.randint(0, 40, (200,), generator=gen), torch.randint(0, 60, (200,), generator=gen)
+    neg = torch.randint(0, 60, (200, 5), generator=gen)
+    draw = NegativeDraw(neg, neg, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 1)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            bufs = [GradBuffer(n, w) for n, w in ((40, 8), (60, 8), (40, 1), (60, 1))]
+            sml_gradients_numba(ue, ie, um, im, users, positives, draw, *bufs, item_weight=0.3, margin_reg=0.05)
+            results.append([b.pop() for b in bufs])
+    finally:
+        numba.set_num_threads(before)
+    for (r0, g0), (r1, g1) in zip(results[0], results[-1]):
+        assert torch.equal(r0, r1) and torch.equal(g0, g1)
+
+
+def test_auto_picks_among_the_models_own_backends():
+    # a model with a torch step only must not train under the numba backend's thread policy (torch
+    # on one thread while numba's pool would have run the kernel)
+    from metricrec.training.backends import resolve_backend
+
+    assert resolve_backend("auto", "cpu", ("torch",)) == "torch"
+    assert resolve_backend("auto", "cpu", SML.backends) in SML.backends
 
 
 # ---------------------------------------------------------------------- CUDA (skipped without a device)
