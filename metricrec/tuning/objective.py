@@ -1,4 +1,5 @@
-"""One trial of ``metricrec tune``: a CML fit on the training part, judged on the validation part.
+"""One trial of ``metricrec tune``: a fit of the tuned model (CML by default) on the training part, judged
+on the validation part.
 
 The trial's value is the best validation Recall@50 of its fit (the epoch early stopping keeps; the
 trainer's per-epoch validation -- on a fixed sample of users when there are many, see
@@ -14,7 +15,6 @@ from typing import Any, Sequence
 
 from ..data.splits import Split
 from ..errors import ConfigError, TrainingDivergedError
-from ..models.cml.config import CMLConfig
 from ..models.cml.model import CML
 from ..training.history import EpochRecord
 from .space import Param, suggest
@@ -69,23 +69,31 @@ class Objective:
     ----------
     split : Split
         Train part to fit on, valid part to judge on (test is not used).
-    base : CMLConfig
-        Settings every trial shares (the fixed flags); the drawn parameters replace its fields.
+    base : EmbeddingConfig
+        Settings every trial shares (the fixed flags); the drawn parameters replace its fields. Its
+        type is the tuned model's config (a :class:`CMLConfig` for CML).
     space : sequence of Param
     model_kw : dict, optional
-        Passed to :class:`CML` (``device``, ``num_threads``, ``kernel``).
+        Passed to the model class (``device``, ``num_threads``, ``kernel``).
     fit_kw : dict, optional
-        Passed to ``CML.fit`` (``item_features``).
+        Passed to its ``fit`` (``item_features``).
+    model_class : type, optional
+        The model trained (default :class:`CML`): an :class:`~metricrec.models.base.EmbeddingRecommender`
+        whose ``config_class`` is ``base``'s type.
     """
 
-    def __init__(self, split: Split, base: CMLConfig, space: Sequence[Param], *, model_kw: dict[str, Any] | None = None,
-                 fit_kw: dict[str, Any] | None = None) -> None:
+    def __init__(self, split: Split, base: Any, space: Sequence[Param], *, model_kw: dict[str, Any] | None = None,
+                 fit_kw: dict[str, Any] | None = None, model_class: type | None = None) -> None:
         if split.valid.nnz == 0:
             raise ConfigError("tuning needs a validation part: the split's valid part is empty")
+        self.model_class = CML if model_class is None else model_class
+        if not isinstance(base, self.model_class.config_class):
+            raise ConfigError(f"{self.model_class.__name__} is tuned from a {self.model_class.config_class.__name__}, "
+                              f"got a {type(base).__name__}")
         self.split, self.base, self.space = split, base, tuple(space)
         self.model_kw, self.fit_kw = dict(model_kw or {}), dict(fit_kw or {})
 
-    def config_for(self, params: dict[str, Any]) -> CMLConfig:
+    def config_for(self, params: dict[str, Any]) -> Any:
         """The full configuration of a trial with ``params``."""
         return self.base.replace(**params)
 
@@ -94,7 +102,7 @@ class Objective:
 
         # trial 0 of a new study (run_study enqueues it): the defaults as they are, nothing drawn
         config = self.base if trial.user_attrs.get(DEFAULTS_ATTR) else self.config_for(suggest(trial, self.space))
-        model = CML(config, show_progress=False, verbose=False, **self.model_kw)
+        model = self.model_class(config, show_progress=False, verbose=False, **self.model_kw)
         prune = PruningCallback(trial)
         t0 = time.perf_counter()
         try:

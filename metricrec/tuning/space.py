@@ -1,9 +1,10 @@
-"""The search space of ``metricrec tune``: which CML settings a trial draws, and from where.
+"""The search spaces of ``metricrec tune``: which settings a trial draws, and from where, per model.
 
-Every parameter is a field of :class:`~metricrec.models.cml.config.CMLConfig`. The ranges are
-wide enough to hold every setting that won on the benchmarks (``benchmarks/results/tuning.md``)
-and are documented in ``docs/tuning.md`` and ``metricrec tune --help`` (both built from
-:data:`SEARCH_SPACE`).
+:data:`SEARCH_SPACE` is CML's: every parameter a field of :class:`~metricrec.models.cml.config.CMLConfig`,
+the ranges wide enough to hold every setting that won on the benchmarks (``benchmarks/results/tuning.md``).
+:data:`SPACES` holds each model's (``metricrec tune --model NAME``): the training settings every model
+shares (rate, negatives, batch, width) and the model's own. All are documented in ``docs/tuning.md``
+and ``metricrec tune --help`` (built from these tables).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 
-__all__ = ["Param", "SEARCH_SPACE", "select", "suggest", "describe"]
+__all__ = ["Param", "SEARCH_SPACE", "SPACES", "select", "space_of", "suggest", "describe"]
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,43 @@ SEARCH_SPACE: tuple[Param, ...] = (
 )
 
 
-def select(names: Sequence[str] | None, fixed: Sequence[str] = ()) -> tuple[Param, ...]:
-    """The parameters to tune: ``names`` (all of :data:`SEARCH_SPACE` when None), less ``fixed``.
+_SHARED = {p.name: p for p in SEARCH_SPACE if p.name in ("learning_rate", "n_negatives", "batch_size", "factors")}
+
+#: Each model's search space by ``--model`` name: the shared training settings, then the model's own.
+SPACES: dict[str, tuple[Param, ...]] = {
+    "cml": SEARCH_SPACE,
+    "sml": (
+        _SHARED["learning_rate"], _SHARED["n_negatives"], _SHARED["batch_size"], _SHARED["factors"],
+        Param("margin_max", "float", 0.25, 2.5, why="l, the bound of every learned margin"),
+        Param("item_weight", "float", 0.0, 1.0, why="lambda, weight of the item-centric hinge"),
+        Param("margin_reg", "float", 1e-3, 0.5, log=True, why="gamma, weight of the margin regulariser"),
+        Param("margin_lr", "float", 0.01, 0.5, log=True, why="AdaGrad rate of the margins"),
+    ),
+    "bpr": (
+        Param("learning_rate", "float", 1e-3, 0.3, log=True, why="AdaGrad step size"),
+        _SHARED["batch_size"], _SHARED["factors"],
+        Param("regularization", "float", 1e-5, 0.1, log=True, why="L2 weight on the rows of each triple"),
+    ),
+}
+
+
+def space_of(model: str) -> tuple[Param, ...]:
+    """The search space of ``--model model``; :class:`ConfigError` for a model without one."""
+    if model not in SPACES:
+        raise ConfigError(f"metricrec tune has no search space for --model {model} (it tunes "
+                          f"{', '.join(SPACES)})")
+    return SPACES[model]
+
+
+def select(names: Sequence[str] | None, fixed: Sequence[str] = (), model: str = "cml") -> tuple[Param, ...]:
+    """The parameters to tune: ``names`` (all of the model's space, :data:`SPACES`, when None), less ``fixed``.
 
     Raises
     ------
     ConfigError
         A name that is not in the search space, or nothing left to tune.
     """
-    known = {p.name: p for p in SEARCH_SPACE}
+    known = {p.name: p for p in space_of(model)}
     wanted = list(known) if not names else [n.strip().replace("-", "_") for n in names if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown:

@@ -22,7 +22,6 @@ from typing import Any, Iterator, Mapping
 
 from .._file_kind import irregular, open_regular
 from ..errors import ConfigError
-from ..models.cml.config import CMLConfig
 from .objective import METRIC
 from .space import Param
 
@@ -173,19 +172,19 @@ def _trial_doc(t: Any) -> dict[str, Any]:
             "started": None if t.datetime_start is None else t.datetime_start.isoformat(timespec="seconds")}
 
 
-def best_config_document(base: CMLConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+def best_config_document(base: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial's full configuration as ``metricrec train --config`` reads it.
 
-    Every :class:`CMLConfig` field is written (so a later change of the library's defaults does not
+    Every field of ``base``'s config class (:class:`CMLConfig` for CML) is written (so a later change of the library's defaults does not
     change what the file means), except those that are None by default and in this config.
     """
     config = base.replace(**dict(params)).to_dict()
-    defaults = CMLConfig().to_dict()
+    defaults = type(base)().to_dict()
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
             if not (v is None and defaults.get(k) is None)}
 
 
-def study_document(study: Any, storage: str, space: tuple[Param, ...], base: CMLConfig,
+def study_document(study: Any, storage: str, space: tuple[Param, ...], base: Any,
                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything ``study.json`` records: settings, search space, every trial, the best one."""
     optuna = require_optuna()

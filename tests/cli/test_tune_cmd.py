@@ -181,3 +181,25 @@ def test_tune_help_documents_the_search_space(capsys):
     for name in ("margin", "learning_rate", "n_negatives", "batch_size", "cov_weight", "factors", "negative_group"):
         assert name in out
     assert "[0.25, 2.5]" in out and "--storage" in out and "--trials" in out
+
+
+def test_tune_model_sml_draws_its_own_space_and_best_json_trains_it(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    fast = [a if a != "torch" else "auto" for a in FAST]
+    code = main(["tune", "--model", "sml", *fast, "--trials", "2", "--storage",
+                 f"sqlite:///{tmp_path / 'tune.db'}", "--out", str(tmp_path / "out"), "--params", "margin_reg,item_weight"])
+    assert code == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["study_name"] == "sml-small" and doc["identity"]["model"] == "sml"
+    assert set(doc["trials"][1]["params"]) == {"margin_reg", "item_weight"}
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert "margin_max" in best and "margin" not in best  # SML's config, not CML's
+    assert "metricrec train --model sml --config" in out
+    # a CML setting is refused for --model sml, naming the model it belongs to
+    assert main(["tune", "--model", "sml", *fast, "--margin", "1.0", "--trials", "1", "--storage",
+                 f"sqlite:///{tmp_path / 'x.db'}", "--out", str(tmp_path / "o2")]) == 2
+    assert "--margin is a setting of --model cml" in capsys.readouterr().err
+    assert main(["tune", "--model", "sml", *fast, "--params", "margin", "--trials", "1", "--storage",
+                 f"sqlite:///{tmp_path / 'y.db'}", "--out", str(tmp_path / "o3")]) == 2
+    assert "not in the search space" in capsys.readouterr().err
