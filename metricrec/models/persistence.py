@@ -31,7 +31,8 @@ MODELS: dict[str, type] = {}
 
 
 #: The modules of metricrec's own models: importing one registers its class in :data:`MODELS`.
-BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model", "metricrec.models.sml.model")
+BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model", "metricrec.models.sml.model",
+                         "metricrec.models.dpcml.model", "metricrec.models.sfcml.model")
 
 
 def _register_builtin_models() -> None:
@@ -67,6 +68,12 @@ class PersistenceMixin:
         return save_model_files(path, arrays, meta, weights_format=weights_format)
 
     @classmethod
+    def _user_width(cls, config: Any) -> int:
+        """Width of a row of the saved user table (``config.factors``; a model whose user row holds
+        several vectors, DPCML, says how wide it is): what :meth:`load` and the schema expect."""
+        return int(config.factors)
+
+    @classmethod
     def _expected_extra(cls, doc: dict[str, Any], config: Any, where: Any) -> dict[str, tuple[int, ...]]:
         """Shapes of the float arrays a model saves besides the tables, from its checked document
         (``{}``: none); :meth:`load` refuses a file whose arrays differ before reading them."""
@@ -91,7 +98,8 @@ class PersistenceMixin:
         model = cls(config, device=device, show_progress=False, verbose=False)
         is_dir = Path(path).is_dir()
         weights = Path(path) / str(meta.get("weights", "weights.npz")) if is_dir else path
-        model._user = _table(arrays, "user_embeddings", (n_users, config.factors), path, weights).to(model.device)
+        model._user = _table(arrays, "user_embeddings", (n_users, cls._user_width(config)), path,
+                             weights).to(model.device)
         model._item = _table(arrays, "item_embeddings", (n_items, config.factors), path, weights).to(model.device)
         doc_path = Path(path) / "config.json" if is_dir else path  # what errors below name
         model.user_map = _map_from_json(meta.get("user_ids"), n_users, "user_ids", doc_path)

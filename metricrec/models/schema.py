@@ -63,9 +63,9 @@ def model_facts(cls: type, doc: Mapping[str, Any], where: Any) -> tuple[Any, int
     except (ConfigError, TypeError, ValueError, OverflowError) as exc:
         raise ModelFormatError(f"{where}: invalid model config ({exc})") from None
     n_users, n_items = _int(doc, "n_users", 0, MAX_ROWS, where), _int(doc, "n_items", 0, MAX_ROWS, where)
-    for n in (n_users, n_items):
-        if n * config.factors * 8 > MAX_ARRAY_BYTES:
-            raise ModelFormatError(f"{where}: {n:,} rows x {config.factors} factors is more than a model may hold")
+    for n, width in ((n_users, cls._user_width(config)), (n_items, config.factors)):
+        if n * width * 8 > MAX_ARRAY_BYTES:
+            raise ModelFormatError(f"{where}: {n:,} rows x {width} factors is more than a model may hold")
     check_history_doc(doc.get("history"), where)
     return config, n_users, n_items
 
@@ -124,7 +124,8 @@ def check_model_arrays(cls: type, doc: dict[str, Any], specs: Mapping[str, Any],
     config, n_users, n_items = model_facts(cls, doc, doc_where)
     d = config.factors
     expected: dict[str, tuple[tuple[int | None, ...], str, bool]] = {
-        "user_embeddings": ((n_users, d), "f", True), "item_embeddings": ((n_items, d), "f", True),
+        "user_embeddings": ((n_users, cls._user_width(config)), "f", True),
+        "item_embeddings": ((n_items, d), "f", True),
         "user_items.indptr": ((n_users + 1,), "iu", False), "user_items.indices": ((None,), "iu", False)}
     for name, shape in cls._expected_extra(doc, config, doc_where).items():
         expected[name] = (shape, "f", True)

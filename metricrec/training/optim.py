@@ -76,40 +76,63 @@ def _fused_adagrad():
             return None
 
         @numba.njit(parallel=True, cache=True)
-        def adagrad_rows(weight, acc, grad, touched, rows, lr, eps, max_norm):
-            # per row: acc += g^2; w -= lr g / sqrt(acc + eps); clip to max_norm (<= 0: none); g = 0
+        def adagrad_rows(weight, acc, grad, touched, rows, lr, eps, max_norm, block):
+            # per row: acc += g^2; w -= lr g / sqrt(acc + eps); clip each run of `block` columns
+            # (the whole row when block = d) to max_norm (<= 0: none); g = 0
             d = weight.shape[1]
             for j in numba.prange(rows.shape[0]):
                 r = rows[j]
-                sq = np.float32(0.0)
-                for t in range(d):
-                    g = grad[r, t]
-                    a = acc[r, t] + g * g
-                    acc[r, t] = a
-                    w = weight[r, t] - lr * (g / np.sqrt(a + eps))
-                    weight[r, t] = w
-                    sq += w * w
-                    grad[r, t] = 0.0
-                if max_norm > 0:
-                    norm = np.sqrt(sq)
-                    if norm > max_norm:
-                        scale = max_norm / max(norm, np.float32(1e-12))
-                        for t in range(d):
-                            weight[r, t] *= scale
+                for lo in range(0, d, block):
+                    hi = min(lo + block, d)
+                    sq = np.float32(0.0)
+                    for t in range(lo, hi):
+                        g = grad[r, t]
+                        a = acc[r, t] + g * g
+                        acc[r, t] = a
+                        w = weight[r, t] - lr * (g / np.sqrt(a + eps))
+                        weight[r, t] = w
+                        sq += w * w
+                        grad[r, t] = 0.0
+                    if max_norm > 0:
+                        norm = np.sqrt(sq)
+                        if norm > max_norm:
+                            scale = max_norm / max(norm, np.float32(1e-12))
+                            for t in range(lo, hi):
+                                weight[r, t] *= scale
                 touched[r] = False
 
         _fused = adagrad_rows
     return _fused or None
 
 
+def _block_width(block: int | None, width: int) -> int:
+    """The fused kernel's clip width: ``block`` (checked to divide ``width``), or the whole row."""
+    if block is None or block == width:
+        return max(int(width), 1)
+    if block < 1 or width % block:
+        raise ValueError(f"block {block} does not divide the row width {width}")
+    return int(block)
+
+
 def _can_fuse(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) and tensors[0].dtype == torch.float32
 
 
-def clip_rows(rows: torch.Tensor, max_norm: float | None) -> torch.Tensor:
-    """Scale rows whose L2 norm exceeds ``max_norm`` back to norm ``max_norm`` (in place)."""
+def clip_rows(rows: torch.Tensor, max_norm: float | None, block: int | None = None) -> torch.Tensor:
+    """Scale rows whose L2 norm exceeds ``max_norm`` back to norm ``max_norm`` (in place).
+
+    With ``block``, each run of ``block`` consecutive columns of a row is a vector of its own and is
+    clipped alone (a row that holds several vectors of one user: DPCML); ``block`` must divide the
+    width. None (or the width) clips whole rows.
+    """
     if max_norm is None:
         return rows
+    if block is not None and block != rows.shape[1]:
+        if block < 1 or rows.shape[1] % block:
+            raise ValueError(f"block {block} does not divide the row width {rows.shape[1]}")
+        norms = rows.reshape(rows.shape[0], rows.shape[1] // block, block).norm(dim=2, keepdim=True)
+        scale = torch.clamp(max_norm / norms.clamp_min(1e-12), max=1.0)
+        return rows.mul_(scale.expand(-1, -1, block).reshape(rows.shape))
     norms = rows.norm(dim=1, keepdim=True)
     scale = torch.clamp(max_norm / norms.clamp_min(1e-12), max=1.0)
     return rows.mul_(scale)
@@ -131,44 +154,50 @@ class RowAdagrad:
         self.eps = float(eps)
         self.acc = torch.full_like(weight, float(initial_accumulator))
 
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None) -> None:
-        """Apply ``grads`` (shape (R, d)) to the distinct ``rows`` (shape (R,)), then clip them."""
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None, *,
+             block: int | None = None) -> None:
+        """Apply ``grads`` (shape (R, d)) to the distinct ``rows`` (shape (R,)), then clip them
+        (each run of ``block`` columns alone with ``block``: :func:`clip_rows`)."""
         if rows.numel() == 0:
             return
         idx, g = rows, grads
         acc = self.acc.index_select(0, idx).addcmul_(g, g)
         self.acc.index_copy_(0, idx, acc)
         new = self.weight.index_select(0, idx).addcdiv_(g, (acc + self.eps).sqrt_(), value=-self.lr)
-        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm, block))
 
-    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25, *,
+                    block: int | None = None) -> None:
         """Apply and reset a :class:`~metricrec.kernel.GradBuffer`.
 
         On the CPU with numba: one fused compiled pass over the touched rows. Otherwise, when more
         than ``dense_fraction`` of the rows were touched, the update runs over the whole
         table in place (no gathers or scatters). That is exactly the sparse update: an untouched
         row has a zero gradient, so its accumulator and value do not change, and it is already
-        inside the ball.
+        inside the ball. ``block``: clip each run of that many columns of a row alone
+        (:func:`clip_rows`; None: whole rows).
         """
         fused = _fused_adagrad()
         if fused is not None and _can_fuse(self.weight, self.acc, buffer.grad):
             rows = buffer.touched.nonzero().squeeze(1).numpy()
             if rows.size:
+                width = self.weight.shape[1]
                 fused(self.weight.detach().numpy(), self.acc.numpy(), buffer.grad.numpy(), buffer.touched.numpy(),
-                      rows, np.float32(self.lr), np.float32(self.eps), np.float32(max_norm or 0.0))
+                      rows, np.float32(self.lr), np.float32(self.eps), np.float32(max_norm or 0.0),
+                      _block_width(block, width))
             return
         n_touched = int(buffer.touched.sum())
         if n_touched == 0:
             return
         if n_touched < dense_fraction * buffer.touched.numel():
-            self.step(*buffer.pop(), max_norm=max_norm)
+            self.step(*buffer.pop(), max_norm=max_norm, block=block)
             return
         g = buffer.grad
         self.acc.addcmul_(g, g)
         self.weight.addcdiv_(g, (self.acc + self.eps).sqrt_(), value=-self.lr)
         if max_norm is not None:
             rows = buffer.touched.nonzero().squeeze(1)
-            self.weight.index_copy_(0, rows, clip_rows(self.weight.index_select(0, rows), max_norm))
+            self.weight.index_copy_(0, rows, clip_rows(self.weight.index_select(0, rows), max_norm, block))
         g.zero_()
         buffer.touched.zero_()
 
@@ -190,7 +219,8 @@ class RowAdam:
         self.v = torch.zeros_like(weight)
         self.t = 0
 
-    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None) -> None:
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, max_norm: float | None = None, *,
+             block: int | None = None) -> None:
         if rows.numel() == 0:
             return
         self.t += 1
@@ -203,11 +233,12 @@ class RowAdam:
         c2 = 1 - self.b2**self.t
         denom = (v / c2).sqrt_().add_(self.eps)
         new = self.weight.index_select(0, idx).addcdiv_(m, denom, value=-self.lr / c1)
-        self.weight.index_copy_(0, idx, clip_rows(new, max_norm))
+        self.weight.index_copy_(0, idx, clip_rows(new, max_norm, block))
 
-    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25) -> None:
+    def step_buffer(self, buffer: GradBuffer, max_norm: float | None = None, dense_fraction: float = 0.25, *,
+                    block: int | None = None) -> None:
         """Apply and reset a GradBuffer (always row-sparse: lazy Adam must not decay untouched rows)."""
-        self.step(*buffer.pop(), max_norm=max_norm)
+        self.step(*buffer.pop(), max_norm=max_norm, block=block)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"m": self.m, "v": self.v}

@@ -54,6 +54,10 @@ class TrainingStep(Protocol):
         A name from :mod:`metricrec.training.backends` (sets the thread policy of each epoch).
     user_emb, item_emb : torch.Tensor, shapes (n_users, d), (n_items, d)
         The tables the trainer's row-sparse optimisers update in place.
+    user_clip_block : int or None, optional
+        A step may set it when a user row holds several vectors (DPCML: C vectors of width d side
+        by side): the ball (``max_norm``) then bounds each run of this many columns of a user row
+        alone (:func:`~metricrec.training.optim.clip_rows`). Absent or None: whole rows.
     """
 
     name: str
@@ -173,6 +177,9 @@ class Trainer:
         u, i = step.user_emb, step.item_emb
         #: Distinct rows of each table's sample at the start: the near-collapse guard's reference.
         self._distinct_at_start = {"user": distinct_rows(u), "item": distinct_rows(i)}
+        #: Width of the vectors a user row holds, each kept in the ball alone (the step's optional
+        #: ``user_clip_block``; None: the row is one vector).
+        self._user_block: int | None = getattr(step, "user_clip_block", None)
         self._opt = (make_optimizer(config.optimizer, u, config.learning_rate),
                      make_optimizer(config.optimizer, i, config.learning_rate))
         self._grads = (GradBuffer(*u.shape, dtype=u.dtype, device=self.device),
@@ -257,7 +264,7 @@ class Trainer:
                 par.combine(*self._grads)
                 t = _tick(clock, "exchange", t)
             self._set_learning_rate(lo // self.batch_size)
-            self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm)
+            self._opt[0].step_buffer(self._grads[0], max_norm=cfg.max_norm, block=self._user_block)
             if self.frozen_items:
                 self._grads[1].pop()  # discard: the items stay as they are (fold-in)
             else:
