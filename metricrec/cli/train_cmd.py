@@ -15,7 +15,11 @@ from ..errors import ConfigError
 from ..limits import MAX_FACTORS, bounded_int, thread_count, widths
 from ..models.bpr.config import BPRConfig
 from ..models.cml.config import CMLConfig
+from ..models.dpcml.config import NEGATIVE_MODES as DPCML_NEGATIVE_MODES, DPCMLConfig
+from ..models.lrml.config import METRICS as LRML_METRICS, NEGATIVE_RELATIONS, LRMLConfig
+from ..models.sfcml.config import WEIGHTINGS, SFCMLConfig
 from ..models.sml.config import NEGATIVE_MODES, SMLConfig
+from ..models.transcf.config import TransCFConfig
 from ..training.backends import CHOICES as BACKEND_CHOICES
 from ..training.config import DEFAULT_TIMEOUT_S
 from .train_run import add_run_arguments, discard_early_record, record_start, resumed_args
@@ -24,7 +28,8 @@ from .commands import COMMANDS
 
 #: The models ``metricrec train --model`` trains, by flag value, and their config classes (read without
 #: torch: the model classes are :data:`metricrec.cli.train_exec.MODEL_CLASSES`).
-MODEL_CONFIGS: dict[str, type] = {"cml": CMLConfig, "sml": SMLConfig, "bpr": BPRConfig}
+MODEL_CONFIGS: dict[str, type] = {"cml": CMLConfig, "sml": SMLConfig, "dpcml": DPCMLConfig, "sfcml": SFCMLConfig,
+                                  "transcf": TransCFConfig, "lrml": LRMLConfig, "bpr": BPRConfig}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_feature_arguments(train)
     train.add_argument("--model", choices=tuple(MODEL_CONFIGS), default="cml",
                        help="the model to train (default cml): CML (Hsieh et al., WWW 2017), SML (symmetric metric "
-                            "learning with learned margins, Li et al., AAAI 2020) or BPR matrix factorisation; each "
-                            "takes the shared training flags and its own (docs/models.md)")
+                            "learning with learned margins, Li et al., AAAI 2020), DPCML (several vectors per user, "
+                            "Bao et al., NeurIPS 2022), SFCML (sampling-free, Bao et al., TPAMI 2023), TransCF (Park "
+                            "et al., ICDM 2018), LRML (Tay et al., WWW 2018) or BPR matrix factorisation; each takes "
+                            "the shared training flags and its own (docs/models.md)")
     _add_config_arguments(train, tuple(MODEL_CONFIGS))
     train.add_argument("--out", help="output folder (default runs/<data>)")
     train.add_argument("--final", action="store_true",
@@ -192,10 +199,32 @@ _FLAGS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "margin_reg": (None, {"help": "gamma, the weight of the margin regulariser -(mean m_u + mean n_i) "
                                   "(default {default})"}),
     "margin_lr": (None, {"help": "AdaGrad rate of the margins, constant (default {default})"}),
-    "negatives": (None, {"type": str, "choices": NEGATIVE_MODES,
+    "negatives": (None, {"type": str, "choices": tuple(dict.fromkeys((*NEGATIVE_MODES, *DPCML_NEGATIVE_MODES))),
                          "help": "all: every sampled negative forms a hinge (their mean); hardest: only the most "
-                                 "violating one of each side (default {default})"}),
+                                 "violating one (SML: of each side; DPCML: CML's closest of U) (default {default})"}),
+    "weighting": (None, {"type": str, "choices": WEIGHTINGS,
+                         "help": "SFCML's normalisation of the all-negatives loss: per user or per pair (default "
+                                 "{default})"}),
+    "metric": (None, {"type": str, "choices": LRML_METRICS, "help": "LRML's distance, l2 or l1 (default {default})"}),
+    "negative_relation": (None, {"type": str, "choices": NEGATIVE_RELATIONS,
+                                 "help": "LRML: the relation a negative pair is scored with, its own or the positive's "
+                                         "(default {default})"}),
     "regularization": (None, {"help": "L2 weight on the rows of each BPR triple (default {default})"}),
+    "n_vectors": (None, {"type": int, "metavar": "C", "help": "DPCML: vectors per user, scored by the nearest (default "
+                                                             "{default})"}),
+    "diversity_weight": (None, {"help": "eta, the weight of DPCML's diversity regulariser (default {default})"}),
+    "diversity_min": (None, {"help": "delta_1, the lower end of the band a user's vector spread is held in "
+                                     "(default {default})"}),
+    "diversity_max": (None, {"help": "delta_2, the upper end of that band (default {default})"}),
+    "init_spread": (None, {"help": "DPCML: the seeded perturbation that separates a user's C start vectors (default "
+                                   "{default})"}),
+    "dist_reg": (None, {"help": "TransCF: weight of the distance regulariser d(u,i) on positives (default {default})"}),
+    "nbr_reg": (None, {"help": "TransCF: weight of the neighbourhood regulariser |u - alpha_u|^2 + |v - beta_v|^2 "
+                                "(default {default})"}),
+    "memory_slots": (None, {"type": int, "help": "LRML: key/value slots of the relation memory (default {default})"}),
+    "memory_lr": (None, {"help": "LRML: AdaGrad rate of the memory's keys and values (default {default})"}),
+    "memory_init_std": (None, {"type": _float_or_none, "metavar": "X|none",
+                               "help": "LRML: std of the memory's start (none: 1/sqrt(d); default {default})"}),
 }
 
 

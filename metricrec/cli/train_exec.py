@@ -25,7 +25,11 @@ from .._file_kind import not_a_folder
 from ..errors import ConfigError
 from ..models.bpr.model import BPR
 from ..models.cml.model import CML
+from ..models.dpcml.model import DPCML
+from ..models.lrml.model import LRML
+from ..models.sfcml.model import SFCML
 from ..models.sml.model import SML
+from ..models.transcf.model import TransCF
 from ..fingerprint import check_fingerprint, fingerprint
 from ..metrics import evaluate_part
 from ..models.base import EmbeddingRecommender, load_model
@@ -44,7 +48,8 @@ from .sources import (describe_args, fallback_out, load_data, load_item_features
 # ---------------------------------------------------------------------- train
 TEST_KS = (10, 20, 50, 100)
 #: The model class of each ``metricrec train --model`` (their configs: :data:`metricrec.cli.train_cmd.MODEL_CONFIGS`).
-MODEL_CLASSES: dict[str, type[EmbeddingRecommender]] = {"cml": CML, "sml": SML, "bpr": BPR}
+MODEL_CLASSES: dict[str, type[EmbeddingRecommender]] = {"cml": CML, "sml": SML, "dpcml": DPCML, "sfcml": SFCML,
+                                                         "transcf": TransCF, "lrml": LRML, "bpr": BPR}
 
 
 def run_train(args: argparse.Namespace) -> int:

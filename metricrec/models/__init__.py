@@ -12,9 +12,12 @@ from typing import Any
 _LAZY = {
     "MODELS": ".base", "EmbeddingRecommender": ".base", "load_model": ".base",
     "BPR": ".bpr", "BPRConfig": ".bpr", "CML": ".cml", "CMLConfig": ".cml", "SML": ".sml", "SMLConfig": ".sml",
+    "DPCML": ".dpcml", "DPCMLConfig": ".dpcml", "SFCML": ".sfcml", "SFCMLConfig": ".sfcml",
+    "TransCF": ".transcf", "TransCFConfig": ".transcf", "LRML": ".lrml", "LRMLConfig": ".lrml",
 }
 
-__all__ = ["BPR", "BPRConfig", "CML", "CMLConfig", "EmbeddingRecommender", "MODELS", "SML", "SMLConfig", "load_model"]
+__all__ = ["BPR", "BPRConfig", "CML", "CMLConfig", "DPCML", "DPCMLConfig", "EmbeddingRecommender", "LRML", "LRMLConfig",
+           "MODELS", "SFCML", "SFCMLConfig", "SML", "SMLConfig", "TransCF", "TransCFConfig", "load_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,8 @@ MODELS: dict[str, type] = {}
 
 #: The modules of metricrec's own models: importing one registers its class in :data:`MODELS`.
 BUILTIN_MODEL_MODULES = ("metricrec.models.cml.model", "metricrec.models.bpr.model", "metricrec.models.sml.model",
-                         "metricrec.models.dpcml.model", "metricrec.models.sfcml.model")
+                         "metricrec.models.dpcml.model", "metricrec.models.sfcml.model",
+                         "metricrec.models.transcf.model", "metricrec.models.lrml.model")
 
 
 def _register_builtin_models() -> None:

@@ -81,9 +81,9 @@ def test_train_bpr_saves_a_bpr_model(tmp_path, capsys):
     (["--margin-max", "1"], "--model cml has no such setting: --margin-max is a setting of --model sml"),
     (["--model", "sml", "--margin", "0.5"], "--model sml has no such setting: --margin is a setting of --model cml"),
     (["--model", "sml", "--no-rank-weight", "--regularization", "0.1"],
-     "--no-rank-weight is a setting of --model cml; --regularization is a setting of --model bpr"),
+     "--no-rank-weight is a setting of --model cml/dpcml; --regularization is a setting of --model bpr"),
     (["--model", "bpr", "--item-features", "tags"], "--item-features trains CML+F (--model cml)"),
-    (["--model", "sml", "--kernel", "numba"], "--model sml has a torch training step only"),
+    (["--model", "bpr", "--kernel", "numba"], "--model bpr has a torch training step only"),
     (["--model", "sml", "--margin-init", "2"], "margin_init must be None or a number in [0, margin_max=1.0]"),
 ])
 def test_a_flag_of_another_model_is_one_clear_line_and_nothing_is_written(tmp_path, capsys, argv, words):
@@ -103,7 +103,7 @@ def test_the_default_model_is_still_cml_and_its_flags_still_work(tmp_path):
 
 
 def test_an_unknown_model_or_negatives_mode_is_refused_by_the_parser(capsys):
-    for argv in (["--model", "dpcml"], ["--model", "sml", "--negatives", "closest"]):
+    for argv in (["--model", "cpe"], ["--model", "sml", "--negatives", "closest"]):
         with pytest.raises(SystemExit) as info:
             main(["train", "--synthetic", "small", *argv])
         assert info.value.code == 2
@@ -119,3 +119,27 @@ def test_final_trains_the_same_model_class_on_every_interaction(tmp_path):
     final = load_model(out / "final")
     assert type(final) is SML and final.config.margin_max == 0.7
     assert final.config.epochs == report["best_epoch"] and final.user_items.nnz == report["final"]["pairs"]
+
+
+# ---------------------------------------------------------------------- the rest of the family
+FAMILY = {"dpcml": ("DPCML", ["--n-vectors", "2"]), "sfcml": ("SFCML", ["--weighting", "pair"]),
+          "transcf": ("TransCF", ["--nbr-reg", "0.05"]), "lrml": ("LRML", ["--memory-slots", "4"])}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_every_family_model_trains_evaluates_and_recommends_through_the_cli(name, tmp_path, capsys):
+    label, flags = FAMILY[name]
+    out = tmp_path / name
+    assert main(["train", "--model", name, *FAST, *flags, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == label and report["test"]["recall@50"] > 0
+    model = load_model(out / "model")
+    assert type(model).__name__ == label
+    flag, value = flags[0].lstrip("-").replace("-", "_"), flags[1]
+    assert str(getattr(model.config, flag)) == value  # the model's own flag reached its config
+    assert main(["evaluate", "--model", str(out), "--json", str(tmp_path / "m.json")]) == 0
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["recall@50"] == pytest.approx(report["test"]["recall@50"])
+    capsys.readouterr()
+    assert main(["recommend", "--model", str(out), "--user", str(model.user_ids[0]), "-n", "3"]) == 0
+    assert len([l for l in capsys.readouterr().out.splitlines() if l.strip()[:2].rstrip(".").isdigit()]) == 3
