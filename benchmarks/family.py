@@ -146,6 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="family", help="results file stem (default family)")
     args = p.parse_args(argv)
     rows: list[dict[str, Any]] = []
+    peers = tuned_peers(PEERS_FILES)
+
+    def write() -> None:  # after every set: a long run interrupted keeps what it measured
+        meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "threads": args.threads,
+                "sets_done": sorted({r["data"] for r in rows}),
+                "grids": {m: GRIDS[m] for m in args.models} if args.tune else None,
+                "note": "s / epoch: mean training seconds of an epoch (validation excluded); s to best: "
+                        "initialisation + epochs up to the best; peak MiB: the training process's ru_maxrss; tuned: "
+                        "the grid point with the best valid Recall@50 (the defaults are a point of it)"}
+        text = table(rows, peers)
+        write_results(RESULTS / args.name, {"meta": meta, "rows": rows}, meta_page(args.name, meta, text))
+
     for data in args.sets:
         for model in args.models:
             wait_for_load(args.wait_load, args.wait_max)
@@ -159,13 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 if best is not None:
                     rows.append({**best, "role": "tuned", "grid": [{"flags": g["flags"],
                                  "valid_recall@50": g.get("valid_recall@50"), "error": g.get("error")} for g in grid]})
-    text = table(rows, tuned_peers(PEERS_FILES))
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "threads": args.threads,
-            "grids": {m: GRIDS[m] for m in args.models} if args.tune else None,
-            "note": "s / epoch: mean training seconds of an epoch (validation excluded); s to best: initialisation + "
-                    "epochs up to the best; peak MiB: the training process's ru_maxrss; tuned: the grid point with "
-                    "the best valid Recall@50 (the defaults are a point of it)"}
-    write_results(RESULTS / args.name, {"meta": meta, "rows": rows}, meta_page(args.name, meta, text))
+        write()
     return 0
 
 
