@@ -19,7 +19,7 @@ import torch
 
 from ...errors import ConfigError
 from ...metrics import Scorer
-from ...training.backends import TORCH
+from ...training.backends import NUMBA, TORCH
 from ..approximate import _liked
 from ..base import EmbeddingRecommender
 from ..init import INSIDE
@@ -63,7 +63,7 @@ class DPCML(EmbeddingRecommender):
     config_class = DPCMLConfig
     model_name = "DPCML"
     distance = "euclidean"
-    backends = (TORCH,)
+    backends = (TORCH, NUMBA)
     custom_user_scores = True
     config: DPCMLConfig
 
@@ -107,9 +107,11 @@ class DPCML(EmbeddingRecommender):
                    user_items: Any, backend: str, **fit_kw: Any) -> DPCMLStep:
         if fit_kw:
             raise TypeError(f"DPCML.fit got unexpected keyword arguments: {', '.join(sorted(fit_kw))}")
-        # the step is torch code whatever "auto" resolved to: the torch thread policy keeps the
-        # model's num_threads for it (the numba policy would run its epochs on one torch thread)
-        return DPCMLStep(config, user_emb, item_emb, TORCH)
+        # the compiled kernel is DPCML2's (negatives "hardest"); DPCML1 trains with the torch step
+        # under torch's thread policy whatever was asked for
+        if backend == NUMBA and config.negatives != "hardest":
+            backend = TORCH
+        return DPCMLStep(config, user_emb, item_emb, backend)
 
     def _fold_in_start(self, m: sp.csr_matrix, item: torch.Tensor) -> torch.Tensor:
         """C vectors per new user: the centroid of its items (the base's start) spread as at training

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from ...metrics import Scorer
+from ...training.backends import NUMBA
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
 from ..cml.losses import rank_weight
@@ -359,7 +360,8 @@ def min_distance_scorer(user_emb: torch.Tensor, item_emb: torch.Tensor, n_vector
 
 
 class DPCMLStep:
-    """A :class:`~metricrec.training.trainer.TrainingStep` for DPCML (torch backend, any device).
+    """A :class:`~metricrec.training.trainer.TrainingStep` for DPCML: the torch backend (any device), or
+    the compiled CPU kernel of DPCML2 (:mod:`metricrec.models.dpcml.step_numba`, backend ``"numba"``).
 
     Parameters
     ----------
@@ -385,11 +387,30 @@ class DPCMLStep:
         self.config, self.backend = config, backend
         self.user_emb, self.item_emb = user_emb, item_emb
         self.user_clip_block = int(item_emb.shape[1])
+        self._hardest_numba = None
+        if backend == NUMBA:
+            if config.negatives != "hardest":
+                raise ValueError("the numba backend computes DPCML2 (negatives='hardest') only")
+            from . import step_numba
+
+            step_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
+            self._hardest_numba = step_numba.dpcml_hardest_numba
 
     def batch(self, users: torch.Tensor, items: torch.Tensor, draw: NegativeDraw,
               user_grad: GradBuffer, item_grad: GradBuffer) -> tuple[float, dict[str, float]]:
         """Gradients into the buffers; (total, {metric_loss, diversity_loss})."""
         cfg = self.config
+        if self._hardest_numba is not None:
+            metric = self._hardest_numba(self.user_emb, self.item_emb, users, items, draw, user_grad, item_grad,
+                                         n_vectors=cfg.n_vectors, margin=cfg.margin,
+                                         use_rank_weight=cfg.use_rank_weight)
+            div = 0.0
+            if cfg.diversity_weight and cfg.n_vectors > 1:
+                div = _diversity_term(self.user_emb, users, user_grad, cfg.n_vectors, self.item_emb.shape[1],
+                                      users.numel() * float(cfg.diversity_weight), float(cfg.diversity_min),
+                                      float(cfg.diversity_max))
+            parts = {"metric_loss": metric, "diversity_loss": div}
+            return sum(parts.values()), parts
         parts = dpcml_gradients(self.user_emb, self.item_emb, users, items, draw, user_grad, item_grad,
                                 n_vectors=cfg.n_vectors, margin=cfg.margin, hardest=cfg.negatives == "hardest",
                                 use_rank_weight=cfg.use_rank_weight, diversity_weight=cfg.diversity_weight,

@@ -42,7 +42,7 @@ def _compile():
 def _pair_pass(numba):
     """Per pair, in parallel: the distances, both hinges, their weights and losses."""
 
-    @numba.njit(parallel=True, fastmath=False, cache=True)
+    @numba.njit(parallel=True, fastmath=True, cache=True)
     def pair_pass(U, V, users, pos, negs, m_user, m_item, item_weight, hardest, A, C, loss_u, loss_i):
         b_count, n_neg = negs.shape
         d = U.shape[1]
@@ -107,7 +107,7 @@ def _pair_pass(numba):
 def _scatter_pass(numba):
     """The hinge gradients into the dense buffers, race-free (rows owned by parts)."""
 
-    @numba.njit(parallel=True, fastmath=False, cache=True)
+    @numba.njit(parallel=True, fastmath=True, cache=True)
     def scatter_pass(U, V, users, pos, negs, A, C, GU, GV, touched_u, touched_v, n_parts):
         b_count, n_neg = negs.shape
         d = U.shape[1]

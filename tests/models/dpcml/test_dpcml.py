@@ -149,9 +149,11 @@ class TestDPCML(RecommenderBehaviour):
         assert "on 20 users (60 queries): 1.0000" in out
         assert load_model(path).ann_index is not None
 
-    def test_has_no_numba_backend(self):
-        with pytest.raises(ConfigError, match="kernel"):
-            self.make(kernel="numba")
+    def test_auto_trains_dpcml2_with_the_compiled_kernel_and_dpcml1_with_torch(self, fitted, data_split):
+        pytest.importorskip("numba")
+        assert fitted._trainer.step.backend == ("numba" if fitted.config.negatives == "hardest" else "torch")
+        mean = self.make(epochs=1, negatives="all", use_rank_weight=False).fit(data_split.train)
+        assert mean._trainer.step.backend == "torch"  # DPCML1 has the torch step only
 
 
 # ---------------------------------------------------------------------- gradients against autograd
@@ -416,3 +418,55 @@ def test_dpcml_trains_on_cuda_and_loads_on_the_cpu(data_split, tmp_path):
     assert np.array_equal(ids, ids2) and np.array_equal(vals, vals2)
     np.testing.assert_allclose(again.scorer()(np.arange(4)).numpy(), scores.cpu().numpy(), rtol=1e-5, atol=1e-5)
     assert model.fold_in_rows(train[:3], epochs=2).device.type == "cuda"
+
+
+# ---------------------------------------------------------------------- the compiled CPU kernel (DPCML2)
+@pytest.mark.parametrize("rank", [True, False])
+def test_dpcml_numba_kernel_fills_the_buffers_as_the_torch_step(rank):
+    # float32 on both sides: the torch step's batched |g|^2 + |v|^2 - 2 g.v against the kernel's direct
+    # differences agree to float32 rounding of O(1) numbers (~1e-6); 1e-5 is well above that and far
+    # below a wrong or missing term (O(0.01) or more). The problem has no near-ties between a row's
+    # negatives or vectors, so both pick the same nearest ones.
+    pytest.importorskip("numba")
+    from metricrec.models.dpcml.step_numba import dpcml_hardest_numba
+
+    ue, ie, users, positives, draw = _problem()
+    ue, ie = ue.float(), ie.float()
+    out = []
+    for numba_path in (False, True):
+        bufs = [GradBuffer(5, 12), GradBuffer(14, 4)]
+        if numba_path:
+            value = dpcml_hardest_numba(ue, ie, users, positives, draw, *bufs, n_vectors=3, margin=1.0,
+                                        use_rank_weight=rank)
+        else:
+            value = dpcml_gradients(ue, ie, users, positives, draw, *bufs, n_vectors=3, margin=1.0, hardest=True,
+                                    use_rank_weight=rank)["metric_loss"]
+        out.append((value, [b.pop() for b in bufs]))
+    (v_t, b_t), (v_n, b_n) = out
+    assert v_t > 0 and v_n == pytest.approx(v_t, rel=1e-5)
+    for (rows_t, g_t), (rows_n, g_n) in zip(b_t, b_n):
+        assert torch.equal(rows_t, rows_n)
+        torch.testing.assert_close(g_n, g_t, rtol=1e-5, atol=1e-5)
+
+
+def test_dpcml_numba_kernel_does_not_depend_on_the_thread_count():
+    # each row's terms are summed in pair order by the one part that owns it: bitwise the same sums
+    numba = pytest.importorskip("numba")
+    from metricrec.models.dpcml.step_numba import dpcml_hardest_numba
+
+    gen = torch.Generator().manual_seed(5)
+    ue, ie = torch.randn(40, 3 * 8, generator=gen) / 4, torch.randn(60, 8, generator=gen) / 4
+    users, positives = torch.randint(0, 40, (300,), generator=gen), torch.randint(0, 60, (300,), generator=gen)
+    neg = torch.randint(0, 60, (300, 5), generator=gen)
+    draw = NegativeDraw(neg, neg, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 1)
+    results, before = [], numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            bufs = [GradBuffer(40, 24), GradBuffer(60, 8)]
+            dpcml_hardest_numba(ue, ie, users, positives, draw, *bufs, n_vectors=3, margin=1.0)
+            results.append([b.pop() for b in bufs])
+    finally:
+        numba.set_num_threads(before)
+    for (r0, g0), (r1, g1) in zip(results[0], results[-1]):
+        assert torch.equal(r0, r1) and torch.equal(g0, g1)
