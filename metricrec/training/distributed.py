@@ -125,13 +125,15 @@ class DataParallel:
         buffers hold the global batch's gradients on the union of the touched rows."""
         touched = self.union(*(b.touched for b in buffers))
         rows = [t.nonzero().squeeze(1) for t in touched]
-        grads = torch.cat([b.grad.index_select(0, r) for b, r in zip(buffers, rows)])
+        # flattened: the buffers may differ in width (DPCML's user rows hold C vectors)
+        grads = torch.cat([b.grad.index_select(0, r).reshape(-1) for b, r in zip(buffers, rows)])
         self.sum_(grads, "row gradients")
         lo = 0
         for b, r, t in zip(buffers, rows, touched):
-            b.grad.index_copy_(0, r, grads[lo: lo + r.numel()])
+            size = r.numel() * b.grad.shape[1]
+            b.grad.index_copy_(0, r, grads[lo: lo + size].view(r.numel(), b.grad.shape[1]))
             b.touched.copy_(t)
-            lo += r.numel()
+            lo += size
         self.stats.steps += 1
 
     def sum_floats(self, values: dict[str, float]) -> dict[str, float]:

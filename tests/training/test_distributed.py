@@ -173,3 +173,42 @@ def test_a_failed_rank_stops_the_job_with_a_clear_message(tmp_path, how):
     assert code != 0
     assert "rank 0 of 2" in stderr and "failed" in stderr, stderr[-2000:]
     assert waited < 40
+
+
+# Two family models whose data-parallel step differs from CML's: DPCML's user rows are C vectors wide
+# (the ranks' gradient buffers of two widths are summed in one all-reduce), LRML trains a memory
+# beside the tables (its gradients are summed across the ranks by the step itself).
+FAMILY_WORKER = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    from metricrec.data.splits import ratio_split
+    from metricrec.data.synthetic import generate
+    from metricrec.models import DPCML, LRML
+    from metricrec.training import distributed
+
+    out = sys.argv[1]
+    par = distributed.init_from_env("cpu", timeout_s=60)
+    split = ratio_split(generate(preset="small", seed=0), seed=0)
+    for cls in (DPCML, LRML):
+        m = cls(factors=8, batch_size=256, epochs=2, patience=0, show_progress=False, verbose=False).fit(split.train)
+        arrays = {"user": m.user_embeddings, "item": m.item_embeddings}
+        if cls is LRML:
+            arrays.update(keys=m.memory_keys, values=m.memory_values)
+        np.savez(os.path.join(out, f"{cls.__name__}-{par.rank}.npz"), **arrays)
+    distributed.shutdown()
+""")
+
+
+def test_family_models_with_wider_rows_or_own_parameters_stay_identical_across_ranks(tmp_path):
+    script = tmp_path / "family_worker.py"
+    script.write_text(FAMILY_WORKER)
+    port = _free_port()
+    procs = [_start([str(script), str(tmp_path)], _env(r, 2, port)) for r in range(2)]
+    assert _wait_all(procs, timeout=120) == [0, 0]
+    for name in ("DPCML", "LRML"):
+        a, b = np.load(tmp_path / f"{name}-0.npz"), np.load(tmp_path / f"{name}-1.npz")
+        assert set(a.files) == set(b.files) and len(a.files) >= 2
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), f"{name} {key} differs across ranks"
