@@ -8,6 +8,7 @@
 ``POST /recommend/batch`` ``{"users": [ID, ...], "n": 10}``: several known users in one scoring call
 ``GET /health``        model path, sizes, load time, index kind
 ``POST /reload``       load the model at the same path again and swap it in
+``GET /metrics``       Prometheus metrics (:mod:`metricrec.serving.metrics`; not in the OpenAPI document)
 ``GET /openapi.json``  the schemas of all of the above (``GET /docs``: the same as a page)
 =====================  ======================================================================
 
@@ -21,6 +22,12 @@ directly, without a validation pass (the models document them on ``/openapi.json
 Every refused request gets a 4xx JSON body ``{"error": CODE, "detail": MESSAGE}``; an
 unexpected failure a 500 with the same shape and no traceback (logged by the server). Bodies
 over ``Limits.max_body_bytes`` are refused (413) before they are read in full or parsed.
+
+The common ``GET /recommend?user=ID&n=N`` is answered before FastAPI by
+:class:`~metricrec.serving.fastpath.FastRecommend` (the same answer, at a fraction of the cost,
+concurrent requests scored in one call); every other request, and every request it does not
+recognise as well-formed, goes through FastAPI as described above. The middleware from the outside
+in: access log, metrics, the fast path, the body limit, FastAPI.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' (local) types
@@ -128,7 +135,7 @@ class AccessLog:
 
 def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHolder | None = None,
                limits: Limits = Limits(), loader: Callable[[str], Any] | None = None,
-               reload_endpoint: bool = True) -> Any:
+               reload_endpoint: bool = True, batching: bool = True, metrics: bool = True) -> Any:
     """The FastAPI application serving one model.
 
     Parameters
@@ -143,6 +150,10 @@ def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHold
         ``loader(path) -> model`` (default: the model and its ANN index).
     reload_endpoint : bool
         Offer ``POST /reload``.
+    batching : bool
+        Score concurrent ``GET /recommend`` requests together (:class:`~metricrec.serving.fastpath.Batcher`).
+    metrics : bool
+        Count requests and offer ``GET /metrics`` (needs prometheus-client; skipped without it).
 
     Returns
     -------
@@ -156,14 +167,81 @@ def create_app(model_path: str | os.PathLike | None = None, *, holder: ModelHold
         holder = ModelHolder(model_path, loader)
     # strict_content_type off: a body without a Content-Type is read as JSON, as before FastAPI 0.1xx made
     # that an error (a body sent with another type is still a 415)
-    app = fastapi.FastAPI(title="metricrec", version=__version__, docs_url="/docs", redoc_url=None,
-                          openapi_url="/openapi.json", strict_content_type=False)
+    app = _service_app_class(fastapi)(title="metricrec", version=__version__, docs_url="/docs", redoc_url=None,
+                                      openapi_url="/openapi.json", strict_content_type=False)
     app.state.holder, app.state.limits = holder, limits
+    registry = _service_metrics(holder) if metrics else None
     _add_error_handlers(app)
     _add_routes(app, holder, limits, reload_endpoint)
+    if registry is not None:
+        _add_metrics_route(app, registry)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(AccessLog)  # outermost: it times and logs the refused bodies too
+    # in front of FastAPI (outermost first): the access log, the metrics, the fast path
+    from .fastpath import FastRecommend
+
+    front: Any = FastRecommend(app.fastapi_call, holder=holder, max_n=limits.max_n, batching=batching,
+                               on_batch=None if registry is None else registry.batch.observe)
+    app.state.fast_path = front
+    if registry is not None:
+        from .metrics import MetricsMiddleware
+
+        front = MetricsMiddleware(front, metrics=registry)
+    app.front = AccessLog(front)  # outermost: it times and logs the refused bodies too
     return app
+
+
+_APP_CLASS: Any = None
+
+
+def _service_app_class(fastapi: Any) -> type:
+    """``fastapi.FastAPI`` whose requests pass :attr:`front` (access log, metrics, fast path) before
+    FastAPI's own stack: the fast path's answers pay for none of it."""
+    global _APP_CLASS
+    if _APP_CLASS is None:
+        class ServiceApp(fastapi.FastAPI):
+            front: Any = None
+
+            async def fastapi_call(self, scope: dict, receive: Callable, send: Callable) -> None:
+                await fastapi.FastAPI.__call__(self, scope, receive, send)
+
+            async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+                if self.front is None or scope["type"] != "http":
+                    return await fastapi.FastAPI.__call__(self, scope, receive, send)
+                await self.front(scope, receive, send)
+
+        _APP_CLASS = ServiceApp
+    return _APP_CLASS
+
+
+def _service_metrics(holder: ModelHolder) -> Any:
+    """This process's metrics (None without prometheus-client), following the holder's reloads."""
+    try:
+        from .metrics import service_metrics
+
+        registry = service_metrics()
+    except ImportError:
+        log.warning("prometheus-client is not installed: no GET /metrics (pip install metricrec[serve])")
+        return None
+    registry.generation.set(holder.current.generation)
+
+    def on_reload(ok: bool, snap: Any) -> None:
+        registry.reloads.labels("ok" if ok else "failed").inc()
+        if snap is not None:
+            registry.generation.set(snap.generation)
+
+    if hasattr(holder, "observe"):
+        holder.observe(on_reload)
+    return registry
+
+
+def _add_metrics_route(app: Any, registry: Any) -> None:
+    from starlette.responses import Response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format: request counts, latency histograms, errors (all workers)."""
+        body, content_type = registry.render()
+        return Response(body, media_type=content_type)
 
 
 def _add_routes(app: Any, holder: ModelHolder, limits: Limits, reload_endpoint: bool) -> None:

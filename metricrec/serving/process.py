@@ -28,8 +28,9 @@ class ServerProcess:
     *extra : str
         More ``metricrec serve`` arguments.
     timeout : float
-        Seconds to wait for ``GET /health`` to answer 200 (RuntimeError with the server's output
-        otherwise, the process stopped).
+        Seconds to wait for ``GET /health`` to answer 200 and for the server to print its address
+        (which it does once every worker is ready); RuntimeError with the server's output
+        otherwise, the process stopped.
     log_dir : path, optional
         Where the server's output file goes (default: beside the model).
     env : dict, optional
@@ -51,6 +52,7 @@ class ServerProcess:
         log_dir = Path(log_dir) if log_dir is not None else Path(model_dir).resolve().parent
         self.log_path = log_dir / f"serve-{self.port}.log"
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0  # this run's output from here
         with open(self.log_path, "ab") as log:  # O_APPEND: the child's writes never overwrite
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "metricrec", "serve", "--model", str(model_dir), "--port", str(self.port),
@@ -75,7 +77,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200 and \
+                        b"metricrec serve: http://" in self.log_path.read_bytes()[self._log_start:]:
                     return
             except httpx.TransportError:
                 pass
@@ -89,12 +92,19 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def stop(self) -> str:
+    def worker_pids(self) -> list[int]:
+        """The pids of the server's worker processes (its children), from ``/proc`` (Linux)."""
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            pids += [int(p) for p in task.read_text().split()]
+        return sorted(pids)
+
+    def stop(self, timeout: float = 30.0) -> str:
         """Terminate (then kill) the process; return what it printed."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)

@@ -107,6 +107,9 @@ class Snapshot:
     loaded_at: float
     load_seconds: float
     generation: int
+    #: The fast path's arrays (:class:`~metricrec.serving.fastpath.FastTables`), when the loader made
+    #: them (memory-mapped from the serving cache); None: built from the model when first needed.
+    tables: Any = None
 
     @property
     def approximate(self) -> bool:
@@ -143,7 +146,19 @@ class ModelHolder:
         self._loader = loader or load_serving_model
         self._lock = threading.Lock()
         self._generation = 0
+        self._observers: list[Callable[[bool, Snapshot | None], None]] = []
         self.current: Snapshot = self._load()
+
+    def observe(self, callback: Callable[[bool, "Snapshot | None"], None]) -> None:
+        """Call ``callback(ok, snapshot)`` after every reload (``ok`` False and None on a failure)."""
+        self._observers.append(callback)
+
+    def _notify(self, ok: bool, snap: "Snapshot | None") -> None:
+        for callback in self._observers:
+            try:
+                callback(ok, snap)
+            except Exception:  # noqa: BLE001 - an observer (metrics) never fails a reload
+                pass
 
     def _load(self) -> Snapshot:
         t0 = time.perf_counter()
@@ -161,10 +176,12 @@ class ModelHolder:
             try:
                 snap = self._load()
             except Exception as exc:  # any failure: keep serving the old model
+                self._notify(False, None)
                 raise RequestError(409, "reload_failed", f"cannot load {self.path} ({_one_line(exc)}); still serving "
                                    f"the model loaded at {old.health()['loaded_at']}") from None
             self.current = snap
-            return snap
+        self._notify(True, snap)
+        return snap
 
 
 def _one_line(exc: BaseException) -> str:
