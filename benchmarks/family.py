@@ -70,17 +70,31 @@ def run_model(model: str, data: str, data_dir: str, threads: int | None, extra: 
     return {**base, **summarise(report), "process_seconds": process_s, "peak_rss_mb": peak_mb}
 
 
+#: Runs its arguments as a command and writes the command's own peak RSS (KiB) to the file named first.
+#: A child's ``ru_maxrss`` starts at the resident size of the process that spawned it (Linux carries
+#: the spawner's high-water mark through ``exec``), so the command is spawned from this small
+#: interpreter, not from the benchmark (or a test runner) holding a gigabyte.
+_PEAK_WRAPPER = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _run_measured(cmd: list[str]) -> tuple[int, str, float]:
     """Run ``cmd`` to its end; (exit code, stderr, peak resident MiB of that process alone).
 
-    The peak is the child's own ``ru_maxrss`` from ``os.wait4`` (Linux: KiB), not the maximum over every
-    child this process had, which ``RUSAGE_CHILDREN`` would give."""
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    The peak is the command's own ``ru_maxrss`` (Linux: KiB), read by :data:`_PEAK_WRAPPER`, not the
+    maximum over every child this process had (``RUSAGE_CHILDREN``) nor a figure that starts at this
+    process's own size."""
+    with tempfile.TemporaryFile("w+") as err, tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, peak.name, *cmd], stdout=subprocess.DEVNULL,
+                              stderr=err, cwd=ROOT)
         err.seek(0)
-        return proc.returncode, err.read(), usage.ru_maxrss / 1024.0
+        text = peak.read().strip()
+        return proc.returncode, err.read(), (int(text) / 1024.0 if text else float("nan"))
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
