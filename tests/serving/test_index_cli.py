@@ -16,7 +16,7 @@ def test_index_command_builds_saves_and_reports(tmp_path, tiny_model, capsys):
     tiny_model.save(model_dir)
     assert main(["index", "--model", str(model_dir), "--kind", "hnsw", "--m", "8", "--ef-search", "40"]) == 0
     out = capsys.readouterr().out
-    assert "index: hnsw (m=8, ef_construction=200, ef_search=40) over 80 items x 8 (l2)" in out
+    assert "index: hnsw (m=8, ef_construction=40, ef_search=40) over 80 items x 8 (l2)" in out
     assert "build: " in out and f"saved: {model_dir / 'index'}" in out and "MiB on disk" in out
     assert "recall@10 vs exact on 60 users: 1.0000" in out
     served = load_serving_model(model_dir)
