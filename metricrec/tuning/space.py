@@ -78,6 +78,28 @@ SPACES: dict[str, tuple[Param, ...]] = {
         Param("margin_reg", "float", 1e-3, 0.5, log=True, why="gamma, weight of the margin regulariser"),
         Param("margin_lr", "float", 0.01, 0.5, log=True, why="AdaGrad rate of the margins"),
     ),
+    "dpcml": (
+        _SHARED["learning_rate"], _SHARED["n_negatives"], _SHARED["batch_size"], _SHARED["factors"],
+        Param("margin", "float", 0.25, 2.5, why="hinge margin lambda"),
+        Param("n_vectors", "categorical", choices=(1, 2, 3, 5), why="C, vectors per user"),
+        Param("diversity_weight", "float", 1e-2, 10.0, log=True, why="eta, weight of the diversity regulariser"),
+    ),
+    "sfcml": (
+        _SHARED["learning_rate"], _SHARED["factors"],
+        Param("margin", "float", 0.5, 3.0, why="m, the target of d(u,j) - d(u,i)"),
+        Param("weighting", "categorical", choices=("user", "pair"), why="per-user or per-pair normalisation"),
+    ),
+    "transcf": (
+        _SHARED["learning_rate"], _SHARED["n_negatives"], _SHARED["batch_size"], _SHARED["factors"],
+        Param("margin", "float", 0.25, 2.0, why="hinge margin gamma"),
+        Param("nbr_reg", "float", 1e-3, 1.0, log=True, why="weight of the neighbourhood regulariser"),
+    ),
+    "lrml": (
+        _SHARED["learning_rate"], _SHARED["n_negatives"], _SHARED["batch_size"], _SHARED["factors"],
+        Param("margin", "float", 0.25, 2.0, why="hinge margin"),
+        Param("memory_slots", "categorical", choices=(5, 10, 20, 50), why="key/value slots of the memory"),
+        Param("memory_lr", "float", 1e-3, 0.2, log=True, why="AdaGrad rate of the memory"),
+    ),
     "bpr": (
         Param("learning_rate", "float", 1e-3, 0.3, log=True, why="AdaGrad step size"),
         _SHARED["batch_size"], _SHARED["factors"],

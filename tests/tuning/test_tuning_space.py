@@ -116,3 +116,18 @@ def test_best_config_document_reads_back_through_train_flags():
     apply_config_file(train.choices["train"], doc, "best.json")
     args = parser.parse_args(["train", "--synthetic", "small"])
     assert config_from_args(args) == base.replace(margin=0.8, learning_rate=0.07, batch_size=1234)
+
+
+@pytest.mark.parametrize("model", ["sml", "dpcml", "sfcml", "transcf", "lrml", "bpr"])
+def test_every_models_space_draws_valid_configurations_of_that_model(model):
+    from metricrec.cli.train_cmd import MODEL_CONFIGS
+    from metricrec.tuning.space import space_of
+
+    space = space_of(model)
+    fields = {f.name for f in dataclasses.fields(MODEL_CONFIGS[model])}
+    assert {p.name for p in space} <= fields  # every tuned setting is a field of that model's config
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(10):
+        trial = study.ask()
+        MODEL_CONFIGS[model]().replace(**suggest(trial, space))  # a valid configuration every time
+        study.tell(trial, 0.0)
