@@ -30,7 +30,7 @@ from .budget import EXTEND, SHORTEN, STOP, AdaptiveSchedule, decide, paired_gain
 from .schedule import LRSchedule
 from .sampling import NegativeDraw, make_sampler
 
-__all__ = ["Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
+__all__ = ["TablesStep", "Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
 
 #: The validation metric early stopping and model selection use (docs/protocol.md).
 VALID_METRIC = "recall@50"
@@ -80,6 +80,27 @@ class TrainingStep(Protocol):
 
     def scorer(self) -> Scorer:
         """Scores for validation: ``scorer(users) -> (len(users), n_items)`` tensor, higher is better."""
+
+
+class TablesStep:
+    """What most steps share: nothing to do between epochs, and a snapshot that is copies of the two
+    tables (``user_emb``, ``item_emb``). A step that trains more (SML's margins, LRML's memory) writes
+    its own :meth:`state` and :meth:`restore`."""
+
+    user_emb: torch.Tensor
+    item_emb: torch.Tensor
+
+    def epoch_end(self) -> None:
+        """Nothing to do between epochs."""
+
+    def state(self) -> Any:
+        """Copies of both tables."""
+        return self.user_emb.detach().clone(), self.item_emb.detach().clone()
+
+    def restore(self, state: Any) -> None:
+        """Put a :meth:`state` snapshot back (in place)."""
+        self.user_emb.copy_(state[0])
+        self.item_emb.copy_(state[1])
 
 
 class Trainer:

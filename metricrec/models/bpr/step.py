@@ -3,11 +3,11 @@ plus L2 on the rows involved, with hand-written gradients (checked against autog
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from ...metrics import Scorer, embedding_scorer
+from ...training.trainer import TablesStep
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
 from .config import BPRConfig
@@ -15,7 +15,7 @@ from .config import BPRConfig
 __all__ = ["BPRStep"]
 
 
-class BPRStep:
+class BPRStep(TablesStep):
     """A :class:`~metricrec.training.trainer.TrainingStep` for BPR (torch backend, any device).
 
     With ``n_negatives > 1`` every sampled negative forms its own triple.
@@ -44,18 +44,6 @@ class BPRStep:
         bpr = float(torch.nn.functional.softplus(-x).sum())
         l2 = float(0.5 * lam * ((u * u).sum() + (vi * vi).sum() + (vj * vj).sum()))
         return bpr + l2, {"bpr_loss": bpr, "l2_loss": l2}
-
-    def epoch_end(self) -> None:
-        """Nothing to do between epochs."""
-
-    def state(self) -> Any:
-        """Copies of both tables."""
-        return self.user_emb.detach().clone(), self.item_emb.detach().clone()
-
-    def restore(self, state: Any) -> None:
-        """Put a :meth:`state` snapshot back (in place)."""
-        self.user_emb.copy_(state[0])
-        self.item_emb.copy_(state[1])
 
     def scorer(self) -> Scorer:
         """Inner products."""

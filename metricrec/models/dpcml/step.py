@@ -49,13 +49,13 @@ directly.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
 
 from ...metrics import Scorer
 from ...training.backends import NUMBA
+from ...training.trainer import TablesStep
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
 from ..cml.losses import rank_weight
@@ -359,7 +359,7 @@ def min_distance_scorer(user_emb: torch.Tensor, item_emb: torch.Tensor, n_vector
     return scorer
 
 
-class DPCMLStep:
+class DPCMLStep(TablesStep):
     """A :class:`~metricrec.training.trainer.TrainingStep` for DPCML: the torch backend (any device), or
     the compiled CPU kernel of DPCML2 (:mod:`metricrec.models.dpcml.step_numba`, backend ``"numba"``).
 
@@ -416,18 +416,6 @@ class DPCMLStep:
                                 use_rank_weight=cfg.use_rank_weight, diversity_weight=cfg.diversity_weight,
                                 diversity_min=cfg.diversity_min, diversity_max=cfg.diversity_max)
         return sum(parts.values()), parts
-
-    def epoch_end(self) -> None:
-        """Nothing to do between epochs."""
-
-    def state(self) -> Any:
-        """Copies of both tables."""
-        return self.user_emb.detach().clone(), self.item_emb.detach().clone()
-
-    def restore(self, state: Any) -> None:
-        """Put a :meth:`state` snapshot back (in place)."""
-        self.user_emb.copy_(state[0])
-        self.item_emb.copy_(state[1])
 
     def scorer(self) -> Scorer:
         """``-min_c ||g_u^c - g_v||^2`` (:func:`min_distance_scorer`)."""

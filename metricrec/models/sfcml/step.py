@@ -74,13 +74,14 @@ as the plain double sum over all (positive, negative) pairs.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ...metrics import Scorer, embedding_scorer
+from ...training.trainer import TablesStep
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
 from .config import SFCMLConfig
@@ -317,7 +318,7 @@ def sfcml_loss_reference(user_emb: torch.Tensor, item_emb: torch.Tensor, users: 
     return total
 
 
-class SFCMLStep:
+class SFCMLStep(TablesStep):
     """A :class:`~metricrec.training.trainer.TrainingStep` for SFCML (torch backend, any device).
 
     Parameters
@@ -358,18 +359,6 @@ class SFCMLStep:
                                 user_grad, item_grad if self.train_items else None, margin=self.config.margin,
                                 moments=moments)
         return sum(parts.values()), parts
-
-    def epoch_end(self) -> None:
-        """Nothing to do between epochs."""
-
-    def state(self) -> Any:
-        """Copies of both tables."""
-        return self.user_emb.detach().clone(), self.item_emb.detach().clone()
-
-    def restore(self, state: Any) -> None:
-        """Put a :meth:`state` snapshot back (in place)."""
-        self.user_emb.copy_(state[0])
-        self.item_emb.copy_(state[1])
 
     def scorer(self) -> Scorer:
         """Negative squared distances (the ranking of Euclidean distance, as CML)."""

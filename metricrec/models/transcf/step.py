@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from ...metrics import Scorer
+from ...training.trainer import TablesStep
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
 from .config import TransCFConfig
@@ -322,7 +323,7 @@ def transcf_loss_reference(user_emb: torch.Tensor, item_emb: torch.Tensor, liked
     return total
 
 
-class TransCFStep:
+class TransCFStep(TablesStep):
     """A :class:`~metricrec.training.trainer.TrainingStep` for TransCF (torch backend, any device).
 
     Parameters
@@ -358,18 +359,6 @@ class TransCFStep:
                                   None if self.beta is not None else item_grad, margin=cfg.margin,
                                   dist_reg=cfg.dist_reg, nbr_reg=cfg.nbr_reg, beta=self.beta)
         return sum(parts.values()), parts
-
-    def epoch_end(self) -> None:
-        """Nothing to do between epochs."""
-
-    def state(self) -> Any:
-        """Copies of both tables (the neighbourhood means follow from them)."""
-        return self.user_emb.detach().clone(), self.item_emb.detach().clone()
-
-    def restore(self, state: Any) -> None:
-        """Put a :meth:`state` snapshot back (in place)."""
-        self.user_emb.copy_(state[0])
-        self.item_emb.copy_(state[1])
 
     def translations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, beta) of the current tables."""
