@@ -12,12 +12,15 @@ rows a batch touched, never to the size of the table.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 
 import numpy as np
 import torch
 
-__all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows", "numba_module"]
+__all__ = ["GradBuffer", "RowAdagrad", "RowAdam", "make_optimizer", "clip_rows", "numba_module", "lazy_kernels",
+           "kernel_parts"]
 
 
 class GradBuffer:
@@ -64,6 +67,28 @@ def numba_module():
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
     return numba
+
+
+def lazy_kernels(*builders: Any) -> Any:
+    """A function returning the kernels ``builder(numba)`` of each builder, compiled (or loaded from
+    numba's cache) on the first call only: the compiled training steps' shared start."""
+    cache: list[tuple[Any, ...]] = []
+
+    def kernels() -> tuple[Any, ...]:
+        if not cache:
+            numba = numba_module()
+            cache.append(tuple(build(numba) for build in builders))
+        return cache[0]
+
+    return kernels
+
+
+def kernel_parts() -> int:
+    """Parts a race-free scatter kernel splits the tables into: numba's current thread count (part q
+    owns the rows r with r % parts == q)."""
+    import numba
+
+    return int(numba.get_num_threads())
 
 
 def _fused_adagrad():

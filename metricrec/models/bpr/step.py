@@ -3,7 +3,6 @@ plus L2 on the rows involved, with hand-written gradients (checked against autog
 
 from __future__ import annotations
 
-
 import torch
 
 from ...metrics import Scorer, embedding_scorer

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from .step_torch import StepStats, add_covariance_term
-from ...training.optim import GradBuffer, numba_module
+from ...training.optim import GradBuffer, kernel_parts, lazy_kernels
 from ...training.sampling import NegativeDraw
 
 __all__ = ["available", "cml_step_numba"]
 
-_kernels = None
 
 
 def available() -> bool:
@@ -41,14 +40,6 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _compile():
-    global _kernels
-    if _kernels is None:
-        numba = numba_module()
-        _kernels = (_pair_pass(numba), _scatter_pass(numba))
-    return _kernels
 
 
 def _pair_pass(numba):
@@ -129,10 +120,7 @@ def _scatter_pass(numba):
     return scatter_pass
 
 
-def _n_parts() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
+_compile = lazy_kernels(_pair_pass, _scatter_pass)
 
 
 def warm_up() -> None:
@@ -173,7 +161,7 @@ def cml_step_numba(
     closest = np.empty(b, dtype=np.int64)
     pair_pass(U, V, u_np, p_np, negs, np.float32(margin), V.shape[0], use_rank_weight, w, h, closest)
     scatter_pass(U, V, u_np, p_np, closest, w, user_grad.grad.numpy(), item_grad.grad.numpy(),
-                 user_grad.touched.numpy(), item_grad.touched.numpy(), _n_parts())
+                 user_grad.touched.numpy(), item_grad.touched.numpy(), kernel_parts())
     metric_value = float(h.sum(dtype=np.float64))
     n_active = int(np.count_nonzero(w))
     cov_value = 0.0

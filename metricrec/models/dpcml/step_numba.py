@@ -24,20 +24,11 @@ import math
 import numpy as np
 import torch
 
-from ...training.optim import GradBuffer, numba_module
+from ...training.optim import GradBuffer, kernel_parts, lazy_kernels
 from ...training.sampling import NegativeDraw
 
 __all__ = ["dpcml_hardest_numba", "warm_up"]
 
-_kernels = None
-
-
-def _compile():
-    global _kernels
-    if _kernels is None:
-        numba = numba_module()
-        _kernels = (_pair_pass(numba), _scatter_pass(numba))
-    return _kernels
 
 
 def _pair_pass(numba):
@@ -129,10 +120,7 @@ def _scatter_pass(numba):
     return scatter_pass
 
 
-def _n_parts() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
+_compile = lazy_kernels(_pair_pass, _scatter_pass)
 
 
 def warm_up() -> None:
@@ -161,5 +149,5 @@ def dpcml_hardest_numba(user_emb: torch.Tensor, item_emb: torch.Tensor, users: t
     pair_pass(U, V, u_np, p_np, negs, int(n_vectors), np.float32(margin), V.shape[0], bool(use_rank_weight),
               w, h, cp, cs, kk)
     scatter_pass(U, V, u_np, p_np, cp, cs, kk, w, user_grad.grad.numpy(), item_grad.grad.numpy(),
-                 user_grad.touched.numpy(), item_grad.touched.numpy(), _n_parts())
+                 user_grad.touched.numpy(), item_grad.touched.numpy(), kernel_parts())
     return float(h.sum(dtype=np.float64))

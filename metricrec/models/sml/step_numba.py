@@ -23,20 +23,11 @@ import math  # noqa: F401  (numba resolves math in the kernels' globals)
 import numpy as np
 import torch
 
-from ...training.optim import GradBuffer, numba_module
+from ...training.optim import GradBuffer, kernel_parts, lazy_kernels
 from ...training.sampling import NegativeDraw
 
 __all__ = ["sml_gradients_numba", "warm_up"]
 
-_kernels = None
-
-
-def _compile():
-    global _kernels
-    if _kernels is None:
-        numba = numba_module()
-        _kernels = (_pair_pass(numba), _scatter_pass(numba))
-    return _kernels
 
 
 def _pair_pass(numba):
@@ -153,10 +144,7 @@ def _scatter_pass(numba):
     return scatter_pass
 
 
-def _n_parts() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
+_compile = lazy_kernels(_pair_pass, _scatter_pass)
 
 
 def warm_up() -> None:
@@ -190,7 +178,7 @@ def sml_gradients_numba(user_emb: torch.Tensor, item_emb: torch.Tensor, user_mar
     pair_pass(U, V, u_np, p_np, negs, user_margin.detach().numpy(), item_margin.detach().numpy(),
               np.float32(item_weight), bool(hardest), A, C, loss_u, loss_i)
     scatter_pass(U, V, u_np, p_np, negs, A, C, user_grad.grad.numpy(), item_grad.grad.numpy(),
-                 user_grad.touched.numpy(), item_grad.touched.numpy(), _n_parts())
+                 user_grad.touched.numpy(), item_grad.touched.numpy(), kernel_parts())
     # margins: every row of the batch (the regulariser sees the batch's users and items), as the torch step
     user_margin_grad.add(users, torch.from_numpy(A.sum(1, keepdims=True)))
     item_margin_grad.add(positives, torch.from_numpy(C.sum(1, keepdims=True)))
