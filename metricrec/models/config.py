@@ -9,7 +9,7 @@ from ..limits import MAX_FACTORS, limit_problem
 from ..training.config import TrainingConfig, check_choice, check_finite, check_positive_int
 from .init import INITS
 
-__all__ = ["EmbeddingConfig"]
+__all__ = ["EmbeddingConfig", "MetricSpaceConfig", "AdaptiveMetricConfig"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,28 @@ class EmbeddingConfig(TrainingConfig):
         check_choice(self, "init", INITS)
         if self.init_std is not None and (not check_finite(self.init_std) or not self.init_std > 0):
             raise ConfigError(f"init_std must be > 0, got {self.init_std!r}")
+
+
+@dataclass(frozen=True)
+class MetricSpaceConfig(EmbeddingConfig):
+    """An :class:`EmbeddingConfig` in CML's space, the base of the metric models' configs: the spectral
+    start, every row in the unit ball, one warm-up epoch, validation of 1,000 users every 5 epochs."""
+
+    warmup_epochs: float = 1.0
+    valid_users: int | None = 1000
+    eval_every: int = 5
+    init: str = "spectral"
+    max_norm: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class AdaptiveMetricConfig(MetricSpaceConfig):
+    """A :class:`MetricSpaceConfig` trained on CML's adaptive budget (:mod:`metricrec.training.budget`):
+    at most 60 epochs, a first decay horizon of 20, peak rate 0.3 (chosen by the leave-one-set-out
+    rules of ``benchmarks/rules.py``), validation grown to about 5,000 pairs."""
+
+    epochs: int = 60
+    horizon_epochs: int | None = 20
+    learning_rate: float = 0.3
+    lr_schedule: str = "adaptive"
+    valid_pairs: int | None = 5000

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 from ...limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH, MAX_MLP_BYTES, mlp_bytes
 from ...training.config import check_choice, check_finite
-from ..config import EmbeddingConfig
+from ..config import AdaptiveMetricConfig
 
 __all__ = ["CMLConfig"]
 
@@ -17,7 +17,7 @@ COV_FORMULAS = ("paper", "offdiag", "tf_signed")
 
 
 @dataclass(frozen=True)
-class CMLConfig(EmbeddingConfig):
+class CMLConfig(AdaptiveMetricConfig):
     """Hyperparameters of a CML model and its training (the shared fields are documented on
     :class:`~metricrec.models.config.EmbeddingConfig` and :class:`~metricrec.training.config.TrainingConfig`;
     CML's defaults are listed here).
@@ -112,20 +112,10 @@ class CMLConfig(EmbeddingConfig):
     """
 
     factors: int = 256
-    epochs: int = 60
-    horizon_epochs: int | None = 20
-    learning_rate: float = 0.3
-    lr_schedule: str = "adaptive"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    valid_pairs: int | None = 5000
-    eval_every: int = 5
-    init: str = "spectral"
     margin: float = 1.25
     use_rank_weight: bool = True
     cov_weight: float = 0.0
     cov_formula: str = "paper"
-    max_norm: float | None = 1.0
     feature_weight: float = 0.0
     feature_hidden: tuple[int, ...] = ()
     feature_dropout: float = 0.5

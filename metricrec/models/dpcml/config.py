@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError
 from ...limits import MAX_FACTORS
 from ...training.config import check_choice, check_finite, check_positive_int
-from ..config import EmbeddingConfig
+from ..config import AdaptiveMetricConfig
 
 __all__ = ["DPCMLConfig", "NEGATIVE_MODES", "MAX_VECTORS"]
 
@@ -19,7 +19,7 @@ MAX_VECTORS = 64
 
 
 @dataclass(frozen=True)
-class DPCMLConfig(EmbeddingConfig):
+class DPCMLConfig(AdaptiveMetricConfig):
     """Hyperparameters of a DPCML model (Bao, Xu, Yang, He, Cao and Huang, NeurIPS 2022) and its training.
 
     The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
@@ -69,16 +69,6 @@ class DPCMLConfig(EmbeddingConfig):
     """
 
     factors: int = 256
-    epochs: int = 60
-    horizon_epochs: int | None = 20
-    learning_rate: float = 0.3
-    lr_schedule: str = "adaptive"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    valid_pairs: int | None = 5000
-    eval_every: int = 5
-    init: str = "spectral"
-    max_norm: float | None = 1.0
     n_vectors: int = 3
     margin: float = 1.25
     negatives: str = "hardest"

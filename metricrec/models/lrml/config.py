@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...training.config import check_choice, check_finite, check_positive_int
-from ..config import EmbeddingConfig
+from ..config import MetricSpaceConfig
 
 __all__ = ["LRMLConfig", "METRICS", "NEGATIVE_RELATIONS", "MAX_MEMORY_SLOTS"]
 
@@ -22,7 +22,7 @@ MAX_MEMORY_SLOTS = 4096
 
 
 @dataclass(frozen=True)
-class LRMLConfig(EmbeddingConfig):
+class LRMLConfig(MetricSpaceConfig):
     """Hyperparameters of an LRML model (Tay, Tuan and Hui, WWW 2018) and its training.
 
     The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
@@ -63,11 +63,6 @@ class LRMLConfig(EmbeddingConfig):
     epochs: int = 30
     learning_rate: float = 0.2
     lr_schedule: str = "linear"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    eval_every: int = 5
-    init: str = "spectral"
-    max_norm: float | None = 1.0
     margin: float = 1.0
     memory_slots: int = 20
     metric: str = "l2"

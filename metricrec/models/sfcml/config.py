@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...training.config import check_choice, check_finite
-from ..config import EmbeddingConfig
+from ..config import AdaptiveMetricConfig
 
 __all__ = ["SFCMLConfig", "WEIGHTINGS"]
 
@@ -15,7 +15,7 @@ WEIGHTINGS = ("user", "pair")
 
 
 @dataclass(frozen=True)
-class SFCMLConfig(EmbeddingConfig):
+class SFCMLConfig(AdaptiveMetricConfig):
     """Hyperparameters of an SFCML model (Bao et al., TPAMI 2023) and its training.
 
     The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
@@ -46,16 +46,6 @@ class SFCMLConfig(EmbeddingConfig):
     """
 
     factors: int = 128
-    epochs: int = 60
-    horizon_epochs: int | None = 20
-    learning_rate: float = 0.3
-    lr_schedule: str = "adaptive"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    valid_pairs: int | None = 5000
-    eval_every: int = 5
-    init: str = "spectral"
-    max_norm: float | None = 1.0
     n_negatives: int | None = 1
     margin: float = 2.0
     weighting: str = "user"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...training.config import check_choice, check_finite
-from ..config import EmbeddingConfig
+from ..config import MetricSpaceConfig
 
 __all__ = ["SMLConfig", "NEGATIVE_MODES"]
 
@@ -15,7 +15,7 @@ NEGATIVE_MODES = ("all", "hardest")
 
 
 @dataclass(frozen=True)
-class SMLConfig(EmbeddingConfig):
+class SMLConfig(MetricSpaceConfig):
     """Hyperparameters of an SML model (Li et al., AAAI 2020) and its training.
 
     The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
@@ -55,11 +55,6 @@ class SMLConfig(EmbeddingConfig):
     epochs: int = 20
     learning_rate: float = 0.2
     lr_schedule: str = "linear"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    eval_every: int = 5
-    init: str = "spectral"
-    max_norm: float | None = 1.0
     margin_max: float = 1.0
     margin_init: float | None = None
     item_weight: float = 0.1

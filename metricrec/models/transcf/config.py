@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...training.config import check_finite
-from ..config import EmbeddingConfig
+from ..config import MetricSpaceConfig
 
 __all__ = ["TransCFConfig"]
 
 
 @dataclass(frozen=True)
-class TransCFConfig(EmbeddingConfig):
+class TransCFConfig(MetricSpaceConfig):
     """Hyperparameters of a TransCF model (Park, Kim, Xie and Yu, ICDM 2018) and its training.
 
     The shared fields are documented on :class:`~metricrec.models.config.EmbeddingConfig` and
@@ -49,11 +49,6 @@ class TransCFConfig(EmbeddingConfig):
     epochs: int = 30
     learning_rate: float = 0.2
     lr_schedule: str = "linear"
-    warmup_epochs: float = 1.0
-    valid_users: int | None = 1000
-    eval_every: int = 5
-    init: str = "spectral"
-    max_norm: float | None = 1.0
     margin: float = 0.75
     dist_reg: float = 0.0
     nbr_reg: float = 0.1
