@@ -410,82 +410,105 @@ def _banner(settings: dict[str, Any], health: dict[str, Any], workers: int) -> s
 def supervise(settings: dict[str, Any], workers: int) -> int:
     """Run ``workers`` worker processes until SIGTERM/SIGINT; the exit status (0 after a graceful
     shutdown; a worker's own status when the service could not start)."""
-    sock = _bind(settings["host"], settings["port"], settings["backlog"])
-    run = RunDir.create(settings)
-    env = dict(os.environ)
-    for name in THREAD_VARIABLES:
-        env[name] = str(settings["threads"])
-    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(run.path / "prometheus"))
-    env["PYTHONUNBUFFERED"] = "1"
-    procs: dict[int, subprocess.Popen] = {}
-    flags = {"stop": False, "hup": 0}
-    old_handlers = {}
-
-    def spawn() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "metricrec.serving.workers", str(run.path), str(sock.fileno())],
-                                pass_fds=(sock.fileno(),), env=env)
-        procs[proc.pid] = proc
-        return proc
-
-    def on_stop(signum: int, frame: Any) -> None:
-        flags["stop"] = True
-
-    def on_hup(signum: int, frame: Any) -> None:
-        flags["hup"] += 1
-
-    for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
-        old_handlers[sig] = signal.signal(sig, handler)
-    status = 0
-    ready = False
-    failures = 0
+    sup = _Supervisor(settings, workers)
+    old_handlers = {sig: signal.signal(sig, handler) for sig, handler in (
+        (signal.SIGTERM, sup.on_stop), (signal.SIGINT, sup.on_stop), (signal.SIGHUP, sup.on_hup))}
     try:
         for _ in range(workers):  # the first to take the lock makes the snapshot, the others map it
-            spawn()
-        while not flags["stop"]:
+            sup.spawn()
+        while not sup.stop:
             time.sleep(_POLL_SECONDS)
-            if not ready:
-                reports = run.registered()
-                if len(procs) == workers and all(reports.get(pid, {}).get("ready") for pid in procs):
-                    ready = True
-                    first = reports[min(procs)]
-                    print(_banner({**settings, "_pids": " ".join(map(str, sorted(procs)))}, first["health"], workers),
-                          flush=True)
-            while flags["hup"]:  # a reload: done by one serving worker, for all of them
-                flags["hup"] -= 1
-                reports = run.registered()
-                live = [p for pid, p in procs.items() if p.poll() is None and reports.get(pid, {}).get("ready")]
-                if live:
-                    live[0].send_signal(signal.SIGHUP)
-                else:
-                    print("metricrec serve: SIGHUP: no worker is serving yet; nothing reloaded", file=sys.stderr,
-                          flush=True)
-            for pid, proc in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del procs[pid]
-                run.unregister(pid)
-                _mark_dead(pid, env["PROMETHEUS_MULTIPROC_DIR"])
-                if flags["stop"]:
-                    continue
-                if not ready or failures >= 5:  # the service cannot start (its worker said why)
-                    status = code if code else 1
-                    flags["stop"] = True
-                    break
-                failures += 1
-                new = spawn()
-                print(f"metricrec serve: worker {pid} exited with status {code}; started worker {new.pid}",
-                      file=sys.stderr, flush=True)
-            if ready and failures and all(d.get("ready") for d in run.registered().values()):
-                failures = 0
+            sup.announce_when_ready()
+            sup.forward_reloads()
+            sup.reap()
     finally:
-        reports = run.registered()
-        _stop_all(procs, settings["graceful_timeout"], {pid for pid, doc in reports.items() if doc.get("ready")})
-        sock.close()
+        sup.close()
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-        shutil.rmtree(run.path, ignore_errors=True)
-    return status
+    return sup.status
+
+
+class _Supervisor:
+    """The state of :func:`supervise`: the listening socket, the run folder, the workers by pid, and
+    what the signal handlers asked for (stop; a count of reloads)."""
+
+    def __init__(self, settings: dict[str, Any], workers: int) -> None:
+        self.settings, self.workers = settings, workers
+        self.sock = _bind(settings["host"], settings["port"], settings["backlog"])
+        self.run = RunDir.create(settings)
+        env = dict(os.environ)
+        for name in THREAD_VARIABLES:
+            env[name] = str(settings["threads"])
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.run.path / "prometheus"))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.env = env
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.stop, self.hup = False, 0
+        self.status, self.ready, self.failures = 0, False, 0
+
+    def on_stop(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+    def on_hup(self, signum: int, frame: Any) -> None:
+        self.hup += 1
+
+    def spawn(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "metricrec.serving.workers", str(self.run.path),
+                                 str(self.sock.fileno())], pass_fds=(self.sock.fileno(),), env=self.env)
+        self.procs[proc.pid] = proc
+        return proc
+
+    def announce_when_ready(self) -> None:
+        """Print the banner once every worker has said it is ready."""
+        if self.ready:
+            return
+        reports = self.run.registered()
+        if len(self.procs) == self.workers and all(reports.get(pid, {}).get("ready") for pid in self.procs):
+            self.ready = True
+            first = reports[min(self.procs)]
+            print(_banner({**self.settings, "_pids": " ".join(map(str, sorted(self.procs)))}, first["health"],
+                          self.workers), flush=True)
+
+    def forward_reloads(self) -> None:
+        """A reload is done by one serving worker, for all of them."""
+        while self.hup:
+            self.hup -= 1
+            reports = self.run.registered()
+            live = [p for pid, p in self.procs.items() if p.poll() is None and reports.get(pid, {}).get("ready")]
+            if live:
+                live[0].send_signal(signal.SIGHUP)
+            else:
+                print("metricrec serve: SIGHUP: no worker is serving yet; nothing reloaded", file=sys.stderr,
+                      flush=True)
+
+    def reap(self) -> None:
+        """Replace a worker that died while the service runs; stop when the service cannot start."""
+        for pid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[pid]
+            self.run.unregister(pid)
+            _mark_dead(pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
+            if self.stop:
+                continue
+            if not self.ready or self.failures >= 5:  # the service cannot start (its worker said why)
+                self.status = code if code else 1
+                self.stop = True
+                break
+            self.failures += 1
+            new = self.spawn()
+            print(f"metricrec serve: worker {pid} exited with status {code}; started worker {new.pid}",
+                  file=sys.stderr, flush=True)
+        if self.ready and self.failures and all(d.get("ready") for d in self.run.registered().values()):
+            self.failures = 0
+
+    def close(self) -> None:
+        reports = self.run.registered()
+        _stop_all(self.procs, self.settings["graceful_timeout"],
+                  {pid for pid, doc in reports.items() if doc.get("ready")})
+        self.sock.close()
+        shutil.rmtree(self.run.path, ignore_errors=True)
 
 
 def _stop_all(procs: dict[int, subprocess.Popen], graceful: float, serving: set[int]) -> None:
