@@ -1,6 +1,7 @@
 """Fold-in: vectors for new or changed users fitted against the frozen item table, all users at
-once (one vectorised optimisation through the trainer, not a loop over users), and catalogue
-updates (new users, new items)."""
+once (one vectorised optimisation through the trainer, not a loop over users; or, for a model with
+its own compiled fold-in such as CML's on the CPU, the same optimisation in one kernel call), and
+catalogue updates (new users, new items)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ class FoldInMixin:
             return user
         cfg = self._fold_in_config(FOLD_IN_EPOCHS if epochs is None else epochs)
         cfg = cfg.replace(batch_size=max(1, -(-m.nnz // FOLD_IN_BATCHES)))
-        step = self._make_step(cfg, user, item, m, None, resolve_backend(self.kernel, self.device, self.backends))
+        backend = resolve_backend(self.kernel, self.device, self.backends)
+        if self._compiled_fold_in(m, user, item, cfg, backend):
+            return user
+        step = self._make_step(cfg, user, item, m, None, backend)
         trainer = Trainer(step, m, config=cfg, device=self.device, progress=False, verbose=False, frozen_items=True)
         for _ in range(cfg.epochs):
             trainer.run_epoch()
@@ -96,6 +100,13 @@ class FoldInMixin:
         if np.count_nonzero(row.data) >= n_items:
             raise DataError("liked_items covers every item: no negatives to learn from")
         return self.fold_in_rows(row, epochs=epochs)[0].detach().cpu().numpy()
+
+    def _compiled_fold_in(self, m: sp.csr_matrix, user: torch.Tensor, item: torch.Tensor, cfg: Any,
+                          backend: str) -> bool:
+        """Run the whole fold-in of ``m`` in place on ``user`` with a model's own compiled kernel, the
+        trainer's optimisation in one call; False (the default) when the model has none for this
+        configuration, and the trainer runs it."""
+        return False
 
     def _fold_in_start(self, m: sp.csr_matrix, item: torch.Tensor) -> torch.Tensor:
         """Start at the centroid of each row's liked items (inside the ball)."""

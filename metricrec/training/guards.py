@@ -74,11 +74,15 @@ def table_state(table: torch.Tensor) -> str | None:
     if table.numel() == 0:
         return None
     with torch.no_grad():
-        hi, lo = table.amax(0), table.amin(0)  # NaN propagates; O(d) memory
-        if not (torch.isfinite(hi).all() and torch.isfinite(lo).all()):
-            return "non-finite"
-        spread = float((hi - lo).max())
-        scale = max(float(hi.abs().max()), float(lo.abs().max()))
+        if table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):  # numpy's column reductions: one thread, no pool woken per call
+            a = table.detach().numpy()
+            hi, lo = a.max(0), a.min(0)  # NaN propagates; O(d) memory
+        else:
+            hi, lo = table.amax(0).cpu().numpy(), table.amin(0).cpu().numpy()
+    if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+        return "non-finite"
+    spread = float((hi - lo).max())
+    scale = max(float(np.abs(hi).max()), float(np.abs(lo).max()))
     if table.shape[0] >= 2 and spread <= 1e-6 * max(scale, 1e-6):
         return "zero" if scale <= 1e-12 else "one point"
     return None

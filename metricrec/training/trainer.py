@@ -30,7 +30,7 @@ from .budget import EXTEND, SHORTEN, STOP, AdaptiveSchedule, decide, paired_gain
 from .schedule import LRSchedule
 from .sampling import NegativeDraw, make_sampler
 
-__all__ = ["TablesStep", "Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC"]
+__all__ = ["TablesStep", "Trainer", "TrainingStep", "EpochCallback", "VALID_METRIC", "make_schedule", "unvalidated_epoch_cap"]
 
 #: The validation metric early stopping and model selection use (docs/protocol.md).
 VALID_METRIC = "recall@50"
@@ -176,18 +176,8 @@ class Trainer:
         self.steps_per_epoch = -(-self.n_pairs // self.batch_size)
         #: The most epochs this run takes: ``config.epochs`` (without a valid set the adaptive budget
         #: has nothing to judge by and ends with its first horizon).
-        replay = bool(config.decay_knots)
-        self.epoch_cap = config.epochs if valid is not None or not config.adaptive or replay \
-            else config.resolved_horizon()
-        self.schedule: LRSchedule | AdaptiveSchedule
-        if config.adaptive:
-            self.schedule = AdaptiveSchedule(self.steps_per_epoch, config.resolved_horizon(), config.warmup_epochs,
-                                             config.lr_floor, self.epoch_cap)
-            if config.decay_knots:
-                self.schedule.replay(config.decay_knots)
-        else:
-            self.schedule = LRSchedule.for_run(config.lr_schedule, config.epochs, self.steps_per_epoch,
-                                               config.warmup_epochs)
+        self.epoch_cap = config.epochs if valid is not None else unvalidated_epoch_cap(config)
+        self.schedule: LRSchedule | AdaptiveSchedule = make_schedule(config, self.steps_per_epoch, self.epoch_cap)
         #: (gain over the best so far, its paired standard error) of the latest validation.
         self.last_gain: tuple[float, float] = (0.0, 0.0)
         self._per_user_now: np.ndarray | None = None
@@ -232,8 +222,9 @@ class Trainer:
         if not math.isfinite(total):
             raise TrainingDivergedError(f"training diverged at epoch {epoch}: the loss became {total}; "
                                         f"lower the learning rate (now {self.config.learning_rate:g})")
-        check_tables({"user": self.step.user_emb, "item": self.step.item_emb}, epoch, self.config.learning_rate,
-                     self._distinct_at_start)
+        tables = {"user": self.step.user_emb} if self.frozen_items else {"user": self.step.user_emb,
+                                                                            "item": self.step.item_emb}
+        check_tables(tables, epoch, self.config.learning_rate, self._distinct_at_start)
         if self.valid is not None and self._validates(epoch):
             t0 = time.perf_counter()
             if self.parallel is None or self.parallel.rank == 0:
@@ -382,6 +373,26 @@ class Trainer:
         r100 = f"{r.valid['recall@100']:.4f}" if r.valid else "-"
         tqdm.write(f"{r.epoch:>5}  {r.loss:>12.4f}  {r50:>7}  {r100:>7}  {r.seconds:>7.3f}", file=self.stream)
 
+
+
+def make_schedule(config: TrainingConfig, steps_per_epoch: int, epoch_cap: int) -> LRSchedule | AdaptiveSchedule:
+    """The learning-rate schedule of a run of ``config`` with ``steps_per_epoch`` optimiser steps an
+    epoch and at most ``epoch_cap`` epochs: the adaptive budget's (with its replayed decay knots) or a
+    fixed :class:`~metricrec.training.schedule.LRSchedule`."""
+    if config.adaptive:
+        schedule = AdaptiveSchedule(steps_per_epoch, config.resolved_horizon(), config.warmup_epochs,
+                                    config.lr_floor, epoch_cap)
+        if config.decay_knots:
+            schedule.replay(config.decay_knots)
+        return schedule
+    return LRSchedule.for_run(config.lr_schedule, config.epochs, steps_per_epoch, config.warmup_epochs)
+
+
+def unvalidated_epoch_cap(config: TrainingConfig) -> int:
+    """The epoch cap of a run without a validation set (a fold-in, ``--final``): ``config.epochs``, or
+    the adaptive budget's first horizon (with nothing to judge by, it ends there; replayed knots:
+    ``config.epochs``)."""
+    return config.epochs if not config.adaptive or config.decay_knots else config.resolved_horizon()
 
 def _tick(clock: dict[str, float] | None, phase: str, t0: float) -> float:
     """Add the seconds since ``t0`` to ``clock[phase]`` (when profiling); return now."""

@@ -15,9 +15,12 @@ import torch
 
 from ...data.features import as_features
 from ...data.interactions import Features
-from ...errors import DataError, NotFittedError
+from ...errors import DataError, NotFittedError, TrainingDivergedError
 from ...serialization import ModelFormatError
+from ...training import distributed
+from ...training.backends import NUMBA, thread_policy
 from ...training.optim import clip_rows
+from ...training.trainer import make_schedule, unvalidated_epoch_cap
 from ..base import EmbeddingRecommender
 from .config import CMLConfig
 from .feature_net import FeatureMLP, SparseRows, feature_row_tensor, mlp_from_arrays, mlp_shapes, mlp_to_arrays
@@ -124,6 +127,32 @@ class CML(EmbeddingRecommender):
         self.feature_info = None if reg is None else reg.describe()
 
     # ------------------------------------------------------------------ fold-in
+    def _compiled_fold_in(self, m: sp.csr_matrix, user: torch.Tensor, item: torch.Tensor, cfg: CMLConfig,
+                          backend: str) -> bool:
+        """The whole fold-in in one compiled call (:mod:`metricrec.models.cml.fold_in_numba`) on the
+        CPU with the numba backend, AdaGrad and uniform negatives; False otherwise (the trainer)."""
+        if (backend != NUMBA or user.device.type != "cpu" or user.dtype != torch.float32
+                or cfg.optimizer != "adagrad" or cfg.sampler != "uniform" or distributed.current() is not None):
+            return False
+        from . import fold_in_numba
+
+        n_pairs = int(m.nnz)
+        batch = cfg.resolved_batch_size(n_pairs, sum(m.shape))
+        steps = -(-n_pairs // batch)
+        schedule = make_schedule(cfg, steps, unvalidated_epoch_cap(cfg))
+        rates = cfg.learning_rate * np.array([schedule.factor(s) for s in range(cfg.epochs * steps)], dtype=np.float64)
+        m = m.copy()
+        m.sort_indices()
+        with thread_policy(NUMBA):
+            fold_in_numba.fold_in_numba(user, item, m.indptr, m.indices, rates.astype(np.float32), n_rounds=steps,
+                                        n_negatives=cfg.resolved_n_negatives(*m.shape, n_pairs), margin=cfg.margin,
+                                        use_rank_weight=cfg.use_rank_weight, max_norm=cfg.max_norm,
+                                        seed=cfg.seed + 1)
+        if not np.isfinite(user.numpy()).all():  # numpy: one pass, no wake-up of torch's thread pool
+            raise TrainingDivergedError("fold-in diverged: the new user vectors became NaN or infinite; lower the "
+                                        f"learning rate (now {cfg.learning_rate:g})")
+        return True
+
     def recalculate_item(self, features: Any) -> np.ndarray:
         """Vector of a brand-new item from its features alone, placed as the cold items of ``fit``.
 
