@@ -160,3 +160,72 @@ def test_other_configurations_take_the_trainer(clustered, monkeypatch):
     monkeypatch.setattr(fin, "fold_in_numba", lambda *a, **k: pytest.fail("adam must fold in through the trainer"))
     vec = model.recalculate_user([1, 2, 3])
     assert vec.shape == (16,) and np.isfinite(vec).all()
+
+
+# ---------------------------------------------------------------------- an independent slow implementation
+_M64 = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _fold_reference(U, V, indptr, indices, rates, n_rounds, n_neg, margin, max_norm, seed, acc0=0.1, eps=1e-10):
+    """The kernel's documented algorithm in float64 Python, with its generator (splitmix64 keyed by
+    (seed, row)) in Python integers: batches per epoch, U draws per pair (rejection, then the t-th
+    unliked item), the closest negative's rank-weighted hinge, AdaGrad, the ball."""
+    U = U.astype(np.float64).copy()
+    V = V.astype(np.float64)
+    n_items = V.shape[0]
+    for r in range(U.shape[0]):
+        liked = indices[indptr[r]: indptr[r + 1]]
+        held = set(liked.tolist())
+        state = [(seed * _GOLDEN + r * _MIX2 + 1) & _M64]
+
+        def draw(n):
+            state[0] = (state[0] + _GOLDEN) & _M64
+            z = ((state[0] ^ (state[0] >> 30)) * _MIX1) & _M64
+            z = ((z ^ (z >> 27)) * _MIX2) & _M64
+            return ((z ^ (z >> 31)) >> 11) % n
+
+        acc, u = np.full(U.shape[1], acc0), U[r]
+        for e in range(len(rates) // n_rounds):
+            batch_of = [draw(n_rounds) for _ in liked]
+            for q in range(n_rounds):
+                g, active = np.zeros_like(u), False
+                for p in liked[np.array(batch_of, dtype=np.int64) == q]:
+                    d_pos = ((u - V[p]) ** 2).sum()
+                    dists = []
+                    for _ in range(n_neg):
+                        k = next((c for c in (draw(n_items) for _ in range(64)) if c not in held), None)
+                        if k is None:
+                            k = sorted(set(range(n_items)) - held)[draw(n_items - len(liked))]
+                        dists.append((((u - V[k]) ** 2).sum(), k))
+                    impostors = sum(margin + d_pos - dk > 0 for dk, _ in dists)
+                    best, k = min(dists, key=lambda t: t[0])
+                    if margin + d_pos - best > 0:
+                        g += 2 * np.log(np.floor(n_items * impostors / n_neg) + 1.0) * (V[k] - V[p])
+                        active = True
+                if active:
+                    acc += g * g
+                    u -= rates[e * n_rounds + q] * g / np.sqrt(acc + eps)
+                    norm = np.linalg.norm(u)
+                    if norm > max_norm:
+                        u *= max_norm / norm
+    return U
+
+
+def test_whole_fold_in_matches_a_slow_reference_with_the_same_draws():
+    rng = np.random.default_rng(0)
+    m = sp.random(30, 25, density=0.3, random_state=rng, format="csr")
+    m.data[:] = 1.0
+    m = m[np.diff(m.indptr) > 0]
+    m.sort_indices()
+    V = rng.normal(0, 0.4, (25, 5)).astype(np.float32)
+    U0 = rng.normal(0, 0.3, (m.shape[0], 5)).astype(np.float32)
+    rates = np.linspace(0.3, 0.02, 2 * 3).astype(np.float32)
+    user = torch.from_numpy(U0.copy())
+    fin.fold_in_numba(user, torch.from_numpy(V), m.indptr, m.indices, rates, n_rounds=3, n_negatives=4, margin=1.0,
+                      use_rank_weight=True, max_norm=1.0, seed=5)
+    want = _fold_reference(U0, V, m.indptr, m.indices, rates, 3, 4, 1.0, 1.0, 5)
+    # the same draws and branch decisions (none within rounding of a hinge's edge here); float32
+    # against float64 over 6 steps: absolute 1e-5 on vectors of norm <= 1
+    np.testing.assert_allclose(user.numpy(), want, atol=1e-5)
+    assert not np.allclose(want, U0)
