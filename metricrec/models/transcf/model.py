@@ -11,7 +11,7 @@ import torch
 from ...errors import DataError, NotFittedError
 from ...metrics import Scorer
 from ...serialization import ModelFormatError
-from ...training.backends import TORCH
+from ...training.backends import NUMBA, TORCH
 from ..base import EmbeddingRecommender
 from .config import TransCFConfig
 from .step import Neighbourhoods, TransCFStep, item_features, pair_scorer, transcf_scores
@@ -53,7 +53,7 @@ class TransCF(EmbeddingRecommender):
     config_class = TransCFConfig
     model_name = "TransCF"
     distance = "euclidean"
-    backends = (TORCH,)
+    backends = (TORCH, NUMBA)
     custom_user_scores = True
     config: TransCFConfig
 

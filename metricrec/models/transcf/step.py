@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import torch
 
 from ...metrics import Scorer
+from ...training.backends import NUMBA
 from ...training.trainer import TablesStep
 from ...training.optim import GradBuffer
 from ...training.sampling import NegativeDraw
@@ -324,7 +325,8 @@ def transcf_loss_reference(user_emb: torch.Tensor, item_emb: torch.Tensor, liked
 
 
 class TransCFStep(TablesStep):
-    """A :class:`~metricrec.training.trainer.TrainingStep` for TransCF (torch backend, any device).
+    """A :class:`~metricrec.training.trainer.TrainingStep` for TransCF: the torch backend (any device)
+    or the compiled CPU kernel (:mod:`metricrec.models.transcf.step_numba`, backend ``"numba"``).
 
     Parameters
     ----------
@@ -350,14 +352,21 @@ class TransCFStep(TablesStep):
         self.user_emb, self.item_emb = user_emb, item_emb
         self.beta = beta
         self.hoods = Neighbourhoods(train, user_emb.device, user_emb.dtype)
+        self._gradients, self._positives = transcf_gradients, self.hoods
+        if backend == NUMBA:
+            from . import step_numba
+
+            step_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
+            self._gradients = step_numba.transcf_gradients_numba
+            self._positives = step_numba.NeighbourhoodIndex(train, item_side=beta is None)  # index arrays, once
 
     def batch(self, users: torch.Tensor, items: torch.Tensor, draw: NegativeDraw,
               user_grad: GradBuffer, item_grad: GradBuffer) -> tuple[float, dict[str, float]]:
         """Gradients into the buffers; (total, {hinge_loss, dist_loss, nbr_loss})."""
         cfg = self.config
-        parts = transcf_gradients(self.user_emb, self.item_emb, self.hoods, users, items, draw, user_grad,
-                                  None if self.beta is not None else item_grad, margin=cfg.margin,
-                                  dist_reg=cfg.dist_reg, nbr_reg=cfg.nbr_reg, beta=self.beta)
+        parts = self._gradients(self.user_emb, self.item_emb, self._positives, users, items, draw, user_grad,
+                                None if self.beta is not None else item_grad, margin=cfg.margin,
+                                dist_reg=cfg.dist_reg, nbr_reg=cfg.nbr_reg, beta=self.beta)
         return sum(parts.values()), parts
 
     def translations(self) -> tuple[torch.Tensor, torch.Tensor]:

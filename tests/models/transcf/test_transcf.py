@@ -32,9 +32,9 @@ class TestTransCF(RecommenderBehaviour):
         return TransCF(factors=16, batch_size=500, init="random", learning_rate=0.5, nbr_reg=0.1,
                        show_progress=False, verbose=False, **kw)
 
-    def test_has_no_numba_backend(self):
-        with pytest.raises(ConfigError, match="kernel"):
-            self.make(kernel="numba")
+    def test_auto_trains_with_the_compiled_kernel_where_numba_is_installed(self, fitted):
+        pytest.importorskip("numba")
+        assert fitted._trainer.step.backend == "numba"
 
     def test_retrieval_scores_are_the_pair_scores_of_a_slow_loop(self, fitted):
         user, item = fitted.user_embeddings.astype(np.float64), fitted.item_embeddings.astype(np.float64)
