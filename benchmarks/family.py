@@ -158,17 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-load", type=float, help="wait for the 1-minute load average to fall below this first")
     p.add_argument("--wait-max", type=float, default=600.0)
     p.add_argument("--name", default="family", help="results file stem (default family)")
+    p.add_argument("--reuse", type=Path, help="a family.json whose rows are kept except those of the (model, set) "
+                                              "pairs run now (rerun a few models or sets, keep the rest)")
     args = p.parse_args(argv)
-    rows: list[dict[str, Any]] = []
+    fresh = {(m, d) for m in args.models for d in args.sets}
+    kept_rows = json.loads(args.reuse.read_text())["rows"] if args.reuse and args.reuse.exists() else []
+    rows: list[dict[str, Any]] = [r for r in kept_rows if (r.get("model"), r.get("data")) not in fresh]
+    order = {name: i for i, name in enumerate(RUNS)}
+    rank = {name: i for i, name in enumerate(MODELS)}
     peers = tuned_peers(PEERS_FILES)
 
     def write() -> None:  # after every set: a long run interrupted keeps what it measured
         meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "threads": args.threads,
-                "sets_done": sorted({r["data"] for r in rows}),
+                "sets_done": sorted({r["data"] for r in rows}), "rerun_now": sorted(map(list, fresh)) if kept_rows else None,
                 "grids": {m: GRIDS[m] for m in args.models} if args.tune else None,
                 "note": "s / epoch: mean training seconds of an epoch (validation excluded); s to best: "
                         "initialisation + epochs up to the best; peak MiB: the training process's ru_maxrss; tuned: "
                         "the grid point with the best valid Recall@50 (the defaults are a point of it)"}
+        rows.sort(key=lambda r: (order.get(r.get("data"), len(order)), rank.get(r.get("model"), len(rank))))
         text = table(rows, peers)
         write_results(RESULTS / args.name, {"meta": meta, "rows": rows}, meta_page(args.name, meta, text))
 

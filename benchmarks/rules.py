@@ -81,6 +81,57 @@ CANDIDATES: dict[str, Candidate] = {
     "horizon 10": _fixed("--horizon-epochs", "10"),
 }
 
+#: The budget CML trains on (:class:`~metricrec.models.config.AdaptiveMetricConfig`), for the models
+#: that train on a fixed one: at most 60 epochs, a first horizon of 20, validation grown to 5,000 pairs.
+_ADAPTIVE = ("--lr-schedule", "adaptive", "--epochs", "60", "--horizon-epochs", "20", "--valid-pairs", "5000")
+
+#: Every other model's candidates (``--model NAME``): each of its runs is ``--model NAME`` plus the
+#: change, judged against that model's own defaults by the same rule.
+MODEL_CANDIDATES: dict[str, dict[str, Candidate]] = {
+    "sml": {
+        "defaults": _fixed(),
+        "adaptive budget": _fixed(*_ADAPTIVE),
+        "adaptive budget, rate 0.3": _fixed(*_ADAPTIVE, "--learning-rate", "0.3"),
+        "fixed budget, 40 epochs": _fixed("--epochs", "40"),
+        "margin_reg 0.02": _fixed("--margin-reg", "0.02"),
+        "margin_reg 0.15": _fixed("--margin-reg", "0.15"),
+        "item_weight 0.3": _fixed("--item-weight", "0.3"),
+    },
+    "sfcml": {
+        "defaults": _fixed(),
+        "margin 1.0": _fixed("--margin", "1.0"),
+        "margin 1.5": _fixed("--margin", "1.5"),
+        "margin 3.0": _fixed("--margin", "3.0"),
+        "pair weighting": _fixed("--weighting", "pair"),
+        "learning rate 0.15": _fixed("--learning-rate", "0.15"),
+        "d 256": _fixed("--factors", "256"),
+    },
+    "transcf": {
+        "defaults": _fixed(),
+        "adaptive budget": _fixed(*_ADAPTIVE),
+        "adaptive budget, rate 0.3": _fixed(*_ADAPTIVE, "--learning-rate", "0.3"),
+        "fixed budget, 45 epochs": _fixed("--epochs", "45"),
+        "margin 0.5": _fixed("--margin", "0.5"),
+        "margin 1.0": _fixed("--margin", "1.0"),
+        "nbr_reg 0.03": _fixed("--nbr-reg", "0.03"),
+    },
+    "lrml": {
+        "defaults": _fixed(),
+        "adaptive budget": _fixed(*_ADAPTIVE),
+        "adaptive budget, rate 0.3": _fixed(*_ADAPTIVE, "--learning-rate", "0.3"),
+        "fixed budget, 45 epochs": _fixed("--epochs", "45"),
+        "margin 0.75": _fixed("--margin", "0.75"),
+        "margin 1.25": _fixed("--margin", "1.25"),
+        "memory slots 10": _fixed("--memory-slots", "10"),
+    },
+}
+
+
+def candidates_of(model: str) -> dict[str, Candidate]:
+    """The candidates of ``model`` ("cml": :data:`CANDIDATES`)."""
+    return CANDIDATES if model == "cml" else MODEL_CANDIDATES[model]
+
+
 #: Worst loss against the defaults on any one set for a change to be kept (1%).
 MAX_LOSS = 0.01
 
@@ -160,11 +211,35 @@ def tables(results: Mapping[str, Mapping[str, float]], ref: Mapping[str, float],
     return "\n".join(out)
 
 
+def _write(runs: list[dict[str, Any]], candidates: list[str], args: argparse.Namespace, name: str) -> None:
+    """The results of the runs so far: ``<name>.json`` and the tables of ``<name>.md``."""
+    results: dict[str, dict[str, float]] = {}
+    for r in runs:
+        if "error" not in r:
+            results.setdefault(r["candidate"], {})[r["run"]] = r["test"]["recall@50"]
+    results = {c: results[c] for c in candidates if c in results}
+    sets = [s for s in args.sets if s in results.get("defaults", {})]
+    if len(sets) < 2:  # leave-one-set-out needs two
+        return
+    ref = reference(results, tuned_peers(args.peers), sets)
+    text = tables(results, ref, sets)
+    last = {c: [r["run"] for r in runs if r.get("candidate") == c and r.get("best_is_last")] for c in results}
+    text += "\n\nRuns whose best epoch was their last (the budget may have stopped them early): " + "; ".join(
+        f"{c}: {len(v)} of {len(results[c])}" + (f" ({', '.join(v)})" if v else "") for c, v in last.items()) + "."
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "max_loss": MAX_LOSS,
+            "reference": ref, "note": "test Recall@50 of metricrec train at the defaults with one change; ratio to "
+                                      "the best tuned peer (citeulike-a+tags: to the defaults' own run)"}
+    write_results(RESULTS / name, {"meta": meta, "runs": runs, "results": results}, meta_page(name, meta, text))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rules", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=[s for s in RUNS], choices=list(RUNS))
-    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--model", default="cml", choices=["cml", *MODEL_CANDIDATES],
+                   help="the model whose defaults are judged (its own candidates; default cml)")
+    p.add_argument("--candidates", nargs="+", help="of the model's candidates (default: all of them)")
     p.add_argument("--data-dir", default=default_data_dir())
     p.add_argument("--threads", type=int)
     p.add_argument("--wait-load", type=float)
@@ -173,7 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="rules")
     p.add_argument("--reuse", type=Path, help="a rules.json whose runs are kept (only missing runs are made)")
     args = p.parse_args(argv)
-    candidates = ["defaults"] + [c for c in args.candidates if c != "defaults"]
+    table = candidates_of(args.model)
+    unknown = [c for c in args.candidates or () if c not in table]
+    if unknown:
+        p.error(f"--model {args.model} has no candidate(s) {unknown}; choose from {list(table)}")
+    candidates = ["defaults"] + [c for c in (args.candidates or table) if c != "defaults"]
+    prefix = [] if args.model == "cml" else ["--model", args.model]
+    name = args.name if args.name != "rules" or args.model == "cml" else f"rules-{args.model}"
     old = json.loads(args.reuse.read_text())["runs"] if args.reuse and args.reuse.exists() else []
     runs: list[dict[str, Any]] = [r for r in old if r.get("candidate") in candidates and r.get("run") in args.sets]
     done = {(r["candidate"], r["run"]) for r in runs if "error" not in r}
@@ -185,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             if c != "defaults" and s not in stats:
                 continue  # the defaults' run failed there: nothing to derive the rule from
             wait_for_load(args.wait_load, args.wait_max)
-            extra = CANDIDATES[c](stats.get(s, {})) if c != "defaults" else []
+            extra = prefix + (table[c](stats.get(s, {})) if c != "defaults" else [])
             r = run_cli(s, args.data_dir, args.threads, extra)
             r.update(candidate=c, flags=extra)
             if c == "defaults" and "error" not in r:
@@ -193,19 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             print(json.dumps({k: r.get(k) for k in ("candidate", "run", "best_epoch", "epochs_run", "error")}
                              | {"test_r50": (r.get("test") or {}).get("recall@50")}), flush=True)
-    results: dict[str, dict[str, float]] = {}
-    for r in runs:
-        if "error" not in r:
-            results.setdefault(r["candidate"], {})[r["run"]] = r["test"]["recall@50"]
-    results = {c: results[c] for c in candidates if c in results}
-    sets = [s for s in args.sets if s in results.get("defaults", {})]
-    peers = tuned_peers(args.peers)
-    ref = reference(results, peers, sets)
-    text = tables(results, ref, sets)
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "max_loss": MAX_LOSS,
-            "reference": ref, "note": "test Recall@50 of metricrec train at the defaults with one change; ratio to "
-                                      "the best tuned peer (citeulike-a+tags: to the defaults' own run)"}
-    write_results(RESULTS / args.name, {"meta": meta, "runs": runs, "results": results}, meta_page(args.name, meta, text))
+            _write(runs, candidates, args, name)  # after every run: a stopped study keeps what it made (--reuse)
+    _write(runs, candidates, args, name)
     return 0
 
 
