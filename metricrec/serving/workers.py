@@ -358,6 +358,7 @@ def worker_main(run_dir: str, fd: int) -> int:
     import uvicorn
 
     from .app import create_app
+    from .protocol import coalescing_protocol
     from .service import Limits
 
     holder = SharedModelHolder(run, s["model"], exact=s["exact"], warm_up=s["warm_up"])
@@ -375,7 +376,8 @@ def worker_main(run_dir: str, fd: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = uvicorn.Config(app, log_level=s["log_level"], access_log=False, server_header=False,
-                            timeout_graceful_shutdown=s["graceful_timeout"], backlog=s["backlog"])
+                            timeout_graceful_shutdown=s["graceful_timeout"], backlog=s["backlog"],
+                            http=coalescing_protocol() or "auto")  # a response in one send (.protocol)
     server = uvicorn.Server(config)
     state = server.server_state
     app.state.fast_path.connections = lambda: len(state.connections)
