@@ -7,7 +7,7 @@ from typing import Any
 import scipy.sparse as sp
 import torch
 
-from ...training.backends import TORCH
+from ...training.backends import NUMBA, TORCH
 from ..base import EmbeddingRecommender
 from .config import SFCMLConfig
 from .step import SFCMLStep
@@ -24,7 +24,8 @@ class SFCML(EmbeddingRecommender):
     (:mod:`metricrec.models.sfcml.step`); no negatives are sampled. Scores are negative squared
     Euclidean distances, as CML's (``recommend`` and ``similar_items`` come from the base).
     Parameters and attributes as :class:`~metricrec.models.base.EmbeddingRecommender`, with an
-    :class:`SFCMLConfig`; fold-in trains new users on the same loss against the frozen items.
+    :class:`SFCMLConfig`; fold-in trains new users on the same loss against the frozen items. On
+    the CPU the step runs as a compiled numba kernel where numba is installed (``kernel="auto"``).
 
     Examples
     --------
@@ -36,7 +37,7 @@ class SFCML(EmbeddingRecommender):
     config_class = SFCMLConfig
     model_name = "SFCML"
     distance = "euclidean"
-    backends = (TORCH,)
+    backends = (TORCH, NUMBA)
     config: SFCMLConfig
 
     def _make_step(self, config: SFCMLConfig, user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,

@@ -32,9 +32,9 @@ class TestSFCML(RecommenderBehaviour):
         return SFCML(factors=16, batch_size=500, init="random", learning_rate=0.3, show_progress=False,
                      verbose=False, **kw)
 
-    def test_has_no_numba_backend(self):
-        with pytest.raises(ConfigError, match="kernel"):
-            self.make(kernel="numba")
+    def test_auto_trains_with_the_compiled_kernel_where_numba_is_installed(self, fitted):
+        pytest.importorskip("numba")
+        assert fitted._trainer.step.backend == "numba"
 
     def test_fold_in_leaves_the_items_as_trained(self, fitted, tmp_path):
         model = load_model(fitted.save(tmp_path / "m"))  # a copy: the class's fitted model stays as it is
