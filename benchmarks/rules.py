@@ -191,7 +191,8 @@ def tables(results: Mapping[str, Mapping[str, float]], ref: Mapping[str, float],
     base = results["defaults"]
     head = "| candidate | " + " | ".join(sets) + " | mean / best peer | worst vs defaults | kept |"
     lines = [head, "|" + "---|" * (len(sets) + 4)]
-    k = kept(results, ref, sets)
+    complete = {c: row for c, row in results.items() if all(s in row for s in sets)}  # a study still running
+    k = kept(complete, ref, sets)
     for c, row in results.items():
         if any(s not in row for s in sets):
             lines.append(f"| {c} | " + " | ".join(f"{row[s]:.4f}" if s in row else "error" for s in sets) + " | | | |")
@@ -201,8 +202,8 @@ def tables(results: Mapping[str, Mapping[str, float]], ref: Mapping[str, float],
         cells = [f"{row[s]:.4f}" + ("" if c == "defaults" else f" ({100 * (row[s] / base[s] - 1):+.1f}%)") for s in sets]
         lines.append(f"| {c} | " + " | ".join(cells) + f" | {mean:.4f} | {100 * worst:+.1f}% | "
                      f"{'yes' if c in k else 'no'} |")
-    chosen = choose(results, ref, sets)
-    loso = leave_one_out(results, ref, sets)
+    chosen = choose(complete, ref, sets)
+    loso = leave_one_out(complete, ref, sets)
     out = ["\n".join(lines), f"\nChosen with every set: **{chosen}**.\n",
            "| held-out set | chosen without it | R@50 | chosen with it | R@50 | its own tuning was worth |",
            "|---|---|---|---|---|---|"]
