@@ -1,5 +1,7 @@
 """benchmarks.rules: which change is kept, which is chosen, and the leave-one-set-out table, by hand."""
 
+import pytest
+
 from benchmarks.rules import CANDIDATES, choose, kept, leave_one_out, reference, tables
 
 SETS = ["a", "b", "c"]
@@ -47,3 +49,35 @@ def test_rules_of_the_data_compute_their_flags_from_its_statistics():
     assert CANDIDATES["U share 0.05"](stats) == ["--n-negatives", "3"]  # 2.5 -> at least 3
     assert CANDIDATES["batch n/4"](stats) == ["--batch-size", "1000"]
     assert CANDIDATES["defaults"](stats) == []
+
+
+def test_a_partial_study_is_tabled_but_only_complete_candidates_are_chosen():
+    partial = {**RESULTS, "half run": {"a": 0.9}}  # still running: no row for b and c yet
+    text = tables(partial, REF, SETS)
+    assert "| half run | 0.9000 | error | error | | | |" in text
+    assert "Chosen with every set: **good everywhere**" in text
+
+
+def test_another_models_study_runs_its_own_candidates_under_model_flags(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import rules
+
+    calls = []
+
+    def fake_run(name, data_dir, threads, extra=()):
+        calls.append((name, list(extra)))
+        r50 = {"a": 0.5, "b": 0.4}[name] + (0.01 if "--margin-reg" in extra else 0.0)
+        return {"run": name, "best_epoch": 3, "epochs_run": 4, "best_is_last": False, "test": {"recall@50": r50},
+                "data_stats": {"n_users": 10, "n_items": 20, "train_pairs": 40}}
+
+    monkeypatch.setattr(rules, "run_cli", fake_run)
+    monkeypatch.setattr(rules, "RUNS", {"a": [], "b": []})
+    monkeypatch.setattr(rules, "RESULTS", tmp_path)
+    monkeypatch.setattr(rules, "tuned_peers", lambda files: {})
+    assert rules.main(["--model", "sml", "--sets", "a", "b", "--candidates", "margin_reg 0.02"]) == 0
+    assert calls == [("a", ["--model", "sml"]), ("b", ["--model", "sml"]),
+                     ("a", ["--model", "sml", "--margin-reg", "0.02"]), ("b", ["--model", "sml", "--margin-reg", "0.02"])]
+    saved = json.loads((tmp_path / "rules-sml.json").read_text())
+    assert saved["meta"]["model"] == "sml" and saved["results"]["margin_reg 0.02"] == pytest.approx({"a": 0.51, "b": 0.41})
+    assert "Chosen with every set: **margin_reg 0.02**" in (tmp_path / "rules-sml.md").read_text()
