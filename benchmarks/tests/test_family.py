@@ -44,3 +44,29 @@ def test_peak_memory_is_the_childs_own():
     assert 200 <= peak < 400  # the 200 MiB it touched, plus the interpreter
     code, err, _ = _run_measured([sys.executable, "-c", "import sys; sys.exit('no such set')"])
     assert code == 1 and "no such set" in err
+
+
+def test_reuse_keeps_the_rows_not_rerun_and_orders_the_table(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import family
+
+    old = [{"model": m, "data": d, "role": "defaults", "flags": [], "peak_rss_mb": 1.0, **summarise(_report(test=t))}
+           for m, d, t in (("sml", "ml-100k", 0.30), ("cml", "ml-100k", 0.36), ("sml", "filmtrust", 0.80))]
+    (tmp_path / "old.json").write_text(json.dumps({"meta": {}, "rows": old}))
+    ran = []
+
+    def fake_run(model, data, data_dir, threads, extra=()):
+        ran.append((model, data))
+        return {"model": model, "data": data, "flags": list(extra), "peak_rss_mb": 1.0,
+                **summarise(_report(test=0.40))}
+
+    monkeypatch.setattr(family, "run_model", fake_run)
+    monkeypatch.setattr(family, "RESULTS", tmp_path)
+    monkeypatch.setattr(family, "tuned_peers", lambda files: {})
+    assert family.main(["--models", "sml", "--sets", "ml-100k", "--reuse", str(tmp_path / "old.json")]) == 0
+    rows = json.loads((tmp_path / "family.json").read_text())["rows"]
+    assert ran == [("sml", "ml-100k")]
+    got = [(r["data"], r["model"], r["test_recall@50"]) for r in rows]
+    # ml-100k before filmtrust (the order of the sets), cml before sml; sml on ml-100k replaced
+    assert got == [("ml-100k", "cml", 0.36), ("ml-100k", "sml", 0.40), ("filmtrust", "sml", 0.80)]
