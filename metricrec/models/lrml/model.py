@@ -10,7 +10,7 @@ import torch
 
 from ...metrics import Scorer
 from ...serialization import ModelFormatError
-from ...training.backends import TORCH
+from ...training.backends import NUMBA, TORCH
 from ..base import EmbeddingRecommender
 from .config import LRMLConfig
 from .step import LRMLStep, lrml_scores, pair_scorer
@@ -42,7 +42,7 @@ class LRML(EmbeddingRecommender):
     config_class = LRMLConfig
     model_name = "LRML"
     distance = "euclidean"
-    backends = (TORCH,)
+    backends = (TORCH, NUMBA)
     custom_user_scores = True
     config: LRMLConfig
 

@@ -21,15 +21,18 @@ the paper's sum over negatives estimated by the mean over the U sampled ones. Wi
 score retrieval ranks by); with ``"positive"`` it reuses the positive pair's ``r_ui``, as the
 authors' released code does.
 
-The gradients come from autograd on the rows the batch gathered (never on the whole tables): the
-table gradients go to the trainer's buffers for the rows with an active hinge only, and the keys
-and values are the step's own parameters, updated after each batch by a dense AdaGrad at
+The gradients come from autograd on the rows the batch gathered (never on the whole tables), in
+chunks of pairs (:data:`CHUNK_ELEMENTS`); on the CPU the numba backend computes the same loss and
+gradients with a hand-written backward (:mod:`metricrec.models.lrml.step_numba`). The table
+gradients go to the trainer's buffers for the rows with an active hinge only, and the keys and
+values are the step's own parameters, updated after each batch by a dense AdaGrad at
 ``memory_lr`` (they are N x d: small). The tests compare the step with autograd on
 :func:`lrml_loss_reference`, the batch loss written with loops.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -37,15 +40,22 @@ import torch
 
 from ...metrics import Scorer
 from ...training import distributed
+from ...training.backends import NUMBA
 from ...training.optim import GradBuffer, RowAdagrad
 from ...training.sampling import NegativeDraw
 from .config import LRMLConfig
 
-__all__ = ["LRMLStep", "lrml_batch_loss", "lrml_loss_reference", "lrml_scores", "pair_scorer", "SCORE_BLOCK_BYTES"]
+__all__ = ["LRMLStep", "lrml_batch_loss", "lrml_loss_reference", "lrml_scores", "pair_scorer", "SCORE_BLOCK_BYTES",
+           "CHUNK_ELEMENTS"]
 
 #: :func:`lrml_scores` works through users in blocks whose largest intermediate ((n, N, n_items)
 #: attention, or (n, n_items, d) for L1) stays under this size.
 SCORE_BLOCK_BYTES = 64 * 2**20
+#: The torch step takes a batch in chunks of pairs whose (pairs, U, d) intermediates hold at most this
+#: many elements (8 MiB of float32): a whole steam-200k batch (8,456 pairs x 20 negatives x 128) made
+#: each of them 86 MiB, above glibc's largest mmap threshold, so every one was a fresh mapping whose
+#: pages the operating system faulted in and zeroed (a third of the run's CPU time was system time).
+CHUNK_ELEMENTS = 2**21
 
 
 def _relation(x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -164,12 +174,15 @@ def pair_scorer(user: torch.Tensor, item: torch.Tensor, keys: torch.Tensor, memo
 
 
 class LRMLStep:
-    """A :class:`~metricrec.training.trainer.TrainingStep` for LRML (torch backend, any device).
+    """A :class:`~metricrec.training.trainer.TrainingStep` for LRML: the torch backend (any device;
+    autograd on the gathered rows, in chunks of pairs), or the compiled CPU kernel (backend
+    ``"numba"``, :mod:`metricrec.models.lrml.step_numba`, every metric, relation and fold-in).
 
     The tables go to the trainer's row-sparse optimisers through the buffers; the keys and values
     are the step's own parameters: after each batch it applies their gradients itself (AdaGrad at
     ``config.memory_lr``, every slot), as SML's step trains its margins. The table gradients of the
-    batch were computed with the memory before that update.
+    batch were computed with the memory before that update. Both backends fill the same buffers and
+    take the same memory step.
 
     Parameters
     ----------
@@ -199,12 +212,48 @@ class LRMLStep:
         # keys and values side by side: one buffer (summed across ranks in data-parallel training)
         self._memory_grad = GradBuffer(n_slots, 2 * d, dtype=keys.dtype, device=keys.device)
         self._memory_opts = (RowAdagrad(keys, config.memory_lr), RowAdagrad(memory, config.memory_lr))
+        self._numba = None
+        if backend == NUMBA:
+            for name, t in (("user_emb", user_emb), ("item_emb", item_emb), ("keys", keys), ("memory", memory)):
+                if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+                    raise ValueError(f"the numba backend needs contiguous float32 CPU tensors; {name} is "
+                                     f"{t.dtype} on {t.device}")
+            from . import step_numba
+
+            step_numba.warm_up()  # compile (or load the cache) now, not inside the first timed epoch
+            self._numba = functools.partial(step_numba.lrml_gradients_numba, workspace=step_numba.Workspace())
 
     def batch(self, users: torch.Tensor, items: torch.Tensor, draw: NegativeDraw,
               user_grad: GradBuffer, item_grad: GradBuffer) -> tuple[float, dict[str, float]]:
         """Table gradients into the buffers, a memory update; (total, {hinge_loss})."""
-        cfg = self.config
         negatives = draw.negatives
+        if self._numba is not None:
+            value, g_keys, g_memory = self._numba(self.user_emb, self.item_emb, self.keys, self.memory, users, items,
+                                                  negatives, user_grad, item_grad, margin=self.config.margin,
+                                                  metric=self.config.metric,
+                                                  negative_relation=self.config.negative_relation,
+                                                  train_memory=self.train_memory)
+        else:
+            # in chunks of pairs: the loss is a sum over pairs, so the chunks' gradients add up to the batch's
+            n_pairs, n_neg = negatives.shape
+            width = max(1, CHUNK_ELEMENTS // max(1, n_neg * self.item_emb.shape[1]))
+            value, g_keys, g_memory = 0.0, None, None
+            for lo in range(0, max(n_pairs, 1), width):  # one (empty) chunk for an empty batch
+                part = self._chunk(users[lo: lo + width], items[lo: lo + width], negatives[lo: lo + width],
+                                   user_grad, item_grad)
+                value += part[0]
+                if self.train_memory:
+                    g_keys = part[1] if g_keys is None else g_keys.add_(part[1])
+                    g_memory = part[2] if g_memory is None else g_memory.add_(part[2])
+        if self.train_memory:
+            self._step_memory(g_keys, g_memory)
+        return value, {"hinge_loss": value}
+
+    def _chunk(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, user_grad: GradBuffer,
+               item_grad: GradBuffer) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+        """Autograd on one chunk of pairs: its table gradients into the buffers; (its loss, its key and
+        value gradients, None without ``train_memory``)."""
+        cfg = self.config
         flat = negatives.reshape(-1)
         with torch.enable_grad():
             u = self.user_emb.index_select(0, users).requires_grad_()
@@ -222,10 +271,9 @@ class LRMLStep:
         item_grad.add(items.index_select(0, rows), grads[1].index_select(0, rows))
         entries = active.reshape(-1).nonzero().squeeze(1)
         item_grad.add(flat.index_select(0, entries), grads[2].reshape(-1, grads[2].shape[-1]).index_select(0, entries))
-        if self.train_memory:
-            self._step_memory(grads[3], grads[4])
-        value = float(loss.detach())
-        return value, {"hinge_loss": value}
+        if not self.train_memory:
+            return float(loss.detach()), None, None
+        return float(loss.detach()), grads[3], grads[4]
 
     def _step_memory(self, g_keys: torch.Tensor, g_memory: torch.Tensor) -> None:
         buf = self._memory_grad

@@ -33,10 +33,6 @@ class TestLRML(RecommenderBehaviour):
         return LRML(factors=16, batch_size=500, init="random", learning_rate=0.5, memory_slots=8,
                     show_progress=False, verbose=False, **kw)
 
-    def test_has_no_numba_backend(self):
-        with pytest.raises(ConfigError, match="kernel"):
-            self.make(kernel="numba")
-
     def test_retrieval_scores_are_the_pair_scores_of_a_slow_loop(self, fitted):
         user, item = fitted.user_embeddings.astype(np.float64), fitted.item_embeddings.astype(np.float64)
         keys, memory = fitted.memory_keys.astype(np.float64), fitted.memory_values.astype(np.float64)
