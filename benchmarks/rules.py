@@ -96,6 +96,10 @@ MODEL_CANDIDATES: dict[str, dict[str, Candidate]] = {
         "margin_reg 0.02": _fixed("--margin-reg", "0.02"),
         "margin_reg 0.15": _fixed("--margin-reg", "0.15"),
         "item_weight 0.3": _fixed("--item-weight", "0.3"),
+        # round 2: the kept changes together, and further along the one that won
+        "margin_reg 0.15, adaptive budget": _fixed("--margin-reg", "0.15", *_ADAPTIVE),
+        "margin_reg 0.3": _fixed("--margin-reg", "0.3"),
+        "margin_reg 0.3, adaptive budget": _fixed("--margin-reg", "0.3", *_ADAPTIVE),
     },
     "sfcml": {
         "defaults": _fixed(),
@@ -105,6 +109,9 @@ MODEL_CANDIDATES: dict[str, dict[str, Candidate]] = {
         "pair weighting": _fixed("--weighting", "pair"),
         "learning rate 0.15": _fixed("--learning-rate", "0.15"),
         "d 256": _fixed("--factors", "256"),
+        # round 2: the kept changes together
+        "margin 1.5, d 256": _fixed("--margin", "1.5", "--factors", "256"),
+        "margin 1.5, learning rate 0.15": _fixed("--margin", "1.5", "--learning-rate", "0.15"),
     },
     "transcf": {
         "defaults": _fixed(),
