@@ -215,7 +215,7 @@ def test_config_refuses_bad_values_naming_the_field(field, value):
 def test_defaults_are_cmls_space_with_batches_of_a_quarter_of_the_pairs():
     cfg = SFCMLConfig()
     assert (cfg.init, cfg.max_norm, cfg.valid_users, cfg.eval_every) == ("spectral", 1.0, 1000, 5)
-    assert (cfg.margin, cfg.weighting, cfg.learning_rate, cfg.factors) == (2.0, "user", 0.3, 128)
+    assert (cfg.margin, cfg.weighting, cfg.learning_rate, cfg.factors) == (1.5, "user", 0.3, 256)
     assert SFCML().distance == "euclidean" and SFCML.model_name == "SFCML"
     assert cfg.resolved_batch_size(32_858, 2_625) == 8_214  # ml-100k: 4 batches an epoch
     assert cfg.resolved_batch_size(2_000) == 1_000

@@ -46,9 +46,19 @@ class TestSML(RecommenderBehaviour):
                            (fitted.item_margins, fitted.item_embeddings.shape[0])):
             assert margins.shape == (n,) and margins.dtype == np.float32
             assert np.all(np.isfinite(margins)) and margins.min() >= 0.0 and margins.max() <= l
-            assert margins.std() > 0.01  # learned per row, not left at their common start
-        # the hinges pull the often-violated users' margins down from their start at l
-        assert fitted.user_margins.mean() < 0.9 * l
+        # learned per user, not left at their common start: the hinges pull the often-violated
+        # users' margins down from l
+        assert fitted.user_margins.std() > 0.01 and fitted.user_margins.mean() < 0.9 * l
+        # an average item margin settles where a fraction margin_reg / item_weight of its hinges are
+        # active: at the defaults (0.15 / 0.1 > 1) the regulariser outweighs the item hinge and the
+        # item margins stay at l (only an item far more popular than the rest could move)
+        assert fitted.config.margin_reg > fitted.config.item_weight
+        assert np.mean(fitted.item_margins == np.float32(l)) > 0.9 and fitted.item_margins.std() < 0.01
+
+    def test_item_margins_are_learned_when_the_item_hinge_outweighs_the_regulariser(self, data_split):
+        model = self.make(epochs=15, margin_reg=0.05).fit(data_split.train, data_split.valid)
+        l = model.config.margin_max
+        assert model.item_margins.std() > 0.01 and model.item_margins.min() < 0.9 * l
 
     def test_margins_round_trip_exactly_through_load_model(self, fitted, tmp_path):
         again = load_model(fitted.save(tmp_path / "m"))
@@ -102,8 +112,9 @@ class TestSML(RecommenderBehaviour):
             seen.append((step.user_emb.clone(), step.user_margin.clone(), step.item_margin.clone()))
 
         # SML's spectral start ranks this data best early: the valid recall peaks before the last epoch
-        model = SML(factors=16, batch_size=500, epochs=6, eval_every=1, patience=0, show_progress=False,
-                    verbose=False).fit(data_split.train, data_split.valid, callbacks=[keep])
+        # (a fixed linear decay: the adaptive budget of the defaults may stop before the sixth epoch)
+        model = SML(factors=16, batch_size=500, epochs=6, lr_schedule="linear", eval_every=1, patience=0,
+                    show_progress=False, verbose=False).fit(data_split.train, data_split.valid, callbacks=[keep])
         best = model.history.best_epoch
         assert len(seen) == 6 and best < 6, best
         user, user_margin, item_margin = seen[best - 1]
