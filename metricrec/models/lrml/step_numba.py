@@ -17,7 +17,9 @@ the inactive hinges included. Here, per pair (u, j) with ``s = u * v_j``, ``a = 
    For ``"l2"`` with own relations a negative's distance needs no relation vector:
    ``||u + r - v||^2 = ||u - v||^2 + a.G a + 2 a.(M u - M v)`` with ``G = M M^T`` and ``M v`` of the
    batch's distinct negatives projected once per batch; so is its ``da = 2 w (M u + G a - M v)``; r is
-   built for the active hinges only (most of them are inactive after the first epochs);
+   built for the active hinges only (most of them are inactive after the first epochs). This pass and
+   its pieces for one pair (the attention, the distance, the hinges, the backward of one pair and of
+   its attention) are in :mod:`metricrec.models.lrml.pair_kernels`;
 2. the per-pair table gradients into the dense buffers, in parallel over parts of the tables (part q
    owns the rows r with r % parts == q and visits the pairs in order), as in SML's kernel
    (:mod:`metricrec.models.sml.step_numba`);
@@ -45,191 +47,11 @@ PAIR_CHUNK = 32
 
 
 def _pair_pass(numba):
-    """Per chunk of pairs, in parallel: forward, hinges, the backward of the active ones."""
+    """Per chunk of pairs, in parallel: forward, hinges, the backward of the active ones
+    (:func:`metricrec.models.lrml.pair_kernels.pair_pass`, module level so numba caches it)."""
+    from . import pair_kernels
 
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def pair_pass(U, V, K, M, G, P, users, pos, negs, margin, l1, own, train_memory, chunk,
-                  GU, GP, GN, act, n_act, loss, DK, DM):
-        b_count, n_neg = negs.shape
-        d = U.shape[1]
-        n_slots = K.shape[0]
-        n_chunks = (b_count + chunk - 1) // chunk
-        inv = np.float32(1.0 / n_neg)
-        two = np.float32(2.0)
-        zero = np.float32(0.0)
-        expand = own and not l1  # l2 with own relations: the negatives' distances without r (see below)
-        for ci in numba.prange(n_chunks):
-            att = np.empty((n_neg + 1, n_slots), dtype=np.float32)  # the attention of each relation
-            diff = np.empty((n_neg + 1, d), dtype=np.float32)  # x = u + r - v of the positive and each negative
-            dist = np.empty(n_neg + 1, dtype=np.float32)
-            uu = np.empty(d, dtype=np.float32)
-            s = np.empty(d, dtype=np.float32)
-            rel = np.empty(d, dtype=np.float32)
-            dr = np.empty(d, dtype=np.float32)
-            dr_pos = np.empty(d, dtype=np.float32)
-            ds = np.empty(d, dtype=np.float32)
-            gu = np.empty(d, dtype=np.float32)
-            gv = np.empty(d, dtype=np.float32)
-            da = np.empty(n_slots, dtype=np.float32)
-            mu = np.empty(n_slots, dtype=np.float32)  # M u
-            dk = DK[ci]  # (0, d) without train_memory
-            dm = DM[ci]
-            if train_memory:
-                dk[:] = zero
-                dm[:] = zero
-            for b in range(ci * chunk, min((ci + 1) * chunk, b_count)):
-                uu[:] = U[users[b]]
-                if expand:
-                    for m in range(n_slots):
-                        z = zero
-                        for t in range(d):
-                            z += M[m, t] * uu[t]
-                        mu[m] = z
-                # ---- forward: j = 0 the positive, j = 1..U the negatives
-                for j in range(n_neg + 1):
-                    it = pos[b] if j == 0 else negs[b, j - 1]
-                    v = V[it]
-                    if j == 0 or own:  # a = softmax(K s), s = u * v
-                        for t in range(d):
-                            s[t] = uu[t] * v[t]
-                        top = np.float32(-np.inf)
-                        for m in range(n_slots):
-                            z = zero
-                            for t in range(d):
-                                z += K[m, t] * s[t]
-                            att[j, m] = z
-                            top = max(top, z)
-                        total = zero
-                        for m in range(n_slots):
-                            e = np.exp(att[j, m] - top)
-                            att[j, m] = e
-                            total += e
-                        scale = np.float32(1.0) / total
-                        for m in range(n_slots):
-                            att[j, m] *= scale
-                    if j > 0 and expand:
-                        # ||u + r - v||^2 = ||u - v||^2 + a.G a + 2 a.(M u - M v), G = M M^T, P[k] = M v_k:
-                        # no relation vector (it is built for the active hinges only)
-                        acc = zero
-                        for t in range(d):
-                            x = uu[t] - v[t]
-                            acc += x * x
-                        for m in range(n_slots):
-                            z = zero
-                            for n in range(n_slots):
-                                z += G[m, n] * att[j, n]
-                            acc += att[j, m] * (z + two * (mu[m] - P[it, m]))
-                        dist[j] = acc
-                        continue
-                    if j == 0 or own:  # r = a @ M (a negative of "positive" keeps the positive's)
-                        rel[:] = zero
-                        for m in range(n_slots):
-                            am = att[j, m]
-                            for t in range(d):
-                                rel[t] += am * M[m, t]
-                    acc = zero
-                    if l1:
-                        for t in range(d):
-                            x = uu[t] + rel[t] - v[t]
-                            diff[j, t] = x
-                            acc += abs(x)
-                    else:
-                        for t in range(d):
-                            x = uu[t] + rel[t] - v[t]
-                            diff[j, t] = x
-                            acc += x * x
-                    dist[j] = acc
-                count = 0
-                lb = zero
-                for c in range(n_neg):
-                    h = margin + dist[0] - dist[c + 1]
-                    if h > zero:
-                        act[b, c] = True
-                        count += 1
-                        lb += h
-                    else:
-                        act[b, c] = False
-                n_act[b] = count
-                loss[b] = lb * inv
-                if count == 0:
-                    continue
-                # ---- backward of the active hinges: the negatives first, then the positive
-                gu[:] = zero
-                dr_pos[:] = zero
-                for jj in range(n_neg + 1):
-                    j = (jj + 1) % (n_neg + 1)
-                    if j == 0:
-                        w = np.float32(count) * inv
-                        it = pos[b]
-                    else:
-                        if not act[b, j - 1]:
-                            continue
-                        w = -inv
-                        it = negs[b, j - 1]
-                    v = V[it]
-                    if j > 0 and expand:  # the relation, now: x = u + r - v
-                        rel[:] = zero
-                        for m in range(n_slots):
-                            am = att[j, m]
-                            for t in range(d):
-                                rel[t] += am * M[m, t]
-                        for t in range(d):
-                            diff[j, t] = uu[t] + rel[t] - v[t]
-                    if l1:  # dr = g = w dd/dx: sign(x) (0 at 0, torch's abs backward)
-                        for t in range(d):
-                            x = diff[j, t]
-                            dr[t] = w if x > zero else (-w if x < zero else zero)
-                    else:  # 2 x
-                        for t in range(d):
-                            dr[t] = (two * w) * diff[j, t]
-                    for t in range(d):  # the direct terms of x = u + r - v
-                        gu[t] += dr[t]
-                        gv[t] = -dr[t]
-                    if j > 0 and not own:  # the positive's relation: its attention takes this dr
-                        for t in range(d):
-                            dr_pos[t] += dr[t]
-                    else:
-                        if j == 0:
-                            for t in range(d):
-                                dr[t] += dr_pos[t]
-                        for t in range(d):
-                            s[t] = uu[t] * v[t]
-                        if j > 0 and expand:  # da = M dr = 2 w (M u + G a - M v)
-                            for m in range(n_slots):
-                                z = zero
-                                for n in range(n_slots):
-                                    z += G[m, n] * att[j, n]
-                                da[m] = (two * w) * (mu[m] + z - P[it, m])
-                        else:  # da = M dr
-                            for m in range(n_slots):
-                                z = zero
-                                for t in range(d):
-                                    z += M[m, t] * dr[t]
-                                da[m] = z
-                        dot = zero
-                        for m in range(n_slots):
-                            dot += att[j, m] * da[m]
-                        ds[:] = zero
-                        for m in range(n_slots):
-                            am = att[j, m]
-                            dl = am * (da[m] - dot)  # dlogits = a (da - a.da)
-                            for t in range(d):  # ds = K^T dlogits
-                                ds[t] += dl * K[m, t]
-                            if train_memory:  # dK += dlogits x s; dM += a x dr
-                                for t in range(d):
-                                    dk[m, t] += dl * s[t]
-                                for t in range(d):
-                                    dm[m, t] += am * dr[t]
-                        for t in range(d):  # through s = u * v
-                            gu[t] += ds[t] * v[t]
-                            gv[t] += ds[t] * uu[t]
-                    if j == 0:
-                        GP[b] = gv
-                    else:
-                        GN[b, j - 1] = gv
-                GU[b] = gu
-
-    return pair_pass
+    return pair_kernels.pair_pass
 
 
 def _project_pass(numba):
