@@ -21,11 +21,11 @@ one draw between groups of rows (:class:`~metricrec.training.sampling.NegativeDr
 draws its own U negatives, the same distribution per pair. Random numbers come from a counter-based
 generator keyed by (seed, user), so the result is the same for any thread count. The tests compare the
 gradient of one batch with an independent NumPy computation and the fold-in's quality with the trainer's.
+The compiled pass and its pieces (the generator, a negative's draw, one pair's hinge and gradient, the
+AdaGrad step) are in :mod:`metricrec.models.cml.fold_in_kernels`.
 """
 
 from __future__ import annotations
-
-import math  # noqa: F401  (numba resolves math in the kernel's globals)
 
 import numpy as np
 import torch
@@ -34,111 +34,13 @@ from ...training.optim import lazy_kernels
 
 __all__ = ["fold_in_numba", "warm_up"]
 
-#: Rejection draws of a negative before it is picked directly among the unliked items.
-_REJECTIONS = 64
-
 
 def _fold_kernel(numba):
-    """The whole fold-in of every row, in parallel over rows."""
+    """The whole fold-in of every row, in parallel over rows (:func:`metricrec.models.cml.fold_in_kernels.fold`,
+    module level so numba caches it)."""
+    from . import fold_in_kernels
 
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def fold(U, V, indptr, indices, rates, n_rounds, n_neg, margin, use_rank, acc0, eps, max_norm, seed):
-        n_rows, d = U.shape
-        n_items = V.shape[0]
-        n_epochs = rates.shape[0] // n_rounds
-        golden = np.uint64(0x9E3779B97F4A7C15)
-        m1 = np.uint64(0xBF58476D1CE4E5B9)
-        m2 = np.uint64(0x94D049BB133111EB)
-        s30, s27, s31, s11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-        for r in numba.prange(n_rows):
-            lo = indptr[r]
-            deg = indptr[r + 1] - lo
-            liked = indices[lo: lo + deg]
-            n_free = n_items - deg
-            # splitmix64 keyed by (seed, row): draws independent of the thread that runs the row
-            state = np.uint64(seed) * golden + np.uint64(r) * m2 + np.uint64(1)
-            acc = np.full(d, acc0, dtype=np.float32)
-            g = np.empty(d, dtype=np.float32)
-            batch_of = np.empty(deg, dtype=np.int64)
-            u = U[r]
-            for e in range(n_epochs):
-                for j in range(deg):
-                    state += golden
-                    z = (state ^ (state >> s30)) * m1
-                    z = (z ^ (z >> s27)) * m2
-                    z = z ^ (z >> s31)
-                    batch_of[j] = np.int64(z >> s11) % n_rounds
-                for q in range(n_rounds):
-                    active = False
-                    for t in range(d):
-                        g[t] = 0.0
-                    for j in range(deg):
-                        if batch_of[j] != q:
-                            continue
-                        p = liked[j]
-                        d_pos = np.float32(0.0)
-                        for t in range(d):
-                            x = u[t] - V[p, t]
-                            d_pos += x * x
-                        best = np.inf
-                        best_k = -1
-                        impostors = 0
-                        for c in range(n_neg):
-                            k = -1
-                            for _ in range(_REJECTIONS):
-                                state += golden
-                                z = (state ^ (state >> s30)) * m1
-                                z = (z ^ (z >> s27)) * m2
-                                z = z ^ (z >> s31)
-                                cand = np.int64(z >> s11) % n_items
-                                at = np.searchsorted(liked, cand)
-                                if at >= deg or liked[at] != cand:
-                                    k = cand
-                                    break
-                            if k < 0:  # a user liking most items: the t-th unliked item, directly
-                                state += golden
-                                z = (state ^ (state >> s30)) * m1
-                                z = (z ^ (z >> s27)) * m2
-                                z = z ^ (z >> s31)
-                                k = np.int64(z >> s11) % n_free
-                                for a in range(deg):  # liked is sorted: skip the liked items below k
-                                    if liked[a] <= k:
-                                        k += 1
-                                    else:
-                                        break
-                            dist = np.float32(0.0)
-                            for t in range(d):
-                                x = u[t] - V[k, t]
-                                dist += x * x
-                            if margin + d_pos - dist > 0.0:
-                                impostors += 1
-                            if dist < best:
-                                best = dist
-                                best_k = k
-                        if margin + d_pos - best > 0.0:
-                            w = math.log(math.floor(n_items * impostors / n_neg) + 1.0) if use_rank else 1.0
-                            w2 = np.float32(2.0 * w)
-                            for t in range(d):  # dL/du = 2 w (v_closest - v_positive)
-                                g[t] += w2 * (V[best_k, t] - V[p, t])
-                            active = True
-                    if not active:
-                        continue
-                    lr = rates[e * n_rounds + q]
-                    sq = np.float32(0.0)
-                    for t in range(d):
-                        a = acc[t] + g[t] * g[t]
-                        acc[t] = a
-                        x = u[t] - lr * (g[t] / np.sqrt(a + eps))
-                        u[t] = x
-                        sq += x * x
-                    if max_norm > 0.0:
-                        norm = np.sqrt(sq)
-                        if norm > max_norm:
-                            scale = max_norm / max(norm, np.float32(1e-12))
-                            for t in range(d):
-                                u[t] *= scale
-
-    return fold
+    return fold_in_kernels.fold
 
 
 _compile = lazy_kernels(_fold_kernel)
