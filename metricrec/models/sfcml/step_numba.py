@@ -18,7 +18,8 @@ products stay in torch (BLAS), and the rest is fused in four compiled passes:
    straight from the table rows, the two moments ``mu_u``, ``var_u`` from the closed-form sums over
    all items, the user's pairs (each found by binary search in its sorted row), their losses, the
    coefficients ``kappa`` on the row's entries and the user's gradient, written into its own row of
-   the buffer (each user is one iteration's);
+   the buffer (each user is one iteration's); this pass and its pieces for one user are in
+   :mod:`metricrec.models.sfcml.user_kernels`;
 3. in parallel over the items: the correction of the positives, ``sum_u kappa_uj u`` over the batch's
    users that hold the item (the training matrix's transposed pattern, users in increasing order),
    and the item's dense gradient, written into its own row.
@@ -111,80 +112,11 @@ def _group_pass(numba):
 
 
 def _user_pass(numba):
-    """Per distinct user, in parallel: moments, pair losses, kappa on its positives, its gradient."""
+    """Per distinct user, in parallel: moments, pair losses, kappa on its positives, its gradient
+    (:func:`metricrec.models.sfcml.user_kernels.user_pass`, module level so numba caches it)."""
+    from . import user_kernels
 
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def user_pass(U, V, q, S, R, UM, uniq, start, order, positives, weights, indptr, indices, Q1, Q2,
-                  margin, dp, kappa, GU, touched, c_out, alpha_out, pair_loss, spread_loss):
-        n, d = V.shape
-        for ell in numba.prange(uniq.shape[0]):
-            u = uniq[ell]
-            s = np.float32(0.0)
-            us = np.float32(0.0)
-            ur = np.float32(0.0)
-            umu = np.float32(0.0)
-            for t in range(d):
-                x = U[u, t]
-                s += x * x
-                us += x * S[t]
-                ur += x * R[t]
-                umu += x * UM[ell, t]
-            lo, hi = indptr[u], indptr[u + 1]
-            sum1 = 0.0  # the positives' share of the sums over all items, float64
-            sum2 = 0.0
-            for p in range(lo, hi):  # d(u,j) for the user's positives j
-                j = indices[p]
-                dot = np.float32(0.0)
-                for t in range(d):
-                    dot += U[u, t] * V[j, t]
-                x = s + q[j] - np.float32(2.0) * dot
-                dp[p] = x
-                kappa[p] = 0.0
-                sum1 += x
-                sum2 += x * x
-            s64 = np.float64(s)
-            t1 = n * s64 + Q1 - 2.0 * us  # sums over all items of d(u,j) and of d(u,j)^2
-            t2 = n * s64 * s64 + Q2 + 4.0 * umu + 2.0 * s64 * Q1 - 4.0 * s64 * us - 4.0 * ur
-            n_neg = np.float64(n - (hi - lo))
-            mu = (t1 - sum1) / n_neg
-            var = (t2 - sum2) / n_neg - mu * mu
-            w = np.float64(weights[u])
-            row = indices[lo:hi]
-            big_w = 0.0
-            big_a = 0.0
-            pl = 0.0
-            for o in range(start[ell], start[ell + 1]):  # the user's pairs: a = m + d(u,i), r = a - mu_u
-                p = lo + np.searchsorted(row, positives[order[o]])
-                a = margin + dp[p]
-                r = a - mu
-                pl += w * r * r
-                big_w += w
-                big_a += w * a
-                kappa[p] += 2.0 * w * r
-            c = 2.0 * big_w / n_neg
-            e = 2.0 * big_a / n_neg
-            row_k = 0.0
-            acc = np.zeros(d, dtype=np.float32)
-            for p in range(lo, hi):  # kappa = the pair's coefficient - h_uj; sum_j kappa_uj v_j
-                kap = np.float32(kappa[p] - c * dp[p] + e)
-                kappa[p] = kap
-                row_k += kap
-                j = indices[p]
-                for t in range(d):
-                    acc[t] += kap * V[j, t]
-            beta = np.float32(c * t1 - e * n + row_k)
-            c2 = np.float32(2.0 * c)
-            cs = np.float32(e - c * s64)
-            c32 = np.float32(c)
-            for t in range(d):  # d/du = 2 [beta u + 2 c Mu + (e - c s) S - c R - K V]
-                GU[u, t] += np.float32(2.0) * (beta * U[u, t] + c2 * UM[ell, t] + cs * S[t] - c32 * R[t] - acc[t])
-            touched[u] = True
-            c_out[ell] = c
-            alpha_out[ell] = c * s64 - e
-            pair_loss[ell] = pl
-            spread_loss[ell] = big_w * var
-
-    return user_pass
+    return user_kernels.user_pass
 
 
 def _item_pass(numba):
