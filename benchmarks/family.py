@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                                               "pairs run now (rerun a few models or sets, keep the rest)")
     args = p.parse_args(argv)
     fresh = {(m, d) for m in args.models for d in args.sets}
-    kept_rows = json.loads(args.reuse.read_text())["rows"] if args.reuse and args.reuse.exists() else []
+    kept = json.loads(args.reuse.read_text()) if args.reuse and args.reuse.exists() else {"rows": []}
+    kept_rows = kept["rows"]
+    # the grids of every tuned row kept, and of the models tuned now
+    grids = {**(kept.get("meta", {}).get("grids") or {}), **({m: GRIDS[m] for m in args.models} if args.tune else {})}
     rows: list[dict[str, Any]] = [r for r in kept_rows if (r.get("model"), r.get("data")) not in fresh]
     order = {name: i for i, name in enumerate(RUNS)}
     rank = {name: i for i, name in enumerate(MODELS)}
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     def write() -> None:  # after every set: a long run interrupted keeps what it measured
         meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count(), "threads": args.threads,
                 "sets_done": sorted({r["data"] for r in rows}), "rerun_now": sorted(map(list, fresh)) if kept_rows else None,
-                "grids": {m: GRIDS[m] for m in args.models} if args.tune else None,
+                "grids": grids or None,
                 "note": "s / epoch: mean training seconds of an epoch (validation excluded); s to best: "
                         "initialisation + epochs up to the best; peak MiB: the training process's ru_maxrss; tuned: "
                         "the grid point with the best valid Recall@50 (the defaults are a point of it)"}

@@ -53,7 +53,7 @@ def test_reuse_keeps_the_rows_not_rerun_and_orders_the_table(tmp_path, monkeypat
 
     old = [{"model": m, "data": d, "role": "defaults", "flags": [], "peak_rss_mb": 1.0, **summarise(_report(test=t))}
            for m, d, t in (("sml", "ml-100k", 0.30), ("cml", "ml-100k", 0.36), ("sml", "filmtrust", 0.80))]
-    (tmp_path / "old.json").write_text(json.dumps({"meta": {}, "rows": old}))
+    (tmp_path / "old.json").write_text(json.dumps({"meta": {"grids": {"cml": [["--learning-rate", "0.1"]]}}, "rows": old}))
     ran = []
 
     def fake_run(model, data, data_dir, threads, extra=()):
@@ -70,3 +70,5 @@ def test_reuse_keeps_the_rows_not_rerun_and_orders_the_table(tmp_path, monkeypat
     got = [(r["data"], r["model"], r["test_recall@50"]) for r in rows]
     # ml-100k before filmtrust (the order of the sets), cml before sml; sml on ml-100k replaced
     assert got == [("ml-100k", "cml", 0.36), ("ml-100k", "sml", 0.40), ("filmtrust", "sml", 0.80)]
+    # the grids of the tuned rows kept stay stated, though this run tuned nothing
+    assert json.loads((tmp_path / "family.json").read_text())["meta"]["grids"] == {"cml": [["--learning-rate", "0.1"]]}
