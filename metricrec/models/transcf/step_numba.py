@@ -143,13 +143,9 @@ def _pair_pass(numba):
         two = np.float32(2.0)
         nbr2 = two * nbr_reg
         for b in numba.prange(b_count):
-            u = users[b]
-            p = pos[b]
-            ju = u_slot[b]
-            jp = p_slot[b]
-            d_pos = np.float32(0.0)
-            nbr_u = np.float32(0.0)
-            nbr_i = np.float32(0.0)
+            u, p = users[b], pos[b]
+            ju, jp = u_slot[b], p_slot[b]
+            d_pos, nbr_u, nbr_i = np.float32(0.0), np.float32(0.0), np.float32(0.0)
             for t in range(d):
                 x = U[u, t] + A[ju, t] * Bt[jp, t] - V[p, t]
                 d_pos += x * x
@@ -157,11 +153,9 @@ def _pair_pass(numba):
                 nbr_u += du * du
                 dv = V[p, t] - Bt[jp, t]
                 nbr_i += dv * dv
-            hinge = np.float32(0.0)
-            c_sum = np.float32(0.0)
+            hinge, c_sum = np.float32(0.0), np.float32(0.0)
             for c in range(n_neg):
-                k = negs[b, c]
-                jk = n_slot[b, c]
+                k, jk = negs[b, c], n_slot[b, c]
                 d_neg = np.float32(0.0)
                 for t in range(d):
                     y = U[u, t] + A[ju, t] * Bt[jk, t] - V[k, t]
